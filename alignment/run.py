@@ -1,0 +1,111 @@
+"""Run directories: one place that sets up a stage run the same way for every stage.
+
+``start_run`` creates the output directory, writes the resolved ``config.yaml`` and
+``versions.json``, seeds every RNG, builds the ``Accelerator`` (CPU, one GPU, or N processes
+under ``accelerate launch`` / ``torchrun``), configures logging to ``<output_dir>/run.log`` and
+opens the step logger. ``mark_done`` writes ``DONE`` last, so a pipeline can skip a finished
+stage and resume an unfinished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import platform
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from alignment.config import Config, save_config
+from alignment.tracking import MetricLogger, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "DONE"
+VERSIONED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "alignment")
+
+
+@dataclass
+class Run:
+    stage: str
+    cfg: Config
+    output_dir: Path
+    accelerator: Accelerator
+    metrics: MetricLogger
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def make_accelerator(cpu: bool = False, bf16: bool = False) -> Accelerator:
+    mixed = "bf16" if bf16 else "no"
+    return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=mixed)
+
+
+def _configure_logging(output_dir: Path, is_main: bool) -> logging.Handler | None:
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(logging.INFO)
+    if not is_main:
+        return None
+    handler = logging.FileHandler(output_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
+def is_done(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / DONE_FILE).is_file()
+
+
+def mark_done(output_dir: str | Path) -> None:
+    (Path(output_dir) / DONE_FILE).write_text("done\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def start_run(cfg: Config, stage: str) -> Iterator[Run]:
+    """Set up ``cfg.train.output_dir`` for ``stage``; yields a :class:`Run`; closes loggers on exit."""
+    train = cfg.train
+    output_dir = Path(train.output_dir)
+    accelerator = make_accelerator(cpu=train.cpu, bf16=train.bf16)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+        versions: dict[str, Any] = package_versions()
+        versions.update({"seed": train.seed, "num_processes": accelerator.num_processes, "device": str(accelerator.device)})
+        write_json_atomic(output_dir / "versions.json", versions)
+    accelerator.wait_for_everyone()
+    handler = _configure_logging(output_dir, accelerator.is_main_process)
+    set_seed(train.seed)
+    metrics = MetricLogger(output_dir, train.report_to, enabled=accelerator.is_main_process)
+    logger.info("%s: output_dir=%s, %d process(es) on %s", stage, output_dir, accelerator.num_processes, accelerator.device)
+    try:
+        yield Run(stage=stage, cfg=cfg, output_dir=output_dir, accelerator=accelerator, metrics=metrics)
+    finally:
+        metrics.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()

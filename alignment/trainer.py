@@ -1,0 +1,225 @@
+"""The supervised training loop shared by the SFT and reward stages.
+
+Why our own loop instead of ``trl.SFTTrainer`` / ``trl.RewardTrainer``:
+
+- one checkpoint format, resume path and Ctrl-C behaviour for all three stages (PPO cannot use
+  the HF ``Trainer``, and trl's trainers do not save on SIGINT);
+- the K-ranked reward loss needs all K responses of a prompt in one forward, which
+  ``RewardTrainer``'s chosen/rejected collator cannot express;
+- padding-free batches and exact per-token loss averaging across gradient accumulation and
+  processes (the loss is a sum divided by the *global* token count of the optimizer step, so one
+  process with batch 2B gives the same update as two processes with batch B);
+- a small, readable loop (accelerate does the device placement, DDP and autocast).
+
+Data order is a seeded permutation per epoch, so the position in the data follows from the step
+number alone and resume continues with exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import get_scheduler
+
+from alignment.checkpointing import GracefulInterrupt, TrainingInterrupted, load_checkpoint, newest_checkpoint, save_checkpoint
+from alignment.run import Run
+from alignment.tracking import progress
+
+logger = logging.getLogger(__name__)
+
+# loss_fn(model, batch) -> (sum of the loss over its units, {stat: sum}); count_fn(batch) -> units.
+LossFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+CountFn = Callable[[dict[str, Any]], int]
+CollateFn = Callable[[Sequence[Any]], dict[str, Any]]
+
+
+@dataclass
+class LoopSpec:
+    loss_fn: LossFn
+    count_fn: CountFn
+    collate_fn: CollateFn
+    tokens_fn: CountFn
+    eval_fn: Callable[[], dict[str, float]] | None = None
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    train_loss: float
+    tokens_per_second: float
+    items_per_second: float
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+def micro_batch_indices(num_examples: int, global_batch: int, epoch: int, seed: int) -> list[list[int]]:
+    """The epoch's global micro-batches: a seeded permutation cut into ``global_batch`` chunks."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    return [order[i : i + global_batch] for i in range(0, num_examples, global_batch)]
+
+
+def local_shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's contiguous share of a global micro-batch."""
+    per_rank = math.ceil(len(indices) / world)
+    return indices[rank * per_rank : (rank + 1) * per_rank]
+
+
+def reduce_sum(run: Run, values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=run.device)
+    if run.accelerator.num_processes > 1:
+        tensor = run.accelerator.reduce(tensor, reduction="sum")
+    return tensor.tolist()
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def evaluate_loss(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec, batch_size: int) -> dict[str, float]:
+    """Mean loss per unit over ``examples`` (sharded across processes), plus summed stats."""
+    world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    model.eval()
+    totals: dict[str, float] = {"loss_sum": 0.0, "count": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size * world):
+            chunk = local_shard(list(range(start, min(start + batch_size * world, len(examples)))), rank, world)
+            if not chunk:
+                continue
+            batch = spec.collate_fn([examples[i] for i in chunk])
+            with run.accelerator.autocast():
+                loss_sum, stats = spec.loss_fn(model, batch)
+            totals["loss_sum"] += float(loss_sum)
+            totals["count"] += spec.count_fn(batch)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+    keys = sorted(totals)
+    reduced = dict(zip(keys, reduce_sum(run, [totals[k] for k in keys])))
+    reduced["loss"] = reduced["loss_sum"] / max(reduced["count"], 1.0)
+    return reduced
+
+
+def _step_batches(examples: Sequence[Any], run: Run, step: int, accum: int, global_batch: int, micro_per_epoch: int):
+    cfg = run.cfg.train
+    world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    batches, epoch = [], 0
+    for j in range(accum):
+        position = step * accum + j
+        epoch, k = divmod(position, micro_per_epoch)
+        indices = micro_batch_indices(len(examples), global_batch, epoch, cfg.seed)[k]
+        batches.append([examples[i] for i in local_shard(indices, rank, world)])
+    return batches, epoch
+
+
+def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec) -> LoopResult:
+    """Train ``model`` on pre-tokenized ``examples``; checkpoints, resume, Ctrl-C and logging included."""
+    cfg, accelerator = run.cfg.train, run.accelerator
+    world = accelerator.num_processes
+    global_batch = cfg.per_device_train_batch_size * world
+    accum = cfg.gradient_accumulation_steps
+    micro_per_epoch = math.ceil(len(examples) / global_batch)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * micro_per_epoch / accum)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_step, history, evals = 0, [], []
+    checkpoint = newest_checkpoint(run.output_dir) if cfg.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
+        start_step = state["step"]
+    logger.info("training %d steps (%d examples, global batch %d x %d accumulation)", total_steps, len(examples), global_batch, accum)
+    tokens_seen, items_seen, train_seconds = 0.0, 0.0, 0.0
+    bar = progress(total=total_steps, desc=f"{run.stage} train", enabled=run.is_main, initial=start_step)
+    with GracefulInterrupt() as interrupt:
+        for step in range(start_step, total_steps):
+            t0 = time.perf_counter()
+            model.train()
+            batches, epoch = _step_batches(examples, run, step, accum, global_batch, micro_per_epoch)
+            collated = [spec.collate_fn(b) if b else None for b in batches]
+            local = [spec.count_fn(b) if b else 0 for b in collated]
+            local_tokens = sum(spec.tokens_fn(b) for b in collated if b)
+            local_items = sum(len(b) for b in batches)
+            global_count, global_tokens, global_items = reduce_sum(run, [sum(local), local_tokens, local_items])
+            loss_total = 0.0
+            stats_total: dict[str, float] = {}
+            for j, batch in enumerate(collated):
+                if batch is None:
+                    continue
+                sync = j == len(collated) - 1 or world == 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                    loss_sum, stats = spec.loss_fn(model, batch)
+                    accelerator.backward(loss_sum.float() * world / max(global_count, 1.0))
+                loss_total += float(loss_sum.detach())
+                for key, value in stats.items():
+                    stats_total[key] = stats_total.get(key, 0.0) + float(value)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            keys = sorted(stats_total)
+            reduced = reduce_sum(run, [loss_total, *[stats_total[k] for k in keys]])
+            elapsed = time.perf_counter() - t0
+            train_seconds += elapsed
+            tokens_seen += global_tokens
+            items_seen += global_items
+            row = {
+                "train/loss": reduced[0] / max(global_count, 1.0),
+                "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm),
+                "train/epoch": epoch + 1,
+                "train/tokens_per_second": global_tokens / elapsed,
+                **{f"train/{k}": v for k, v in zip(keys, reduced[1:])},
+            }
+            history.append(row)
+            done = step + 1
+            if done % cfg.logging_steps == 0 or done == total_steps:
+                run.metrics.log(done, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train/loss']:.4f}")
+            if spec.eval_fn is not None and cfg.eval_steps > 0 and done % cfg.eval_steps == 0 and done < total_steps:
+                evals.append({"step": done, **spec.eval_fn()})
+                run.metrics.log(done, {f"eval/{k}": v for k, v in evals[-1].items() if k != "step"})
+            stop = interrupt.requested
+            if stop or (cfg.save_steps > 0 and done % cfg.save_steps == 0 and done < total_steps):
+                path = _save(run, model, optimizer, scheduler, done)
+                if stop:
+                    raise TrainingInterrupted(path)
+    bar.close()
+    last = history[-max(1, min(len(history), max(1, total_steps // 10))) :] if history else []
+    return LoopResult(
+        steps=total_steps,
+        train_loss=sum(r["train/loss"] for r in last) / max(len(last), 1),
+        tokens_per_second=tokens_seen / train_seconds if train_seconds else 0.0,
+        items_per_second=items_seen / train_seconds if train_seconds else 0.0,
+        train_seconds=train_seconds,
+        history=history,
+        evals=evals,
+    )
+
+
+def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int) -> Any:
+    path = None
+    if run.is_main:
+        path = save_checkpoint(
+            run.output_dir,
+            step,
+            model=run.accelerator.unwrap_model(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            save_total_limit=run.cfg.train.save_total_limit,
+        )
+    run.accelerator.wait_for_everyone()
+    return path
