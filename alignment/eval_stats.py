@@ -1,0 +1,163 @@
+"""Small statistics for the evaluation stage: confidence intervals, win rates, Pareto fronts. No scipy needed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import torch
+
+
+def _regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b) by the Lentz continued fraction (Press et al., Numerical Recipes 3rd ed., sec. 6.4, ``betacf``)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point; use the symmetry
+        return 1.0 - _regularized_incomplete_beta(1.0 - x, b, a)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t with ``df`` degrees of freedom: ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2`` for t >= 0."""
+    tail = 0.5 * _regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t >= 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """Inverse CDF of Student's t, by bisection on :func:`student_t_cdf` (accurate to ~1e-10).
+
+    Args:
+        p: probability in (0, 1), e.g. 0.975 for a two-sided 95% interval.
+        df: degrees of freedom > 0.
+    """
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ValueError(f"need 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, df)
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, df) < p:
+        low, high = high, 2.0 * high
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if student_t_cdf(mid, df) < p else (low, mid)
+        if high - low < 1e-12 * max(1.0, high):
+            break
+    return 0.5 * (low + high)
+
+
+def _as_floats(values: Sequence[float] | torch.Tensor) -> list[float]:
+    return (
+        values.detach().flatten().double().tolist() if isinstance(values, torch.Tensor) else [float(v) for v in values]
+    )
+
+
+def mean_confidence_interval(
+    values: Sequence[float] | torch.Tensor, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean and two-sided t-interval ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)`` (s: sample std, n-1 denominator).
+
+    Args:
+        values: n >= 1 numbers (e.g. per-prompt reward scores).
+        confidence: coverage, e.g. 0.95.
+
+    Returns:
+        ``(mean, low, high)``; with n = 1 the interval is undefined and ``low = high = nan``.
+    """
+    xs = _as_floats(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("mean_confidence_interval needs at least one value")
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return mean, math.nan, math.nan
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half_width = student_t_quantile((1.0 + confidence) / 2.0, n - 1) * std / math.sqrt(n)
+    return mean, mean - half_width, mean + half_width
+
+
+def proportion_confidence_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Proportion and Wilson score interval (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it over Wald).
+
+    ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. Stays inside [0, 1] and is not degenerate at
+    p = 0 or 1. ``successes`` may be fractional (ties counted as half in :func:`win_rate`).
+
+    Returns:
+        ``(p, low, high)``.
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need n > 0 and 0 <= successes <= n, got successes={successes}, n={n}")
+    p = successes / n
+    z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    denominator = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return p, max(0.0, center - half_width), min(1.0, center + half_width)
+
+
+def win_rate(
+    scores_a: Sequence[float] | torch.Tensor, scores_b: Sequence[float] | torch.Tensor, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Rate at which A beats B on paired items (same prompt), ties counted as half a win, with a Wilson interval.
+
+    The Wilson interval on the half-counted wins treats each item as a Bernoulli trial; with many ties it is
+    conservative (a tie has less variance than a coin flip).
+
+    Args:
+        scores_a: ``(n,)`` scores of system A (RM scores, judge scores, ...).
+        scores_b: ``(n,)`` scores of system B on the same items.
+
+    Returns:
+        ``(rate, low, high)``.
+    """
+    a, b = _as_floats(scores_a), _as_floats(scores_b)
+    if len(a) != len(b) or not a:
+        raise ValueError(f"win_rate needs two non-empty paired score lists, got lengths {len(a)} and {len(b)}")
+    wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b))
+    return proportion_confidence_interval(wins, len(a), confidence)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)) -> list[int]:
+    """Indices of the non-dominated points, sorted by x (then by index).
+
+    A point is dominated when another is at least as good on both axes and strictly better on one, so duplicates of a
+    front point are all kept. Points with a NaN coordinate are never on the front.
+
+    Args:
+        points: ``(x, y)`` pairs, e.g. (harmlessness, helpfulness win rate) per checkpoint or sweep setting.
+        maximize: per axis, whether larger is better.
+
+    Returns:
+        indices into ``points``.
+    """
+    signs = (1.0 if maximize[0] else -1.0, 1.0 if maximize[1] else -1.0)
+    oriented = [(signs[0] * x, signs[1] * y) for x, y in points]
+    valid = [i for i, (x, y) in enumerate(oriented) if not (math.isnan(x) or math.isnan(y))]
+
+    def dominated(i: int) -> bool:
+        xi, yi = oriented[i]
+        return any(
+            oriented[j][0] >= xi and oriented[j][1] >= yi and (oriented[j][0] > xi or oriented[j][1] > yi)
+            for j in valid
+        )
+
+    return sorted((i for i in valid if not dominated(i)), key=lambda i: (points[i][0], i))

@@ -1,0 +1,80 @@
+"""eval_stats against table values and hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignment.eval_stats import (
+    mean_confidence_interval,
+    pareto_front,
+    proportion_confidence_interval,
+    student_t_cdf,
+    student_t_quantile,
+    win_rate,
+)
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [(0.975, 9, 2.262157), (0.975, 1, 12.706205), (0.95, 4, 2.131847), (0.995, 29, 2.756386), (0.975, 1000, 1.962339)],
+)
+def test_t_quantile_table_values(p: float, df: int, expected: float) -> None:
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=1e-5)
+    assert student_t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-5)
+    assert student_t_cdf(expected, df) == pytest.approx(p, abs=1e-6)
+
+
+def test_mean_confidence_interval_by_hand() -> None:
+    # 1..10: mean 5.5, s = sqrt(82.5 / 9) = 3.0276504, s / sqrt(10) = 0.9574271, half width 2.2621572 * 0.9574271 = 2.16585
+    mean, low, high = mean_confidence_interval(list(range(1, 11)))
+    assert mean == pytest.approx(5.5)
+    assert (low, high) == (pytest.approx(3.33415, abs=1e-5), pytest.approx(7.66585, abs=1e-5))
+    assert mean_confidence_interval(torch.arange(1.0, 11.0))[1] == pytest.approx(low)
+    single = mean_confidence_interval([4.0])
+    assert single[0] == 4.0 and math.isnan(single[1]) and math.isnan(single[2])
+    with pytest.raises(ValueError):
+        mean_confidence_interval([])
+
+
+def test_wilson_interval_known_values() -> None:
+    # 8/10: z = 1.959964, z^2 = 3.841459; centre (0.8 + 0.192073) / 1.384146 = 0.716741,
+    # half width 1.959964 * sqrt(0.016 + 0.009604) / 1.384146 = 0.226578 -> (0.490163, 0.943319)
+    p, low, high = proportion_confidence_interval(8, 10)
+    assert p == 0.8
+    assert (low, high) == (pytest.approx(0.490163, abs=1e-5), pytest.approx(0.943319, abs=1e-5))
+    # 0/10: lower bound 0, upper z^2 / (n + z^2) = 3.841459 / 13.841459 = 0.277533
+    _, low, high = proportion_confidence_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.277533, abs=1e-5)
+    with pytest.raises(ValueError):
+        proportion_confidence_interval(11, 10)
+
+
+def test_win_rate_counts_ties_as_half() -> None:
+    # win, tie, loss, win -> 2.5 / 4
+    rate, low, high = win_rate([3.0, 2.0, 1.0, 5.0], [1.0, 2.0, 4.0, 0.0])
+    assert rate == 0.625
+    assert (low, high) == pytest.approx(proportion_confidence_interval(2.5, 4)[1:])
+    assert low < 0.625 < high
+    assert win_rate(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]))[0] == 0.5
+    with pytest.raises(ValueError):
+        win_rate([1.0], [1.0, 2.0])
+
+
+def test_pareto_front_hand_drawn() -> None:
+    points = [
+        (1.0, 5.0),  # 0 front
+        (2.0, 4.0),  # 1 front
+        (2.0, 4.0),  # 2 duplicate of 1: also front
+        (1.5, 3.0),  # 3 dominated by 1
+        (3.0, 1.0),  # 4 front
+        (0.5, 5.0),  # 5 dominated by 0 (same y, smaller x)
+        (3.0, 0.5),  # 6 dominated by 4 (same x, smaller y)
+        (math.nan, 9.0),  # 7 never on the front
+    ]
+    assert pareto_front(points) == [0, 1, 2, 4]
+    # minimise x (e.g. harmful rate), maximise y (helpfulness): 5 dominates everything except the new point 8
+    assert pareto_front([*points[:7], (0.2, 2.0)], maximize=(False, True)) == [7, 5]
+    assert pareto_front([]) == []
