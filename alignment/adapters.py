@@ -1,0 +1,131 @@
+"""One frozen base model carrying every PPO role as a LoRA adapter.
+
+PPO needs four networks: the policy, the reference (frozen SFT policy), the reward model and
+the critic. trl 1.12 held three or four full copies (its quirk Q3). With LoRA they differ only in
+small adapters, so one base (fp32, bf16, 8-bit or 4-bit) carries:
+
+- ``sft``: the SFT adapter, frozen. It is the reference: disabling adapters would give the
+  *pretrained* model, not the SFT policy, and KL would start high (trl#1340).
+- ``policy``: trainable, initialised as a copy of ``sft`` (so KL = 0 at step 0).
+- ``reward``: the reward model's adapter, frozen, with its scalar head, when the reward model
+  was trained on the same base.
+- ``value``: trainable, initialised from ``reward`` (value head from the reward head), as
+  InstructGPT and trl do; otherwise from ``sft`` with a zero value head and critic warm-up.
+
+peft's ``set_adapter`` also flips ``requires_grad`` (only the active adapter stays trainable),
+which would freeze the value adapter while the policy runs; ``use_adapter`` switches the active
+adapter and puts the trainable flags back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+logger = logging.getLogger(__name__)
+
+SFT, POLICY, REWARD, VALUE = "sft", "policy", "reward", "value"
+HEAD_KEYS = ("score.", "classifier.", "v_head.")
+
+
+@contextlib.contextmanager
+def use_adapter(model: PeftModel, name: str | None) -> Iterator[None]:
+    """Run the block with adapter ``name`` active (``None``: all adapters disabled)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    previous = model.active_adapter
+    try:
+        if name is None:
+            with model.disable_adapter():
+                yield
+        else:
+            model.base_model.set_adapter(name)
+            _restore(flags)
+            yield
+    finally:
+        if name is not None:
+            model.base_model.set_adapter(previous)
+        _restore(flags)
+
+
+def _restore(flags: dict[torch.nn.Parameter, bool]) -> None:
+    for param, flag in flags.items():
+        if param.requires_grad != flag:
+            param.requires_grad_(flag)
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """An adapter directory as (adapter_config, LoRA tensors, head tensors such as ``score.weight``)."""
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    lora, head = {}, {}
+    for key, tensor in tensors.items():
+        if "lora_" not in key and any(h in key for h in HEAD_KEYS):
+            head[key.rsplit(".", 1)[-1]] = tensor  # "weight" / "bias"
+        else:
+            lora[key] = tensor
+    return config, lora, head
+
+
+def add_adapter_from(model: PeftModel, name: str, adapter_dir: str | Path, trainable: bool) -> dict[str, torch.Tensor]:
+    """Add adapter ``name`` with the LoRA weights of ``adapter_dir``; returns its head tensors, if any.
+
+    Works across task types: the LoRA weights of a sequence-classification reward model sit on
+    the same backbone modules as a causal LM's (``model.layers.*``), so they load onto the policy's
+    base; the scalar head is returned for the caller to hold.
+    """
+    config, lora, head = read_adapter(adapter_dir)
+    peft_config = PeftLoraConfig(
+        r=config["r"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules=config["target_modules"],
+        bias=config.get("bias", "none"),
+        task_type="CAUSAL_LM",
+    )
+    model.add_adapter(name, peft_config)
+    result = set_peft_model_state_dict(model, lora, adapter_name=name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"{adapter_dir}: {len(unexpected)} LoRA weights did not fit the base (e.g. {unexpected[0]})")
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(trainable)
+    return head
+
+
+def copy_adapter(model: PeftModel, source: str, target: str, trainable: bool) -> None:
+    """Add ``target`` as an exact copy of adapter ``source``."""
+    model.add_adapter(target, model.peft_config[source])
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for param_name, param in params.items():
+            if f".{source}." in param_name and "lora_" in param_name:
+                params[param_name.replace(f".{source}.", f".{target}.")].copy_(param)
+    for param_name, param in params.items():
+        if f".{target}." in param_name:
+            param.requires_grad_(trainable)
+
+
+def scalar_head(hidden_size: int, weights: dict[str, torch.Tensor] | None, trainable: bool) -> torch.nn.Linear:
+    """A (hidden -> 1) head from saved weights, or zero-initialised (N implementation details: value head)."""
+    head = torch.nn.Linear(hidden_size, 1, bias=bool(weights and "bias" in weights))
+    with torch.no_grad():
+        if weights:
+            head.weight.copy_(weights["weight"].reshape(1, hidden_size))
+            if "bias" in weights and head.bias is not None:
+                head.bias.copy_(weights["bias"].reshape(1))
+        else:
+            head.weight.zero_()
+            if head.bias is not None:
+                head.bias.zero_()
+    head.requires_grad_(trainable)
+    return head.float()

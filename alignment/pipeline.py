@@ -1,0 +1,127 @@
+"""The whole pipeline in one call: SFT -> reward model -> PPO -> evaluation, wired in one function.
+
+A pipeline recipe has shared top-level keys (``model_name_or_path``, LoRA, quantization,
+``seed``, ``output_dir``) and one section per stage (``sft:``, ``reward:``, ``ppo:``,
+``evaluate:``). A shared key goes to every stage that has it; a section's keys go to its stage
+only; a key given on the command line overrides the shared value everywhere
+(``--model_name_or_path Qwen/Qwen2.5-0.5B-Instruct`` swaps the base model of the whole run).
+
+Each stage writes to ``<output_dir>/<stage>``; ``run_pipeline`` alone decides which output feeds
+which input (the SFT adapter is PPO's policy and reference, the reward model is PPO's reward and
+critic init, and evaluation compares base, SFT and PPO). A stage whose ``DONE`` marker exists is
+skipped on re-run; an unfinished one resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from alignment.config import Config, ConfigError, build_config, load_yaml
+from alignment.run import is_done, package_versions
+from alignment.tracking import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sft", "reward", "ppo", "evaluate")
+
+
+def _stage_module(stage: str):
+    return importlib.import_module(f"alignment.{stage}")
+
+
+def _stage_keys(stage: str) -> set[str]:
+    return {f.name for cls in _stage_module(stage).CONFIG_TYPES for f in dataclasses.fields(cls) if f.init}
+
+
+def split_recipe(
+    data: dict[str, Any], lines: dict[str, int], path: str, overrides: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Per-stage flat values (and where each was written) from a pipeline recipe plus CLI overrides."""
+    keys = {stage: _stage_keys(stage) for stage in STAGES}
+    known_anywhere = set().union(*keys.values()) | {"stages"}
+    values: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
+    where: dict[str, dict[str, str]] = {s: {} for s in STAGES}
+    shared = {k: v for k, v in data.items() if k not in STAGES}
+    for key, value in [*shared.items(), *overrides.items()]:
+        location = f"{path}:{lines.get(key, '?')}" if key not in overrides else f"command line (--{key})"
+        if key not in known_anywhere:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known_anywhere), n=1)
+            raise ConfigError(f"{location}: unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+        for stage in STAGES:
+            if key in keys[stage]:
+                values[stage][key], where[stage][key] = value, location
+    for stage in STAGES:
+        for key, value in (data.get(stage) or {}).items():
+            if key in overrides:
+                continue
+            values[stage][key] = value
+            where[stage][key] = f"{path}:{lines.get(f'{stage}.{key}', '?')}"
+    return values, where
+
+
+def wire_stage_inputs(stage: str, values: dict[str, Any], run_dir: Path, base_model: str) -> dict[str, Any]:
+    """Point each stage at the outputs of the stages before it (the only place this is decided)."""
+    values = dict(values)
+    values["output_dir"] = str(run_dir / stage)
+    values["resume"] = True
+    if stage == "ppo":
+        values.setdefault("sft_model_path", str(run_dir / "sft"))
+        values.setdefault("reward_model_paths", [str(run_dir / "reward")])
+    if stage == "evaluate":
+        values.setdefault("policies", [base_model, str(run_dir / "sft"), str(run_dir / "ppo")])
+        values.setdefault("policy_names", ["base", "sft", "ppo"])
+        values.setdefault("reward_model_paths", [str(run_dir / "reward")])
+    return values
+
+
+def load_pipeline(path: str, overrides: dict[str, Any]) -> tuple[dict[str, Config], Path, list[str]]:
+    data, lines = load_yaml(path)
+    values, where = split_recipe(data, lines, path, overrides)
+    run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
+    stages = list(data.get("stages") or STAGES)
+    base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
+    configs = {}
+    for stage in stages:
+        wired = wire_stage_inputs(stage, values[stage], run_dir, base_model)
+        configs[stage] = build_config(_stage_module(stage).CONFIG_TYPES, wired, where[stage])
+    return configs, run_dir, stages
+
+
+def run_pipeline(path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage of the recipe at ``path``; returns a summary of each stage's metrics."""
+    configs, run_dir, stages = load_pipeline(path, overrides or {})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "versions.json", package_versions())
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}}
+    for stage in stages:
+        output_dir = Path(configs[stage].train.output_dir)
+        if is_done(output_dir):
+            logger.info("%s: already complete in %s, skipped", stage, output_dir)
+            metrics, seconds, status = _read_metrics(output_dir), 0.0, "skipped (already complete)"
+        else:
+            logger.info("%s: starting in %s", stage, output_dir)
+            start = time.perf_counter()
+            metrics = _stage_module(stage).train(configs[stage])
+            seconds, status = time.perf_counter() - start, "ran"
+        summary["stages"][stage] = {
+            "status": status,
+            "seconds": round(seconds, 1),
+            "output_dir": str(output_dir),
+            "metrics": metrics,
+        }
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _read_metrics(output_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = output_dir / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

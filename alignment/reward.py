@@ -1,0 +1,146 @@
+"""Reward model stage: pairwise ranking on comparisons, K ranked responses per prompt as one group.
+
+Loss ``-log sigma(r(x, y_w) - r(x, y_l) - margin)`` averaged over the C(K, 2) pairs of each prompt,
+then over prompts (InstructGPT, Ouyang et al. 2022, sec. 3.5): all K responses of a prompt are
+scored in one forward so the group is not over-fitted pair by pair. An optional centring term
+``coef * mean(r^2)`` keeps rewards near zero (Eisenstein et al. 2023).
+
+The model is any ``AutoModelForSequenceClassification`` with one label: a causal LM (the base or
+the SFT output, with a fresh scalar head) or an encoder such as BERT or DeBERTa. Reward statistics
+over a reference set are saved beside it (``reward_stats.json``) for PPO and evaluation to
+normalise with. Uses the shared loop (``trainer.py``) because trl's ``RewardTrainer`` cannot feed
+K-response groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.losses import ranked_groups_loss
+from alignment.run import mark_done, start_run
+from alignment.tracking import write_json_atomic
+from alignment.trainer import LoopSpec, evaluate_loss, train_loop
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardConfig:
+    margin: float = field(default=0.0, metadata={"help": "Margin subtracted from every reward difference."})
+    center_rewards_coefficient: float = field(default=0.0, metadata={"help": "Weight of the mean(r^2) centring term."})
+    eval_only: bool = field(
+        default=False, metadata={"help": "Only evaluate model_name_or_path on the data; no training."}
+    )
+
+
+CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, RewardConfig)
+
+
+def reward_loop_spec(tokenizer, max_length: int, margin: float, center_coef: float) -> LoopSpec:
+    from alignment.collate import RewardCollator
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(p for p in model.parameters()).device
+        rewards = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits[:, 0]
+        groups = batch["group_ids"].to(device)
+        loss, n_pairs, n_correct = ranked_groups_loss(rewards, batch["ranks"].to(device), groups, margin)
+        n_groups = int(groups.unique().numel())
+        loss_sum = loss * n_groups
+        if center_coef:
+            loss_sum = loss_sum + center_coef * rewards.float().pow(2).mean() * n_groups
+        stats = {
+            "n_pairs": float(n_pairs),
+            "n_correct": float(n_correct),
+            "reward_sum": float(rewards.detach().sum()),
+            "reward_sq_sum": float(rewards.detach().float().pow(2).sum()),
+            "n_responses": float(rewards.numel()),
+        }
+        return loss_sum, stats
+
+    return LoopSpec(
+        loss_fn=loss_fn,
+        count_fn=lambda b: int(b["group_ids"].unique().numel()),
+        collate_fn=RewardCollator(tokenizer, max_length),
+        tokens_fn=lambda b: int(b["attention_mask"].sum()),
+    )
+
+
+def summarize_eval(result: dict[str, float]) -> dict[str, float]:
+    """Accuracy with a Wilson 95% interval, loss, and the reward mean/std over the evaluated responses."""
+    from alignment.eval_stats import proportion_confidence_interval
+
+    n_pairs = int(result["n_pairs"])
+    accuracy, low, high = proportion_confidence_interval(result["n_correct"], n_pairs) if n_pairs else (math.nan,) * 3
+    n = max(result["n_responses"], 1.0)
+    mean = result["reward_sum"] / n
+    std = math.sqrt(max(result["reward_sq_sum"] / n - mean * mean, 0.0))
+    return {
+        "eval_accuracy": accuracy,
+        "eval_accuracy_ci_low": low,
+        "eval_accuracy_ci_high": high,
+        "eval_loss": result["loss"],
+        "num_pairs": n_pairs,
+        "reward_mean": mean,
+        "reward_std": std,
+    }
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train (or with ``eval_only`` just evaluate) a reward model; returns the metrics written to ``metrics.json``."""
+    from alignment.data import load_records
+    from alignment.models import disable_dropout, load_reward_model, load_tokenizer, save_stage_model
+
+    with start_run(cfg, "reward") as run:
+        tokenizer = load_tokenizer(cfg.model)
+        records = load_records(cfg.data, "comparison", seed=cfg.train.seed)
+        model = load_reward_model(cfg.model, cfg.lora, cfg.quant, trainable=not cfg.reward.eval_only)
+        disable_dropout(model)
+        spec = reward_loop_spec(
+            tokenizer, cfg.train.max_length, cfg.reward.margin, cfg.reward.center_rewards_coefficient
+        )
+        eval_records = list(records.eval_records) if not cfg.reward.eval_only else list(records.records)
+        batch_size = cfg.train.per_device_eval_batch_size
+        evaluate = lambda: summarize_eval(evaluate_loss(run, model, eval_records, spec, batch_size))  # noqa: E731
+        if cfg.reward.eval_only:
+            metrics = {**evaluate(), "model": cfg.model.model_name_or_path}
+        else:
+            spec.eval_fn = evaluate if eval_records else None
+            before = evaluate() if eval_records else {}
+            result = train_loop(run, model, list(records.records), spec)
+            after = evaluate() if eval_records else {}
+            metrics = {**after, "eval_accuracy_before": before.get("eval_accuracy"), "train_loss": result.train_loss}
+            metrics.update(
+                pairs_per_second=_pairs_per_second(result), train_seconds=result.train_seconds, steps=result.steps
+            )
+            metrics.update(num_train_records=len(records.records), num_truncated=spec.collate_fn.num_truncated)
+            stats = after or summarize_eval(evaluate_loss(run, model, list(records.records)[:256], spec, batch_size))
+            if run.is_main:
+                save_stage_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir, cfg.model)
+                write_json_atomic(
+                    run.output_dir / "reward_stats.json",
+                    {
+                        "mean": stats["reward_mean"],
+                        "std": stats["reward_std"],
+                        "reference": "held-out responses" if after else "training responses",
+                    },
+                )
+        metrics["num_skipped_invalid"] = records.skipped.total
+        if run.is_main:
+            run.metrics.write_metrics(metrics)
+            if not cfg.reward.eval_only:
+                mark_done(run.output_dir)
+        run.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _pairs_per_second(result) -> float:
+    pairs_seen = sum(row.get("train/n_pairs", 0.0) for row in result.history)
+    return pairs_seen / result.train_seconds if result.train_seconds else 0.0

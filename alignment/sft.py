@@ -1,0 +1,127 @@
+"""SFT stage: fine-tune a causal LM on demonstrations, with the loss on assistant tokens only.
+
+Uses the shared loop in ``trainer.py`` rather than ``trl.SFTTrainer`` (the reasons are in that
+module's docstring: one checkpoint/resume/Ctrl-C path for every stage, exact token-mean loss
+across accumulation and processes, padding-free batches). The chat template renders every
+demonstration and ``collate.render_sft_example`` labels exactly the assistant turns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.losses import sft_token_loss
+from alignment.run import mark_done, start_run
+from alignment.trainer import LoopSpec, evaluate_loss, train_loop
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig:
+    train_on: str = field(default="all", metadata={"help": "Learn 'all' assistant turns or only the 'last' one."})
+    padding_free: bool = field(default=True, metadata={"help": "Pack each batch into one row without padding."})
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also export merged full weights to <output_dir>/merged."}
+    )
+
+
+CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, SFTConfig)
+
+
+def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) -> tuple[list, Counter, int]:
+    """Render records; returns (examples, rejected counts by reason, number truncated)."""
+    from alignment.collate import RejectedExample, render_sft_example
+
+    examples, rejected, truncated = [], Counter(), 0
+    for record in records:
+        example = render_sft_example(tokenizer, record, max_length, train_on)
+        if isinstance(example, RejectedExample):
+            rejected[example.reason] += 1
+            logger.warning(
+                "demonstration %s not trained on: %s (%s)", example.source_id, example.reason, example.detail
+            )
+            continue
+        truncated += int(example.truncated)
+        examples.append(example)
+    return examples, rejected, truncated
+
+
+def sft_loop_spec(tokenizer, padding_free: bool) -> LoopSpec:
+    from alignment.collate import SFTCollator, count_tokens
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(p for p in model.parameters()).device
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits
+        loss_sum, n_tokens = sft_token_loss(logits, batch["labels"].to(device))
+        return loss_sum, {}
+
+    return LoopSpec(
+        loss_fn=loss_fn,
+        count_fn=lambda b: count_tokens(b).loss_tokens,
+        collate_fn=SFTCollator(tokenizer.pad_token_id, padding_free=padding_free),
+        tokens_fn=lambda b: count_tokens(b).non_pad_tokens,
+    )
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run SFT; returns the metrics written to ``metrics.json``."""
+    from alignment.data import load_records
+    from alignment.models import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+
+    with start_run(cfg, "sft") as run:
+        tokenizer = load_tokenizer(cfg.model)
+        records = load_records(cfg.data, "demonstration", seed=cfg.train.seed)
+        examples, rejected, truncated = tokenize_demonstrations(
+            tokenizer, records.records, cfg.train.max_length, cfg.sft.train_on
+        )
+        eval_examples, _, _ = tokenize_demonstrations(
+            tokenizer, records.eval_records, cfg.train.max_length, cfg.sft.train_on
+        )
+        if not examples:
+            raise ValueError(f"no demonstration can be trained on (rejected: {dict(rejected)})")
+        model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
+        spec = sft_loop_spec(tokenizer, cfg.sft.padding_free)
+        batch_size = cfg.train.per_device_eval_batch_size
+        spec.eval_fn = (lambda: evaluate_loss(run, model, eval_examples, spec, batch_size)) if eval_examples else None
+        before = spec.eval_fn() if spec.eval_fn else None
+        result = train_loop(run, model, examples, spec)
+        after = evaluate_loss(run, model, eval_examples, spec, batch_size) if eval_examples else None
+        metrics: dict[str, Any] = {
+            "train_loss": result.train_loss,
+            "train_tokens_per_second": result.tokens_per_second,
+            "train_seconds": result.train_seconds,
+            "steps": result.steps,
+            "num_examples": len(examples),
+            "num_eval_examples": len(eval_examples),
+            "num_truncated": truncated,
+            "num_rejected": sum(rejected.values()),
+            "rejected_by_reason": dict(rejected),
+            "num_skipped_invalid": records.skipped.total,
+        }
+        if before is not None:
+            metrics.update(eval_loss_before=before["loss"], eval_loss=after["loss"])
+            metrics.update(eval_perplexity_before=_ppl(before["loss"]), eval_perplexity=_ppl(after["loss"]))
+            run.metrics.log(result.steps, {"eval/loss": after["loss"], "eval/loss_before": before["loss"]})
+        if run.is_main:
+            unwrapped = run.accelerator.unwrap_model(model)
+            save_stage_model(unwrapped, tokenizer, run.output_dir, cfg.model)
+            if cfg.sft.merge_adapter:
+                merge_and_export(unwrapped, tokenizer, run.output_dir / "merged")
+            run.metrics.write_metrics(metrics)
+            mark_done(run.output_dir)
+        run.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _ppl(loss: float) -> float:
+    import math
+
+    return math.exp(min(loss, 50.0))

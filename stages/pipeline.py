@@ -1,0 +1,61 @@
+"""The whole pipeline: SFT -> reward -> PPO -> evaluate, each stage's output feeding the next.
+
+Usage: alignment pipeline --config configs/quickstart.yaml [--model_name_or_path ID] [--output_dir DIR] [--key value ...]
+Re-running the same command skips finished stages and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from alignment.config import ConfigError
+from alignment.pipeline import run_pipeline
+
+
+def parse_overrides(argv: list[str]) -> tuple[str, dict[str, str]]:
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        raise SystemExit(0)
+    if "--config" not in argv:
+        raise ConfigError("alignment pipeline needs --config (e.g. configs/quickstart.yaml)")
+    args = list(argv)
+    i = args.index("--config")
+    path = args[i + 1]
+    del args[i : i + 2]
+    overrides = {}
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--") or not args:
+            raise ConfigError(f"expected --key value, got {key!r}")
+        overrides[key[2:].replace("-", "_")] = args.pop(0)
+    return path, overrides
+
+
+def print_summary(summary: dict) -> None:
+    print("\n" + "=" * 72)
+    print(f"pipeline finished: {summary['run_dir']}")
+    for stage, info in summary["stages"].items():
+        metrics = info["metrics"]
+        keys = {
+            "sft": ("eval_loss_before", "eval_loss", "train_tokens_per_second"),
+            "reward": ("eval_accuracy", "eval_accuracy_ci_low", "eval_accuracy_ci_high", "num_pairs"),
+            "ppo": ("heldout_reward_before", "heldout_reward_after", "kl_last", "episodes_per_second"),
+            "evaluate": ("report",),
+        }.get(stage, ())
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}" for k in keys if k in metrics)
+        print(f"  {stage:<9} {info['status']:<26} {info['seconds']:>7.1f}s  {shown}")
+    report = summary["stages"].get("evaluate", {}).get("output_dir")
+    if report:
+        print(f"\nreport: {report}/report.md  (plots: tradeoff.png, refusals.png)")
+    print("=" * 72)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    path, overrides = parse_overrides(list(sys.argv[1:] if argv is None else argv))
+    summary = run_pipeline(path, overrides)
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

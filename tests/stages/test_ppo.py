@@ -1,0 +1,161 @@
+"""PPO on tiny random models: the real code paths (adapters on one base, rollout, update, resume) in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignment import ppo, reward, sft
+from alignment.actor_critic import SequenceBatch
+from alignment.checkpointing import TrainingInterrupted, newest_checkpoint
+from alignment.config import build_config
+from alignment.rl_math import first_eos_mask, logprobs_from_logits
+from alignment.tracking import read_log
+
+FAST = {"per_device_train_batch_size": 4, "save_steps": 0, "max_length": 128}
+
+
+@pytest.fixture(scope="module")
+def stage_dirs(tmp_path_factory, tiny_llama_dir):
+    """A LoRA SFT output and a LoRA reward output on the same tiny base (one optimizer step each)."""
+    root = tmp_path_factory.mktemp("ppo_stages")
+    common = {
+        "model_name_or_path": str(tiny_llama_dir),
+        "dataset_name": "demo",
+        "max_samples": 8,
+        "max_steps": 1,
+        **FAST,
+    }
+    sft.train(build_config(sft.CONFIG_TYPES, {**common, "output_dir": str(root / "sft")}))
+    reward.train(build_config(reward.CONFIG_TYPES, {**common, "output_dir": str(root / "reward")}))
+    return root
+
+
+def ppo_config(stage_dirs, out, **overrides):
+    values = {
+        "model_name_or_path": str(stage_dirs / "sft"),
+        "sft_model_path": str(stage_dirs / "sft"),
+        "reward_model_paths": [str(stage_dirs / "reward")],
+        "dataset_name": "demo",
+        "max_samples": 16,
+        "eval_split_size": 2,
+        "output_dir": str(out),
+        "total_episodes": 12,
+        "rollout_batch_size": 4,
+        "mini_batch_size": 2,
+        "max_new_tokens": 6,
+        "eval_prompts": 2,
+        "learning_rate": 1e-3,
+        "save_steps": 1,
+    }
+    values.update(overrides)
+    return build_config(ppo.CONFIG_TYPES, values)
+
+
+def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(stage_dirs, tmp_path):
+    cfg = ppo_config(stage_dirs, tmp_path)
+    ac, tokenizer, shared = ppo.build_actor_critic(cfg)
+    assert shared is not None, "the reward model shares the base, so it must ride on it as an adapter"
+    from alignment.collate import PromptCollator
+    from alignment.data import load_records
+
+    prompts = load_records(cfg.data, "prompt").records[:3]
+    encoded = PromptCollator(tokenizer, 64)(prompts)
+    torch.manual_seed(0)
+    response_ids, logits = ac.generate(
+        encoded["input_ids"], encoded["attention_mask"], ppo.generation_config(cfg.ppo, tokenizer)
+    )
+    mask, _ = first_eos_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    batch = SequenceBatch.build(encoded["input_ids"], encoded["attention_mask"], response_ids, mask)
+    sampled = logprobs_from_logits(logits, response_ids, cfg.ppo.temperature)
+    with torch.no_grad():
+        policy, _ = ac.response_logprobs(batch, response_ids, cfg.ppo.temperature)
+        reference, _ = ac.response_logprobs(batch, response_ids, cfg.ppo.temperature, role="reference")
+    valid = mask.bool()
+    assert (policy - reference)[valid].abs().max() < 1e-5  # KL = 0 at step 0: policy starts as the SFT adapter
+    assert (sampled - policy)[valid].abs().max() < 1e-4  # the distribution sampled is the one optimised
+    # The reference is the SFT adapter, not the bare base: disabling adapters gives other log-probs.
+    from alignment.adapters import use_adapter
+
+    with torch.no_grad(), use_adapter(ac.model, None):
+        bare = ac._lm_head(ac._response_hidden(batch, response_ids.shape[1])).float()
+    assert (logprobs_from_logits(bare, response_ids, cfg.ppo.temperature) - reference)[valid].abs().max() > 1e-4
+
+
+def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
+    ac, tokenizer, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    ids = torch.tensor([tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>")])
+    batch = SequenceBatch.build(ids[:, :-3], torch.ones_like(ids[:, :-3]), ids[:, -3:], torch.ones_like(ids[:, -3:]))
+    with torch.no_grad():
+        values = ac.response_values(batch, 3)
+        score = ac.reward_scores(batch)
+    assert values[0, -1] != 0
+    # V at the last response position reads the hidden state before the last token; the RM reads the last token.
+    hidden = ac.hidden_states(batch)
+    assert torch.allclose(ac.value_head.weight, ac.reward_head.weight)
+    assert score.shape == (1,) and torch.isfinite(hidden).all()
+
+
+def test_short_run_trains_only_policy_and_value_and_writes_outputs(stage_dirs, tmp_path):
+    metrics = ppo.train(ppo_config(stage_dirs, tmp_path))
+    rows = read_log(tmp_path)
+    assert len(rows) == 3 and abs(rows[0]["objective/kl"]) < 1e-3
+    for key in (
+        "objective/scores",
+        "objective/kl_coef",
+        "policy/clipfrac",
+        "loss/value_avg",
+        "losses/explained_variance",
+        "val/no_eos_share",
+    ):
+        assert key in rows[-1]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "DONE").is_file()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved) >= {"reward_mean_first", "reward_mean_last", "kl_last", "episodes_per_second"}
+    assert metrics["updates"] == 3
+
+
+def test_resume_continues_with_the_same_kl_coefficient_and_data_position(stage_dirs, tmp_path, monkeypatch):
+    adaptive = {"adaptive_kl": True, "kl_target": 0.01, "kl_horizon": 10}
+    reference_dir = tmp_path / "reference"
+    ppo.train(ppo_config(stage_dirs, reference_dir, **adaptive))
+    reference_rows = read_log(reference_dir)
+
+    class InterruptAfterTwo:
+        calls = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            InterruptAfterTwo.calls += 1
+            return InterruptAfterTwo.calls >= 2
+
+    monkeypatch.setattr(ppo, "GracefulInterrupt", InterruptAfterTwo)
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted):
+        ppo.train(ppo_config(stage_dirs, resumed_dir, **adaptive))
+    monkeypatch.undo()
+    assert newest_checkpoint(resumed_dir).name == "checkpoint-2"
+    state = json.loads((newest_checkpoint(resumed_dir) / "state.json").read_text())
+    ppo.train(ppo_config(stage_dirs, resumed_dir, resume=True, **adaptive))
+    rows = read_log(resumed_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # The KL coefficient carried over (it moved away from its initial value) and step 3 used the same prompts.
+    assert rows[2]["objective/kl_coef"] == pytest.approx(state["kl_controller"]["value"])
+    assert rows[2]["objective/kl_coef"] == pytest.approx(reference_rows[2]["objective/kl_coef"], rel=1e-4)
+    assert rows[2]["objective/kl_coef"] != pytest.approx(0.05)
+    assert rows[2]["objective/scores"] == pytest.approx(reference_rows[2]["objective/scores"], abs=1e-3)
+
+
+def test_biased_sampling_settings_are_rejected():
+    with pytest.raises(ValueError, match="top_p=0.9"):
+        ppo.validate_sampling(ppo.PPOConfig(top_p=0.9))
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        ppo.validate_sampling(ppo.PPOConfig(repetition_penalty=1.1))
