@@ -108,7 +108,8 @@ def run_pipeline(path: str, overrides: dict[str, Any] | None = None) -> dict[str
         else:
             logger.info("%s: starting in %s", stage, output_dir)
             start = time.perf_counter()
-            metrics = _stage_module(stage).train(configs[stage])
+            module = _stage_module(stage)
+            metrics = (module.evaluate if stage == "evaluate" else module.train)(configs[stage])
             seconds, status = time.perf_counter() - start, "ran"
         summary["stages"][stage] = {
             "status": status,
