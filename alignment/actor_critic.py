@@ -13,12 +13,15 @@ log-probs recomputed here match the ones seen while sampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from peft import PeftModel
 
 from alignment.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
 from alignment.rl_math import entropy_from_logits, logprobs_from_logits
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 @dataclass

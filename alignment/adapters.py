@@ -24,11 +24,13 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ def add_adapter_from(model: PeftModel, name: str, adapter_dir: str | Path, train
     the same backbone modules as a causal LM's (``model.layers.*``), so they load onto the policy's
     base; the scalar head is returned for the caller to hold.
     """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import set_peft_model_state_dict
+
     config, lora, head = read_adapter(adapter_dir)
     peft_config = PeftLoraConfig(
         r=config["r"],

@@ -296,6 +296,37 @@ def build_config(
     return Config(sections)
 
 
+def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--config FILE`` (or ``--config=FILE``) out of ``argv``; returns (FILE or None, the rest)."""
+    rest, path = [], None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--config":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError("--config needs a file")
+            path = argv[i + 1]
+            i += 2
+            continue
+        if token.startswith("--config="):
+            path = token.split("=", 1)[1]
+            if not path:
+                raise ConfigError("--config needs a file")
+        else:
+            rest.append(token)
+        i += 1
+    return path, rest
+
+
+def bool_keys_of(config_types: tuple[type, ...]) -> set[str]:
+    return {f.name for cls in config_types for f in dataclasses.fields(cls) if _field_types(cls).get(f.name) is bool}
+
+
+def parse_overrides(argv: list[str], bool_keys: set[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` / bare boolean ``--flag`` pairs as a dict (the command-line layer)."""
+    return dict(_argv_to_pairs(argv, bool_keys))
+
+
 def parse_config(
     config_types: tuple[type, ...], argv: list[str] | None = None, prog: str = "alignment"
 ) -> Config:
@@ -304,22 +335,15 @@ def parse_config(
     if "-h" in argv or "--help" in argv:
         sys.stdout.write(format_help(config_types, prog) + "\n")
         raise SystemExit(0)
+    config_path, argv = split_config_arg(argv)
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a file")
-        path = argv[i + 1]
-        del argv[i : i + 2]
-        data, lines = load_yaml(path)
+    if config_path is not None:
+        data, lines = load_yaml(config_path)
         for key, value in data.items():
             values[key] = value
-            where[key] = f"{path}:{lines.get(key, '?')}"
-    bool_keys = {
-        f.name for cls in config_types for f in dataclasses.fields(cls) if _field_types(cls).get(f.name) is bool
-    }
-    for key, value in _argv_to_pairs(argv, bool_keys):
+            where[key] = f"{config_path}:{lines.get(key, '?')}"
+    for key, value in _argv_to_pairs(argv, bool_keys_of(config_types)):
         values[key] = value
         where[key] = f"command line (--{key})"
     return build_config(config_types, values, where)

@@ -38,6 +38,12 @@ def _stage_keys(stage: str) -> set[str]:
     return {f.name for cls in _stage_module(stage).CONFIG_TYPES for f in dataclasses.fields(cls) if f.init}
 
 
+def pipeline_bool_keys() -> set[str]:
+    from alignment.config import bool_keys_of
+
+    return set().union(*(bool_keys_of(_stage_module(stage).CONFIG_TYPES) for stage in STAGES))
+
+
 def split_recipe(
     data: dict[str, Any], lines: dict[str, int], path: str, overrides: dict[str, Any]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:

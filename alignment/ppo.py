@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
 from alignment.actor_critic import ActorCritic, SequenceBatch
 from alignment.checkpointing import (
@@ -145,7 +144,9 @@ def validate_sampling(cfg: PPOConfig) -> None:
         raise ValueError("reward_weights needs one weight per entry of reward_model_paths")
 
 
-def generation_config(cfg: PPOConfig, tokenizer) -> GenerationConfig:
+def generation_config(cfg: PPOConfig, tokenizer):  # -> transformers.GenerationConfig
+    from transformers import GenerationConfig
+
     eos_ids = sorted({tokenizer.eos_token_id, *getattr(tokenizer, "stop_token_ids", [])} - {None})
     return GenerationConfig(
         do_sample=True,

@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import get_scheduler
 
-from alignment.checkpointing import GracefulInterrupt, TrainingInterrupted, load_checkpoint, newest_checkpoint, save_checkpoint
+from alignment.checkpointing import (
+    GracefulInterrupt,
+    TrainingInterrupted,
+    load_checkpoint,
+    newest_checkpoint,
+    save_checkpoint,
+)
 from alignment.run import Run
 from alignment.tracking import progress
 
@@ -124,6 +129,8 @@ def _step_batches(examples: Sequence[Any], run: Run, step: int, accum: int, glob
 
 def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec) -> LoopResult:
     """Train ``model`` on pre-tokenized ``examples``; checkpoints, resume, Ctrl-C and logging included."""
+    from transformers import get_scheduler  # imported here: it pulls in peft/bitsandbytes, too slow for `--help`
+
     cfg, accelerator = run.cfg.train, run.accelerator
     world = accelerator.num_processes
     global_batch = cfg.per_device_train_batch_size * world

@@ -7,28 +7,20 @@ Re-running the same command skips finished stages and resumes an interrupted one
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from alignment.config import ConfigError
-from alignment.pipeline import run_pipeline
+from alignment.config import ConfigError, parse_overrides, split_config_arg
+from alignment.pipeline import pipeline_bool_keys, run_pipeline
 
 
-def parse_overrides(argv: list[str]) -> tuple[str, dict[str, str]]:
+def parse_arguments(argv: list[str]) -> tuple[str, dict[str, Any]]:
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         raise SystemExit(0)
-    if "--config" not in argv:
+    path, rest = split_config_arg(argv)
+    if path is None:
         raise ConfigError("alignment pipeline needs --config (e.g. configs/quickstart.yaml)")
-    args = list(argv)
-    i = args.index("--config")
-    path = args[i + 1]
-    del args[i : i + 2]
-    overrides = {}
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--") or not args:
-            raise ConfigError(f"expected --key value, got {key!r}")
-        overrides[key[2:].replace("-", "_")] = args.pop(0)
-    return path, overrides
+    return path, parse_overrides(rest, pipeline_bool_keys())
 
 
 def print_summary(summary: dict) -> None:
@@ -51,7 +43,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    path, overrides = parse_overrides(list(sys.argv[1:] if argv is None else argv))
+    path, overrides = parse_arguments(list(sys.argv[1:] if argv is None else argv))
     summary = run_pipeline(path, overrides)
     print_summary(summary)
     return summary

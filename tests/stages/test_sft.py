@@ -1,0 +1,110 @@
+"""SFT stage: code paths on a tiny model (fast), learning on the embedded default (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignment import sft
+from alignment.config import build_config
+from alignment.models import load_causal_lm
+from alignment.tracking import read_log
+
+
+def sft_config(model_dir, out, **overrides):
+    values = {
+        "model_name_or_path": str(model_dir),
+        "dataset_name": "demo",
+        "max_samples": 12,
+        "eval_split_size": 4,
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "max_length": 128,
+        "max_steps": 2,
+        "save_steps": 0,
+    }
+    values.update(overrides)
+    return build_config(sft.CONFIG_TYPES, values)
+
+
+def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path):
+    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, merge_adapter=True))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("train_loss", "eval_loss_before", "eval_loss", "train_tokens_per_second", "num_examples", "num_truncated"):
+        assert key in saved
+    assert metrics["num_examples"] == 12 and metrics["num_eval_examples"] == 4  # max_samples counts training records
+    for path in ("adapter/adapter_config.json", "tokenizer", "config.yaml", "base_model.json", "log.jsonl", "DONE", "merged"):
+        assert (tmp_path / path).exists(), path
+    assert len(read_log(tmp_path)) >= 2
+    # The stage directory loads back onto its base.
+    model = load_causal_lm(build_config(sft.CONFIG_TYPES, {"model_name_or_path": str(tmp_path)}).model,
+                           sft_config(tiny_llama_dir, tmp_path).lora, sft_config(tiny_llama_dir, tmp_path).quant, trainable=False)
+    assert model is not None
+
+
+def test_too_long_prompts_are_reported_not_trained_on(tiny_llama_dir, tmp_path):
+    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, max_length=24))
+    assert metrics["num_rejected"] > 0 and metrics["rejected_by_reason"].get("prompt_too_long", 0) > 0
+
+
+def test_demonstration_without_assistant_turn_is_an_error_naming_the_line(tiny_llama_dir, tmp_path):
+    from data_schemas.errors import RecordError
+
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    bad.write_text(good + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    with pytest.raises(RecordError, match=r"bad.jsonl:2") as info:
+        sft.train(sft_config(tiny_llama_dir, tmp_path / "out", dataset_name=str(bad), eval_split_size=0))
+    assert "assistant" in str(info.value)
+
+
+@pytest.mark.parametrize("quant", ["load_in_8bit", "load_in_4bit"])
+def test_quantized_lora_completes_steps(tiny_llama_dir, tmp_path, quant):
+    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, **{quant: True}, max_samples=6, eval_split_size=0, max_steps=1, max_length=64))
+    assert metrics["steps"] == 1 and metrics["train_loss"] > 0
+
+
+def test_resume_after_kill_continues_from_the_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
+    import alignment.trainer as trainer_module
+    from alignment.checkpointing import TrainingInterrupted
+
+    reference = sft.train(sft_config(tiny_llama_dir, tmp_path / "ref", max_steps=6, save_steps=2, learning_rate=1e-3))
+
+    class KillAtStep3:
+        calls = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            KillAtStep3.calls += 1
+            return KillAtStep3.calls >= 3
+
+    monkeypatch.setattr(trainer_module, "GracefulInterrupt", KillAtStep3)
+    with pytest.raises(TrainingInterrupted):
+        sft.train(sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3))
+    monkeypatch.undo()
+    resumed = sft.train(sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3, resume=True))
+    steps = [r["step"] for r in read_log(tmp_path / "run") if "train/loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 before the kill, 4-6 after: not restarted from zero
+    losses = [r["train/loss"] for r in read_log(tmp_path / "run") if "train/loss" in r]
+    ref_losses = [r["train/loss"] for r in read_log(tmp_path / "ref") if "train/loss" in r]
+    assert losses == pytest.approx(ref_losses, rel=1e-4)
+    assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_embedded_default_learns_lima(shared_data, tmp_path):
+    """200 LIMA demonstrations, 1 epoch, LoRA on CPU: held-out loss on 50 others falls."""
+    lima = shared_data / "sft" / "lima.json"
+    if not lima.is_file():
+        pytest.skip(f"{lima} not present")
+    cfg = sft_config("smollm2-135m-instruct", tmp_path, dataset_name=str(lima), max_samples=200, eval_split_size=50,
+                     max_steps=-1, num_train_epochs=1, per_device_train_batch_size=8, max_length=384, learning_rate=2e-4)
+    metrics = sft.train(cfg)
+    assert metrics["eval_loss"] < metrics["eval_loss_before"]

@@ -1,0 +1,241 @@
+"""Each configs/models/*.yaml recipe loads its model family with its LoRA targets and takes an SFT step.
+
+Nothing is downloaded: every recipe gets a tiny random model (2 layers, hidden 64) built from its
+family's config class and saved with a tokenizer to a temporary directory, which replaces the recipe's
+``model_name_or_path``. Instruct-model recipes get the embedded default's tokenizer (it ships a chat
+template, like the real ones); recipes that set ``chat_template`` (base models: GPT-2, Pythia) get a
+GPT-2-style byte-level BPE tokenizer with ``<|endoftext|>`` as bos/eos/unk and no pad token or template,
+so the ChatML tokens, the pad token and the embedding resize all happen as they would on the real model.
+Recipes are combined with configs/sft.yaml's keys, as the documented ``alignment sft`` command does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig, Qwen2Config
+
+from alignment.config import Config, build_config, load_yaml
+from tests.conftest import REPO_ROOT, assert_params_changed, trainable_snapshot
+
+MODEL_RECIPES = sorted((REPO_ROOT / "configs" / "models").glob("*.yaml"))
+EIGHT_BIT_RECIPE = "qwen2.5-0.5b"  # the one recipe also loaded in 8-bit (bitsandbytes runs int8 on the CPU)
+MESSAGES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+# Two short demonstrations (one multi-turn with a system prompt): the 49k-row lm_head dominates the CPU time.
+DEMONSTRATIONS = [
+    MESSAGES,
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3 + 3?"},
+        {"role": "assistant", "content": "6."},
+    ],
+]
+
+
+def tiny_family_config(model_id: str, tokenizer) -> PretrainedConfig:
+    """The recipe's architecture at 2 layers / hidden 64, chosen from its Hub id."""
+    name = model_id.lower()
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    vocab = len(tokenizer)
+    if "gpt2" in name:
+        return GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=1024, **ids)
+    if "pythia" in name or "neox" in name:
+        return GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,  # Pythia's embed_out is its own matrix
+            **ids,
+        )
+    llama_like = {
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,  # as in Llama-3.2-1B, Qwen2.5-0.5B and SmolLM2
+        **ids,
+    }
+    if "qwen2" in name:
+        return Qwen2Config(**llama_like)
+    if "llama" in name or "smollm" in name:
+        return LlamaConfig(**llama_like)
+    pytest.fail(f"no tiny config for the family of {model_id}: add its config class to tiny_family_config()")
+
+
+def two_demonstrations():
+    from data_schemas.records import Demonstration, make_messages
+
+    return [Demonstration(make_messages(messages, "messages")).validate() for messages in DEMONSTRATIONS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On a few shared cores, every tiny matmul waits for the intra-op thread pool (~20 ms instead of 0.1 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def instruct_tokenizer(embedded_dir):
+    """The embedded default's tokenizer as shipped (ChatML template, pad == eos), not yet fixed by load_tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture(scope="module")
+def base_model_tokenizer():
+    """GPT-2 / Pythia style: byte-level BPE, ``<|endoftext|>`` as bos/eos/unk, no pad token, no chat template."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [m["content"] for messages in DEMONSTRATIONS for m in messages] * 2
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"])
+    end = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=end, eos_token=end, unk_token=end)
+    assert tokenizer.pad_token is None and not tokenizer.chat_template
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def recipe_model_dir(tmp_path_factory, instruct_tokenizer, base_model_tokenizer):
+    """``recipe path -> directory`` with a tiny random model of the recipe's family and its tokenizer."""
+    built: dict[Path, Path] = {}
+
+    def build(path: Path) -> Path:
+        if path not in built:
+            data, _ = load_yaml(path)
+            tokenizer = base_model_tokenizer if data.get("chat_template") else instruct_tokenizer
+            out = tmp_path_factory.mktemp(path.stem)
+            torch.manual_seed(0)
+            config = tiny_family_config(data["model_name_or_path"], tokenizer)
+            AutoModelForCausalLM.from_config(config).save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            built[path] = out
+        return built[path]
+
+    return build
+
+
+def recipe_config(path: Path, model_dir: Path, load_in_8bit: bool = False) -> Config:
+    """configs/sft.yaml + the model recipe (as the documented command gives them), on the tiny model, on the CPU."""
+    from alignment.sft import CONFIG_TYPES
+
+    sft_data, _ = load_yaml(REPO_ROOT / "configs" / "sft.yaml")
+    model_data, _ = load_yaml(path)
+    overrides = {"model_name_or_path": str(model_dir), "load_in_8bit": load_in_8bit, "load_in_4bit": False}
+    return build_config(CONFIG_TYPES, {**sft_data, **model_data, **overrides})
+
+
+def lora_modules(model) -> dict[str, torch.nn.Module]:
+    return {name: module for name, module in model.named_modules() if hasattr(module, "lora_A")}
+
+
+def sft_batch(cfg: Config, tokenizer, padding_free: bool):
+    from alignment.sft import sft_loop_spec, tokenize_demonstrations
+
+    examples, rejected, _ = tokenize_demonstrations(
+        tokenizer, two_demonstrations(), cfg.train.max_length, cfg.sft.train_on
+    )
+    assert len(examples) == 2, f"demonstrations rejected: {dict(rejected)}"
+    spec = sft_loop_spec(tokenizer, padding_free)
+    return spec, spec.collate_fn(examples), examples
+
+
+def assert_padding_free_loss_equals_padded_loss(model, cfg: Config, tokenizer) -> None:
+    """Packed rows restart ``position_ids`` per example; transformers must turn that into a block-diagonal mask."""
+    losses = {}
+    model.eval()
+    with torch.no_grad():
+        for padding_free in (False, True):
+            spec, batch, _ = sft_batch(cfg, tokenizer, padding_free)
+            loss_sum, _ = spec.loss_fn(model, batch)
+            losses["packed" if padding_free else "padded"] = float(loss_sum / spec.count_fn(batch))
+    model.train()
+    assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-5), losses
+
+
+CASES = [pytest.param(p, False, id=p.stem) for p in MODEL_RECIPES] + [
+    pytest.param(p, True, id=f"{p.stem}-8bit") for p in MODEL_RECIPES if p.stem == EIGHT_BIT_RECIPE
+]
+
+
+def test_every_recipe_is_covered():
+    assert len(MODEL_RECIPES) >= 5 and any(p.stem == EIGHT_BIT_RECIPE for p in MODEL_RECIPES)
+
+
+@pytest.mark.parametrize(("path", "load_in_8bit"), CASES)
+def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bit, recipe_model_dir):
+    from alignment.models import load_causal_lm, load_tokenizer
+
+    cfg = recipe_config(path, recipe_model_dir(path), load_in_8bit)
+    tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
+    model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, tokenizer=tokenizer, device="cpu")
+    assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+
+    targets = cfg.lora.lora_target_modules
+    adapted = lora_modules(model)
+    unmatched = [t for t in targets if not any(name.rsplit(".", 1)[-1] == t for name in adapted)]
+    assert not unmatched, f"{path.name}: lora_target_modules {unmatched} match no module of the family"
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == set(targets)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable), trainable[:5]
+    if load_in_8bit:
+        assert {type(m.base_layer).__name__ for m in adapted.values()} == {"Linear8bitLt"}
+
+    spec, batch, _ = sft_batch(cfg, tokenizer, cfg.sft.padding_free)
+    if not load_in_8bit:  # configs/sft.yaml packs batches: the family's attention must keep the examples apart
+        assert_padding_free_loss_equals_padded_loss(model, cfg, tokenizer)
+    before = trainable_snapshot(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    loss_sum, _ = spec.loss_fn(model, batch)
+    loss = loss_sum / spec.count_fn(batch)
+    assert torch.isfinite(loss), loss
+    loss.backward()
+    optimizer.step()
+    assert_params_changed(before, model, "lora_B")  # B starts at zero, so A gets no gradient on step one
+
+
+BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template")]
+
+
+@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
+def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir):
+    from alignment.config import ModelConfig
+    from alignment.models import ModelLoadError, load_tokenizer
+
+    model_dir = recipe_model_dir(path)
+    with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
+        load_tokenizer(ModelConfig(model_name_or_path=str(model_dir)), require_chat_template=True)
+
+    cfg = recipe_config(path, model_dir)
+    assert cfg.model.chat_template == "chatml"
+    tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
+    prompt = tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    full = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
+    assert full.startswith(prompt) and full.endswith("Hello! How can I help?<|im_end|>\n")
+    for token in ("<|im_start|>", "<|im_end|>"):
+        assert tokenizer.tokenize(token) == [token], f"{token} must be one token"
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
+
+    # SFT learns every assistant turn up to and including <|im_end|>, so the model learns to stop.
+    _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
+    assert [len(e.target_spans) for e in examples] == [1, 2]
+    for example in examples:
+        for start, end in example.target_spans:
+            assert example.labels[end - 1] == tokenizer.eos_token_id, tokenizer.decode(example.input_ids[start:end])
