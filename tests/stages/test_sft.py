@@ -44,8 +44,14 @@ def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path)
 
 
 def test_too_long_prompts_are_reported_not_trained_on(tiny_llama_dir, tmp_path):
-    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, max_length=24))
-    assert metrics["num_rejected"] > 0 and metrics["rejected_by_reason"].get("prompt_too_long", 0) > 0
+    def demo(question):
+        return json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "Sure."}]})
+
+    data = tmp_path / "demos.jsonl"
+    data.write_text("\n".join([demo("Hi?"), demo("Hello?"), demo("word " * 200), demo("Hey?")]) + "\n")
+    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path / "out", dataset_name=str(data), eval_split_size=0, max_length=96))
+    assert metrics["rejected_by_reason"] == {"prompt_too_long": 1}
+    assert metrics["num_examples"] == 3
 
 
 def test_demonstration_without_assistant_turn_is_an_error_naming_the_line(tiny_llama_dir, tmp_path):

@@ -1,0 +1,185 @@
+"""The built-in demo data: it parses and validates, has the counts its README documents, keeps the
+evaluation prompts held out, and the committed files are exactly what the seeded generator writes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from alignment.config import DataConfig
+from alignment.data import load_records
+from alignment.demo_data import build_demo_data
+from alignment.refusal import PhraseRefusalDetector
+from data_schemas.records import Comparison, Demonstration, Prompt, make_messages
+
+DEMO_DIR = Path(build_demo_data.__file__).resolve().parent
+README = DEMO_DIR / "README.md"
+
+# The counts documented in alignment/demo_data/README.md (categories, then the total).
+EXPECTED_COUNTS = {
+    "demonstrations.jsonl": {"harmful": 32, "helpful": 104, "safe": 24, "total": 160},
+    "comparisons.jsonl": {"harmless": 75, "helpful": 169, "overrefusal": 76, "total": 320, "k3": 30},
+    "prompts.jsonl": {"harmful": 30, "helpful": 60, "safe": 30, "total": 120},
+    "eval_prompts.jsonl": {"harmful": 16, "helpful": 16, "safe": 16, "total": 48},
+}
+PROMPT_LABELS = {"helpful", "harmful", "safe"}
+COMPARISON_CATEGORIES = {"helpful", "harmless", "overrefusal"}
+
+
+def read_jsonl(name: str) -> list[dict]:
+    rows = []
+    with (DEMO_DIR / name).open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:  # pragma: no cover - the message is the point
+                pytest.fail(f"{name}:{line_number}: not JSON: {e}")
+    return rows
+
+
+def responses(row: dict) -> list[str]:
+    """Best first: [chosen, rejected] or the K ranked responses in rank order."""
+    if "responses" in row:
+        return [text for _, text in sorted(zip(row["ranks"], row["responses"]))]
+    return [row["chosen"], row["rejected"]]
+
+
+def prompt_set(rows: list[dict]) -> set[str]:
+    return {build_demo_data.normalize_prompt(text) for row in rows for text in build_demo_data.user_texts(row)}
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, list[dict]]:
+    return {name: read_jsonl(name) for name in build_demo_data.FILES}
+
+
+def test_every_record_validates_as_its_schema(files):
+    for i, row in enumerate(files["demonstrations.jsonl"]):
+        assert set(row) == {"messages"}, f"demonstrations.jsonl:{i + 1}"
+        Demonstration(make_messages(row["messages"], "messages")).validate()
+    for i, row in enumerate(files["comparisons.jsonl"]):
+        assert row["category"] in COMPARISON_CATEGORIES, f"comparisons.jsonl:{i + 1}"
+        prompt = make_messages(row["prompt"], "prompt")
+        ranks = tuple(row.get("ranks", (0, 1)))
+        Comparison(prompt, tuple(row.get("responses") or (row["chosen"], row["rejected"])), ranks).validate()
+    for name in ("prompts.jsonl", "eval_prompts.jsonl"):
+        for i, row in enumerate(files[name]):
+            assert set(row) == {"prompt", "label"} and row["label"] in PROMPT_LABELS, f"{name}:{i + 1}"
+            Prompt(make_messages([{"role": "user", "content": row["prompt"]}], "prompt"), row["label"]).validate()
+
+
+def test_counts_by_category_are_as_documented(files):
+    counted = {
+        "comparisons.jsonl": Counter(row["category"] for row in files["comparisons.jsonl"]),
+        "prompts.jsonl": Counter(row["label"] for row in files["prompts.jsonl"]),
+        "eval_prompts.jsonl": Counter(row["label"] for row in files["eval_prompts.jsonl"]),
+        # demonstrations carry no category field; the generator tags each one
+        "demonstrations.jsonl": Counter(category for category, _ in build_demo_data.build()["demonstrations.jsonl"]),
+    }
+    for name, counts in counted.items():
+        expected = {k: v for k, v in EXPECTED_COUNTS[name].items() if k not in ("total", "k3")}
+        assert dict(counts) == expected, name
+        assert len(files[name]) == EXPECTED_COUNTS[name]["total"], name
+    k_wise = [row for row in files["comparisons.jsonl"] if "responses" in row]
+    assert len(k_wise) == EXPECTED_COUNTS["comparisons.jsonl"]["k3"]
+    assert all(len(row["responses"]) == 3 and row["ranks"] == [0, 1, 2] for row in k_wise)
+    assert {row["category"] for row in k_wise} == COMPARISON_CATEGORIES
+    multi_turn = [row for row in files["demonstrations.jsonl"] if len(row["messages"]) > 2]
+    assert len(multi_turn) == len(build_demo_data.MULTI_TURN)
+
+
+def test_readme_documents_the_same_counts():
+    text = README.read_text(encoding="utf-8")
+    for name, counts in EXPECTED_COUNTS.items():
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{name}`")), None)
+        assert row is not None, f"README has no table row for {name}"
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert str(counts["total"]) in cells, (name, cells)
+        for category in counts.keys() - {"total", "k3"}:
+            assert re.search(rf"\b{category} {counts[category]}\b", row), (name, category, row)
+
+
+def test_eval_prompts_appear_in_no_other_file(files):
+    eval_prompts = prompt_set(files["eval_prompts.jsonl"])
+    assert len(eval_prompts) == len(files["eval_prompts.jsonl"])
+    for name in ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl"):
+        assert not eval_prompts & prompt_set(files[name]), name
+
+
+def test_files_do_not_share_prompts(files):
+    # comparisons are not the demonstrations' prompts again, and PPO prompts are fresh for the policy
+    demos, comparisons, ppo = (
+        prompt_set(files[n]) for n in ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl")
+    )
+    assert not demos & comparisons
+    assert not ppo & (demos | comparisons)
+
+
+def test_preferred_and_dispreferred_responses_differ(files):
+    for i, row in enumerate(files["comparisons.jsonl"]):
+        texts = [text.strip() for text in responses(row)]
+        assert len(set(texts)) == len(texts), f"comparisons.jsonl:{i + 1}: {texts}"
+        if "chosen" in row:
+            assert row["chosen"].strip() != row["rejected"].strip()
+
+
+def test_refusals_are_where_the_categories_say(files):
+    """Harmless: refusal beats compliance; over-refusal: an answer beats a refusal; helpful: no refusals preferred."""
+    detector = PhraseRefusalDetector()
+    for i, row in enumerate(files["comparisons.jsonl"]):
+        best, worst = responses(row)[0], responses(row)[-1]
+        where = f"comparisons.jsonl:{i + 1}"
+        if row["category"] == "harmless":
+            assert detector.is_refusal(best) and not detector.is_refusal(worst), where
+            # the "compliance" is one of the vague, non-actionable templates and nothing else
+            assert worst in build_demo_data.VAGUE_COMPLIANCE, where
+        elif row["category"] == "overrefusal":
+            assert not detector.is_refusal(best) and detector.is_refusal(worst), where
+        else:
+            assert not detector.is_refusal(best), where
+    tagged = build_demo_data.build()["demonstrations.jsonl"]
+    for category, row in tagged:
+        reply = row["messages"][-1]["content"]
+        assert detector.is_refusal(reply) == (category == "harmful"), reply
+
+
+def test_answers_fit_a_short_generation(files):
+    answers = [
+        m["content"] for row in files["demonstrations.jsonl"] for m in row["messages"] if m["role"] == "assistant"
+    ]
+    answers += [responses(row)[0] for row in files["comparisons.jsonl"]]
+    for text in answers:
+        assert len(text) <= build_demo_data.MAX_ANSWER_CHARS, text
+        assert len(text.split()) <= build_demo_data.MAX_ANSWER_WORDS, text
+
+
+def test_generator_reproduces_the_committed_files(tmp_path):
+    summary = build_demo_data.main(tmp_path)
+    assert summary == EXPECTED_COUNTS
+    for name in build_demo_data.FILES:
+        assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), (
+            f"{name} differs from the generator's output; run `python -m alignment.demo_data.build_demo_data`"
+        )
+
+
+def test_files_are_small():
+    assert sum((DEMO_DIR / name).stat().st_size for name in build_demo_data.FILES) < 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("demonstration", "demonstrations.jsonl"), ("comparison", "comparisons.jsonl"), ("prompt", "prompts.jsonl")],
+)
+def test_demo_source_loads_through_the_data_loader(kind, name):
+    record_set = load_records(DataConfig(dataset_name="demo"), kind)
+    assert len(record_set.records) == EXPECTED_COUNTS[name]["total"]
+    assert record_set.skipped.total == 0
+
+
+def test_eval_prompts_load_with_their_labels():
+    record_set = load_records(DataConfig(dataset_name=str(DEMO_DIR / "eval_prompts.jsonl")), "prompt")
+    assert Counter(r.label for r in record_set.records) == {"helpful": 16, "harmful": 16, "safe": 16}
