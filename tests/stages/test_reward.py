@@ -1,0 +1,100 @@
+"""Reward stage: code paths on tiny models (fast), held-out accuracy on HH-RLHF with the embedded default (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignment import reward
+from alignment.config import build_config
+from alignment.scoring import load_reward_scorer
+from data_schemas.records import Message
+
+
+def reward_config(model_dir, out, **overrides):
+    values = {
+        "model_name_or_path": str(model_dir),
+        "dataset_name": "demo",
+        "max_samples": 12,
+        "eval_split_size": 6,
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "max_length": 160,
+        "max_steps": 2,
+        "save_steps": 0,
+        "learning_rate": 1e-3,
+    }
+    values.update(overrides)
+    return build_config(reward.CONFIG_TYPES, values)
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_dir(tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reward")
+    reward.train(reward_config(tiny_llama_dir, out))
+    return out
+
+
+def test_outputs_metrics_and_saved_statistics(tiny_reward_dir):
+    metrics = json.loads((tiny_reward_dir / "metrics.json").read_text())
+    for key in ("eval_accuracy", "eval_loss", "pairs_per_second", "num_pairs", "eval_accuracy_ci_low"):
+        assert key in metrics
+    assert metrics["eval_accuracy_ci_low"] <= metrics["eval_accuracy"] <= metrics["eval_accuracy_ci_high"]
+    stats = json.loads((tiny_reward_dir / "reward_stats.json").read_text())
+    assert stats["std"] > 0
+    for path in ("adapter/adapter_config.json", "tokenizer", "base_model.json", "DONE"):
+        assert (tiny_reward_dir / path).exists(), path
+
+
+def test_scorer_reloads_the_trained_head_and_normalises(tiny_reward_dir, tiny_llama_dir):
+    scorer = load_reward_scorer(tiny_reward_dir)
+    prompts = [(Message("user", "How do I boil an egg?"),)] * 2
+    responses = ["Put it in boiling water for about nine minutes, then cool it in cold water.", "Look it up."]
+    raw = scorer.score(prompts, responses)
+    again = load_reward_scorer(tiny_reward_dir).score(prompts, responses)
+    assert raw.shape == (2,) and torch.allclose(raw, again)  # the trained head was saved, not re-initialised
+    normalised = scorer.score(prompts, responses, normalize=True)
+    assert torch.allclose(normalised, (raw - scorer.stats.mean) / scorer.stats.std, atol=1e-5)
+
+
+def test_eval_only_on_another_format(tiny_reward_dir, shared_data, tmp_path):
+    oasst = shared_data / "oasst1" / "en_100_tree.jsonl"
+    if not oasst.is_file():
+        pytest.skip(f"{oasst} not present")
+    cfg = reward_config(tiny_reward_dir, tmp_path, dataset_name=str(oasst), eval_only=True, max_samples=6, eval_split_size=0, max_length=256)
+    metrics = reward.train(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["num_pairs"] == metrics["num_pairs"] > 6  # K-ranked groups: more pairs than records
+    assert 0.0 <= saved["eval_accuracy"] <= 1.0 and "eval_loss" in saved
+    assert not (tmp_path / "adapter").exists()  # evaluation only: nothing trained or saved
+
+
+def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_dir, tmp_path):
+    metrics = reward.train(reward_config(tiny_bert_dir, tmp_path, max_steps=3))
+    assert metrics["steps"] == 3
+    scorer = load_reward_scorer(tmp_path)
+    scores = scorer.score([(Message("user", "Say hi"),)], ["Hi there!"])
+    assert scores.shape == (1,) and torch.isfinite(scores).all()
+
+
+def test_loss_falls_on_a_learnable_signal(tiny_llama_dir, tmp_path):
+    from alignment.tracking import read_log
+
+    reward.train(reward_config(tiny_llama_dir, tmp_path, max_samples=8, eval_split_size=0, max_steps=12, learning_rate=3e-3))
+    losses = [row["train/loss"] for row in read_log(tmp_path) if "train/loss" in row]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+@pytest.mark.slow
+def test_embedded_default_beats_chance_on_held_out_hh_rlhf(shared_data, tmp_path):
+    """LoRA reward model on HH-RLHF helpful pairs: held-out accuracy clearly above 0.5 (95% CI above 0.5)."""
+    data = shared_data / "hh-rlhf" / "helpful-online.jsonl.gz"
+    if not data.is_file():
+        pytest.skip(f"{data} not present")
+    cfg = reward_config("smollm2-135m-instruct", tmp_path, dataset_name=str(data), invalid_records="skip",
+                        max_samples=600, eval_split_size=200, max_steps=-1, num_train_epochs=1,
+                        per_device_train_batch_size=8, max_length=384, learning_rate=3e-4, lora_r=16, lora_alpha=32)
+    metrics = reward.train(cfg)
+    assert metrics["eval_accuracy_ci_low"] > 0.5, metrics
