@@ -41,7 +41,9 @@ class ModelConfig:
     dtype: str = _help("Weights dtype: auto, bf16, fp16, fp32.", default="auto")
     trust_remote_code: bool = _help("Run model code from the Hub repository (off unless you trust it).", default=False)
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
-    attn_implementation: str | None = _help("sdpa, eager or flash_attention_2; None lets transformers pick.", default=None)
+    attn_implementation: str | None = _help(
+        "sdpa, eager or flash_attention_2; None lets transformers pick.", default=None
+    )
     chat_template: str | None = _help(
         "Jinja chat template (or a path to one) for base models that ship none; 'chatml' uses a built-in one.",
         default=None,
@@ -53,7 +55,9 @@ class LoraConfig:
     use_lora: bool = _help("Train LoRA adapters instead of all weights.", default=True)
     lora_r: int = _help("LoRA rank.", default=8)
     lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", default=16)
-    lora_dropout: float = _help("Dropout on the LoRA path (keep 0 for PPO: log-probs must be deterministic).", default=0.0)
+    lora_dropout: float = _help(
+        "Dropout on the LoRA path (keep 0 for PPO: log-probs must be deterministic).", default=0.0
+    )
     lora_target_modules: list[str] = _help(
         "Modules to adapt: 'all-linear' or names such as q_proj,v_proj.", default_factory=lambda: ["all-linear"]
     )
@@ -70,16 +74,22 @@ class QuantConfig:
 
 @dataclass
 class DataConfig:
-    dataset_name: str | None = _help("Local file (json, jsonl, .gz, csv, parquet) or Hub dataset id; 'demo' for built-in data.", default=None)
+    dataset_name: str | None = _help(
+        "Local file (json, jsonl, .gz, csv, parquet) or Hub dataset id; 'demo' for built-in data.", default=None
+    )
     dataset_format: str = _help("Record format, or 'auto' to detect it from the columns.", default="auto")
     dataset_split: str = _help("Split to read from a Hub dataset.", default="train")
     dataset_subset: str | None = _help("Hub dataset configuration name.", default=None)
     dataset_data_dir: str | None = _help("Hub dataset data_dir (e.g. helpful-online for HH-RLHF).", default=None)
-    eval_dataset_name: str | None = _help("Separate held-out file; otherwise eval_split_size records are held out.", default=None)
+    eval_dataset_name: str | None = _help(
+        "Separate held-out file; otherwise eval_split_size records are held out.", default=None
+    )
     eval_split_size: float = _help("Held-out share (<1) or count (>=1) taken from the training data.", default=0.0)
     max_samples: int | None = _help("Use only the first N training records.", default=None)
     max_eval_samples: int | None = _help("Use only the first N held-out records.", default=None)
-    invalid_records: str = _help("On a malformed record: 'raise' (default) or 'skip' and report counts.", default="raise")
+    invalid_records: str = _help(
+        "On a malformed record: 'raise' (default) or 'skip' and report counts.", default="raise"
+    )
 
 
 @dataclass
@@ -103,7 +113,9 @@ class TrainConfig:
     save_steps: int = _help("Checkpoint every N steps (0: only at the end and on Ctrl-C).", default=50)
     save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
     resume: bool = _help("Continue from the newest checkpoint in output_dir.", default=False)
-    report_to: list[str] = _help("Extra loggers: tensorboard, wandb, trackio (JSONL is always written).", default_factory=list)
+    report_to: list[str] = _help(
+        "Extra loggers: tensorboard, wandb, trackio (JSONL is always written).", default_factory=list
+    )
     cpu: bool = _help("Force the CPU even when a GPU is present.", default=False)
 
 
@@ -204,7 +216,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         try:
             number = float(value) if annotation is float else int(str(value).replace("_", ""))
         except (TypeError, ValueError):
-            raise ConfigError(f"'{key}' expects {'a number' if annotation is float else 'an integer'}, got {value!r}") from None
+            raise ConfigError(
+                f"'{key}' expects {'a number' if annotation is float else 'an integer'}, got {value!r}"
+            ) from None
         return number
     if annotation is str:
         if isinstance(value, (dict, list)):
@@ -327,9 +341,7 @@ def parse_overrides(argv: list[str], bool_keys: set[str]) -> dict[str, Any]:
     return dict(_argv_to_pairs(argv, bool_keys))
 
 
-def parse_config(
-    config_types: tuple[type, ...], argv: list[str] | None = None, prog: str = "alignment"
-) -> Config:
+def parse_config(config_types: tuple[type, ...], argv: list[str] | None = None, prog: str = "alignment") -> Config:
     """YAML defaults from ``--config``, then command-line overrides; ``--help`` prints and exits."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:

@@ -367,7 +367,9 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
 
     ppo = cfg.ppo
     base_cfg, sft_adapter = stage_base(ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)
-    policy_source = dataclasses.replace(cfg.model, model_name_or_path=ppo.sft_model_path or cfg.model.model_name_or_path)
+    policy_source = dataclasses.replace(
+        cfg.model, model_name_or_path=ppo.sft_model_path or cfg.model.model_name_or_path
+    )
     tokenizer = load_tokenizer(policy_source, padding_side="left")
     base = load_causal_lm(base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False)
     base.requires_grad_(False)

@@ -95,13 +95,17 @@ def start_run(cfg: Config, stage: str) -> Iterator[Run]:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
         versions: dict[str, Any] = package_versions()
-        versions.update({"seed": train.seed, "num_processes": accelerator.num_processes, "device": str(accelerator.device)})
+        versions.update(
+            {"seed": train.seed, "num_processes": accelerator.num_processes, "device": str(accelerator.device)}
+        )
         write_json_atomic(output_dir / "versions.json", versions)
     accelerator.wait_for_everyone()
     handler = _configure_logging(output_dir, accelerator.is_main_process)
     set_seed(train.seed)
     metrics = MetricLogger(output_dir, train.report_to, enabled=accelerator.is_main_process)
-    logger.info("%s: output_dir=%s, %d process(es) on %s", stage, output_dir, accelerator.num_processes, accelerator.device)
+    logger.info(
+        "%s: output_dir=%s, %d process(es) on %s", stage, output_dir, accelerator.num_processes, accelerator.device
+    )
     try:
         yield Run(stage=stage, cfg=cfg, output_dir=output_dir, accelerator=accelerator, metrics=metrics)
     finally:

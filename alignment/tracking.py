@@ -143,7 +143,12 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def progress(
-    iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", enabled: bool = True, initial: int = 0
+    iterable: Iterable[T] | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool = True,
+    initial: int = 0,
 ) -> Iterator[T] | tqdm:
     """A tqdm progress bar with ETA on the main process only (quiet under ALIGNMENT_NO_PROGRESS=1)."""
     disable = not enabled or os.environ.get("ALIGNMENT_NO_PROGRESS") == "1"

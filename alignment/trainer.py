@@ -92,7 +92,9 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
 
 
-def evaluate_loss(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec, batch_size: int) -> dict[str, float]:
+def evaluate_loss(
+    run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec, batch_size: int
+) -> dict[str, float]:
     """Mean loss per unit over ``examples`` (sharded across processes), plus summed stats."""
     world, rank = run.accelerator.num_processes, run.accelerator.process_index
     model.eval()
@@ -139,15 +141,26 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * micro_per_epoch / accum)
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = get_scheduler(
-        cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+        cfg.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step, history, evals = 0, [], []
     checkpoint = newest_checkpoint(run.output_dir) if cfg.resume else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(
+            checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
+        )
         start_step = state["step"]
-    logger.info("training %d steps (%d examples, global batch %d x %d accumulation)", total_steps, len(examples), global_batch, accum)
+    logger.info(
+        "training %d steps (%d examples, global batch %d x %d accumulation)",
+        total_steps,
+        len(examples),
+        global_batch,
+        accum,
+    )
     tokens_seen, items_seen, train_seconds = 0.0, 0.0, 0.0
     bar = progress(total=total_steps, desc=f"{run.stage} train", enabled=run.is_main, initial=start_step)
     with GracefulInterrupt() as interrupt:

@@ -33,9 +33,7 @@ class RecordError(ValueError):
         self.kind = kind or reason.split(":")[0].strip().replace(" ", "_")[:40]
         super().__init__(self._message())
 
-    def located(
-        self, *, path: str | None = None, line: int | None = None, index: int | None = None
-    ) -> RecordError:
+    def located(self, *, path: str | None = None, line: int | None = None, index: int | None = None) -> RecordError:
         """Return a copy that also carries where the record came from (adapters don't know)."""
         return RecordError(
             self.reason,

@@ -34,7 +34,9 @@ class Message:
 def make_messages(raw: Any, field_name: str) -> tuple[Message, ...]:
     """Turn a list of ``{"role", "content"}`` dicts (or Messages) into Messages, checking types."""
     if not isinstance(raw, (list, tuple)):
-        raise RecordError(f"expected a list of messages, got {type(raw).__name__}", field=field_name, kind="mistyped_field")
+        raise RecordError(
+            f"expected a list of messages, got {type(raw).__name__}", field=field_name, kind="mistyped_field"
+        )
     messages = []
     for i, item in enumerate(raw):
         if isinstance(item, Message):
@@ -52,7 +54,9 @@ def make_messages(raw: Any, field_name: str) -> tuple[Message, ...]:
             raise RecordError(f"missing '{missing}'", field=f"{field_name}[{i}].{missing}", kind="missing_field")
         if not isinstance(content, str):
             raise RecordError(
-                f"expected text, got {type(content).__name__}", field=f"{field_name}[{i}].content", kind="mistyped_field"
+                f"expected text, got {type(content).__name__}",
+                field=f"{field_name}[{i}].content",
+                kind="mistyped_field",
             )
         messages.append(Message(str(role), content))
     return tuple(messages)
@@ -61,7 +65,9 @@ def make_messages(raw: Any, field_name: str) -> tuple[Message, ...]:
 def _check_messages(messages: tuple[Message, ...], field_name: str) -> None:
     for i, m in enumerate(messages):
         if m.role not in ROLES:
-            raise RecordError(f"unknown role {m.role!r} (known: {', '.join(ROLES)})", field=f"{field_name}[{i}].role", kind="bad_role")
+            raise RecordError(
+                f"unknown role {m.role!r} (known: {', '.join(ROLES)})", field=f"{field_name}[{i}].role", kind="bad_role"
+            )
         if not m.content.strip():
             raise RecordError("empty text", field=f"{field_name}[{i}].content", kind="empty_text")
 
@@ -78,7 +84,9 @@ class Demonstration:
         if not any(m.role == "assistant" for m in self.messages):
             raise RecordError("no assistant turn to learn from", field="messages", kind="no_assistant_turn")
         if self.messages[-1].role != "assistant":
-            raise RecordError("the last message must be the assistant's reply", field="messages", kind="no_assistant_turn")
+            raise RecordError(
+                "the last message must be the assistant's reply", field="messages", kind="no_assistant_turn"
+            )
         return self
 
 
@@ -113,12 +121,16 @@ class Comparison:
         if self.prompt[-1].role != "user":
             raise RecordError("the prompt must end with a user turn", field="prompt", kind="bad_role")
         if len(self.responses) < 2:
-            raise RecordError(f"need at least 2 responses, got {len(self.responses)}", field="responses", kind="too_few_responses")
+            raise RecordError(
+                f"need at least 2 responses, got {len(self.responses)}", field="responses", kind="too_few_responses"
+            )
         if len(self.ranks) != len(self.responses):
             raise RecordError("ranks and responses differ in length", field="ranks", kind="mistyped_field")
         for i, r in enumerate(self.responses):
             if not isinstance(r, str):
-                raise RecordError(f"expected text, got {type(r).__name__}", field=f"responses[{i}]", kind="mistyped_field")
+                raise RecordError(
+                    f"expected text, got {type(r).__name__}", field=f"responses[{i}]", kind="mistyped_field"
+                )
             if not r.strip():
                 raise RecordError("empty text", field=f"responses[{i}]", kind="empty_text")
         if not self.pairs():

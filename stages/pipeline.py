@@ -34,7 +34,11 @@ def print_summary(summary: dict) -> None:
             "ppo": ("heldout_reward_before", "heldout_reward_after", "kl_last", "episodes_per_second"),
             "evaluate": ("report",),
         }.get(stage, ())
-        shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}" for k in keys if k in metrics)
+        shown = ", ".join(
+            f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}"
+            for k in keys
+            if k in metrics
+        )
         print(f"  {stage:<9} {info['status']:<26} {info['seconds']:>7.1f}s  {shown}")
     report = summary["stages"].get("evaluate", {}).get("output_dir")
     if report:

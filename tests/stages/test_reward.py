@@ -63,7 +63,15 @@ def test_eval_only_on_another_format(tiny_reward_dir, shared_data, tmp_path):
     oasst = shared_data / "oasst1" / "en_100_tree.jsonl"
     if not oasst.is_file():
         pytest.skip(f"{oasst} not present")
-    cfg = reward_config(tiny_reward_dir, tmp_path, dataset_name=str(oasst), eval_only=True, max_samples=6, eval_split_size=0, max_length=256)
+    cfg = reward_config(
+        tiny_reward_dir,
+        tmp_path,
+        dataset_name=str(oasst),
+        eval_only=True,
+        max_samples=6,
+        eval_split_size=0,
+        max_length=256,
+    )
     metrics = reward.train(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["num_pairs"] == metrics["num_pairs"] > 6  # K-ranked groups: more pairs than records
@@ -82,7 +90,9 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
 def test_loss_falls_on_a_learnable_signal(tiny_llama_dir, tmp_path):
     from alignment.tracking import read_log
 
-    reward.train(reward_config(tiny_llama_dir, tmp_path, max_samples=8, eval_split_size=0, max_steps=12, learning_rate=3e-3))
+    reward.train(
+        reward_config(tiny_llama_dir, tmp_path, max_samples=8, eval_split_size=0, max_steps=12, learning_rate=3e-3)
+    )
     losses = [row["train/loss"] for row in read_log(tmp_path) if "train/loss" in row]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
 
@@ -93,8 +103,20 @@ def test_embedded_default_beats_chance_on_held_out_hh_rlhf(shared_data, tmp_path
     data = shared_data / "hh-rlhf" / "helpful-online.jsonl.gz"
     if not data.is_file():
         pytest.skip(f"{data} not present")
-    cfg = reward_config("smollm2-135m-instruct", tmp_path, dataset_name=str(data), invalid_records="skip",
-                        max_samples=600, eval_split_size=200, max_steps=-1, num_train_epochs=1,
-                        per_device_train_batch_size=8, max_length=384, learning_rate=3e-4, lora_r=16, lora_alpha=32)
+    cfg = reward_config(
+        "smollm2-135m-instruct",
+        tmp_path,
+        dataset_name=str(data),
+        invalid_records="skip",
+        max_samples=600,
+        eval_split_size=200,
+        max_steps=-1,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        max_length=384,
+        learning_rate=3e-4,
+        lora_r=16,
+        lora_alpha=32,
+    )
     metrics = reward.train(cfg)
     assert metrics["eval_accuracy_ci_low"] > 0.5, metrics

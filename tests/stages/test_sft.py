@@ -31,25 +31,48 @@ def sft_config(model_dir, out, **overrides):
 def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path):
     metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, merge_adapter=True))
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("train_loss", "eval_loss_before", "eval_loss", "train_tokens_per_second", "num_examples", "num_truncated"):
+    for key in (
+        "train_loss",
+        "eval_loss_before",
+        "eval_loss",
+        "train_tokens_per_second",
+        "num_examples",
+        "num_truncated",
+    ):
         assert key in saved
     assert metrics["num_examples"] == 12 and metrics["num_eval_examples"] == 4  # max_samples counts training records
-    for path in ("adapter/adapter_config.json", "tokenizer", "config.yaml", "base_model.json", "log.jsonl", "DONE", "merged"):
+    for path in (
+        "adapter/adapter_config.json",
+        "tokenizer",
+        "config.yaml",
+        "base_model.json",
+        "log.jsonl",
+        "DONE",
+        "merged",
+    ):
         assert (tmp_path / path).exists(), path
     assert len(read_log(tmp_path)) >= 2
     # The stage directory loads back onto its base.
-    model = load_causal_lm(build_config(sft.CONFIG_TYPES, {"model_name_or_path": str(tmp_path)}).model,
-                           sft_config(tiny_llama_dir, tmp_path).lora, sft_config(tiny_llama_dir, tmp_path).quant, trainable=False)
+    model = load_causal_lm(
+        build_config(sft.CONFIG_TYPES, {"model_name_or_path": str(tmp_path)}).model,
+        sft_config(tiny_llama_dir, tmp_path).lora,
+        sft_config(tiny_llama_dir, tmp_path).quant,
+        trainable=False,
+    )
     assert model is not None
 
 
 def test_too_long_prompts_are_reported_not_trained_on(tiny_llama_dir, tmp_path):
     def demo(question):
-        return json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "Sure."}]})
+        return json.dumps(
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "Sure."}]}
+        )
 
     data = tmp_path / "demos.jsonl"
     data.write_text("\n".join([demo("Hi?"), demo("Hello?"), demo("word " * 200), demo("Hey?")]) + "\n")
-    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path / "out", dataset_name=str(data), eval_split_size=0, max_length=96))
+    metrics = sft.train(
+        sft_config(tiny_llama_dir, tmp_path / "out", dataset_name=str(data), eval_split_size=0, max_length=96)
+    )
     assert metrics["rejected_by_reason"] == {"prompt_too_long": 1}
     assert metrics["num_examples"] == 3
 
@@ -67,7 +90,11 @@ def test_demonstration_without_assistant_turn_is_an_error_naming_the_line(tiny_l
 
 @pytest.mark.parametrize("quant", ["load_in_8bit", "load_in_4bit"])
 def test_quantized_lora_completes_steps(tiny_llama_dir, tmp_path, quant):
-    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path, **{quant: True}, max_samples=6, eval_split_size=0, max_steps=1, max_length=64))
+    metrics = sft.train(
+        sft_config(
+            tiny_llama_dir, tmp_path, **{quant: True}, max_samples=6, eval_split_size=0, max_steps=1, max_length=64
+        )
+    )
     assert metrics["steps"] == 1 and metrics["train_loss"] > 0
 
 
@@ -95,7 +122,9 @@ def test_resume_after_kill_continues_from_the_checkpoint(tiny_llama_dir, tmp_pat
     with pytest.raises(TrainingInterrupted):
         sft.train(sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3))
     monkeypatch.undo()
-    resumed = sft.train(sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3, resume=True))
+    resumed = sft.train(
+        sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3, resume=True)
+    )
     steps = [r["step"] for r in read_log(tmp_path / "run") if "train/loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 before the kill, 4-6 after: not restarted from zero
     losses = [r["train/loss"] for r in read_log(tmp_path / "run") if "train/loss" in r]
@@ -110,7 +139,17 @@ def test_embedded_default_learns_lima(shared_data, tmp_path):
     lima = shared_data / "sft" / "lima.json"
     if not lima.is_file():
         pytest.skip(f"{lima} not present")
-    cfg = sft_config("smollm2-135m-instruct", tmp_path, dataset_name=str(lima), max_samples=200, eval_split_size=50,
-                     max_steps=-1, num_train_epochs=1, per_device_train_batch_size=8, max_length=384, learning_rate=2e-4)
+    cfg = sft_config(
+        "smollm2-135m-instruct",
+        tmp_path,
+        dataset_name=str(lima),
+        max_samples=200,
+        eval_split_size=50,
+        max_steps=-1,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        max_length=384,
+        learning_rate=2e-4,
+    )
     metrics = sft.train(cfg)
     assert metrics["eval_loss"] < metrics["eval_loss_before"]

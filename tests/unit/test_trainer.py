@@ -42,11 +42,15 @@ def spec() -> LoopSpec:
         pred = model.linear(batch["x"]).squeeze(-1)
         return ((pred - batch["y"]) ** 2).sum(), {}
 
-    return LoopSpec(loss_fn=loss_fn, count_fn=lambda b: len(b["y"]), collate_fn=collate, tokens_fn=lambda b: len(b["y"]))
+    return LoopSpec(
+        loss_fn=loss_fn, count_fn=lambda b: len(b["y"]), collate_fn=collate, tokens_fn=lambda b: len(b["y"])
+    )
 
 
 def config(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path), learning_rate=0.3, per_device_train_batch_size=4, num_train_epochs=3, save_steps=5)
+    values = dict(
+        output_dir=str(tmp_path), learning_rate=0.3, per_device_train_batch_size=4, num_train_epochs=3, save_steps=5
+    )
     values.update(overrides)
     return build_config((TrainConfig,), values)
 
