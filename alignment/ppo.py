@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,12 @@ def ppo_update(
     cfg: PPOConfig,
     train_policy: bool,
     max_grad_norm: float,
+    average_gradients: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Several epochs of clipped policy and value updates over mini-batches of one rollout."""
+    """Several epochs of clipped policy and value updates over mini-batches of one rollout.
+
+    ``average_gradients`` (multi-process) runs before clipping, so every rank clips and steps the same gradient.
+    """
     stats: dict[str, list[float]] = {}
     n = rollout.response_ids.shape[0]
     for _ in range(cfg.ppo_epochs):
@@ -239,6 +244,8 @@ def ppo_update(
                 values, rollout.values[idx], returns[idx], mask, cfg.value_clip_eps
             )
             (cfg.vf_coef * vf_loss).backward()
+            if average_gradients is not None:
+                average_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -523,6 +530,11 @@ def ppo_loop(
     cfg, train_cfg = run.cfg.ppo, run.cfg.train
     world, rank = run.accelerator.num_processes, run.accelerator.process_index
     global_batch = cfg.rollout_batch_size * world
+    if world > 1 and len(prompts) < global_batch:
+        raise ValueError(
+            f"{len(prompts)} training prompts cannot fill one rollout batch of {cfg.rollout_batch_size} prompts "
+            f"on each of {world} processes: use more prompts or a smaller rollout_batch_size"
+        )
     batches_per_epoch = max(len(prompts) // global_batch, 1)
     total_updates = max(cfg.total_episodes // global_batch, 1)
     kl_ctl = (
@@ -597,12 +609,11 @@ def ppo_loop(
             stats = {k: v / world for k, v in stats.items()} if world > 1 else stats
             kl_ctl.update(stats["objective/kl"], global_batch)
             if rewards.lagrange is not None:
-                stats["objective/lagrange_multiplier"] = rewards.lagrange.update(
-                    float(rollout.raw_scores["cost"].mean())
-                )
+                # The all-reduced mean cost, so every rank moves lambda the same way.
+                stats["objective/lagrange_multiplier"] = rewards.lagrange.update(stats["objective/raw_score/cost"])
             stats.update(update_stats)
-            stats["losses/explained_variance"] = float(
-                explained_variance(rollout.values, returns, rollout.response_mask)
+            stats["losses/explained_variance"] = global_explained_variance(
+                run, rollout.values, returns, rollout.response_mask
             )
             timing["generate"] += t1 - t0
             timing["train"] += t2 - t1
@@ -685,20 +696,37 @@ def ppo_update_synced(
     train_policy: bool,
     max_grad_norm: float,
 ) -> dict[str, float]:
-    """``ppo_update`` with gradients averaged across processes before each optimizer step."""
+    """``ppo_update`` with gradients averaged across processes and its statistics averaged over ranks."""
+    world = run.accelerator.num_processes
+    if world == 1:
+        return ppo_update(ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm)
+    stats = ppo_update(
+        ac,
+        optimizer,
+        rollout,
+        advantages,
+        returns,
+        cfg,
+        train_policy,
+        max_grad_norm,
+        average_gradients=lambda: sync_gradients(run, ac.trainable_parameters()),
+    )
+    keys = sorted(stats)
+    return {k: v / world for k, v in zip(keys, reduce_sum(run, [stats[k] for k in keys]))}
+
+
+def global_explained_variance(run: Run, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var[R - V] / Var[R]`` over the valid tokens of all processes."""
     if run.accelerator.num_processes == 1:
-        return ppo_update(ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm)
-    original_step = optimizer.step
-
-    def step_with_sync(*args: Any, **kwargs: Any) -> Any:
-        sync_gradients(run, ac.trainable_parameters())
-        return original_step(*args, **kwargs)
-
-    optimizer.step = step_with_sync
-    try:
-        return ppo_update(ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm)
-    finally:
-        optimizer.step = original_step
+        return float(explained_variance(values, returns, mask))
+    m = mask.float()
+    r, d = returns.float() * m, (returns.float() - values.float()) * m
+    n, sr, srr, sd, sdd = reduce_sum(
+        run, [float(m.sum()), float(r.sum()), float((r * r).sum()), float(d.sum()), float((d * d).sum())]
+    )
+    var_r = srr / n - (sr / n) ** 2
+    var_d = sdd / n - (sd / n) ** 2
+    return 1.0 - var_d / var_r if var_r > 0 else float("nan")
 
 
 def _save_policy(ac: ActorCritic, tokenizer, output_dir: Path, cfg: Config) -> None:

@@ -60,7 +60,7 @@ def package_versions() -> dict[str, str]:
 
 
 def make_accelerator(cpu: bool = False, bf16: bool = False) -> Accelerator:
-    mixed = "bf16" if bf16 else "no"
+    mixed = "bf16" if bf16 else None  # None: keep what `accelerate launch` / its config file asked for
     return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=mixed)
 
 
@@ -91,6 +91,9 @@ def start_run(cfg: Config, stage: str) -> Iterator[Run]:
     train = cfg.train
     output_dir = Path(train.output_dir)
     accelerator = make_accelerator(cpu=train.cpu, bf16=train.bf16)
+    from alignment.distributed import check_distributed_support
+
+    check_distributed_support(cfg, accelerator)  # before anything is written or loaded
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")

@@ -176,12 +176,17 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
             loss_total = 0.0
             stats_total: dict[str, float] = {}
             for j, batch in enumerate(collated):
+                # A rank whose share of a short last batch is empty still runs a zero-weighted forward and
+                # backward: DDP's gradient all-reduce needs every rank, or the others wait forever.
+                weight = 1.0
                 if batch is None:
-                    continue
+                    batch, weight = spec.collate_fn([examples[0]]), 0.0
                 sync = j == len(collated) - 1 or world == 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
                     loss_sum, stats = spec.loss_fn(model, batch)
-                    accelerator.backward(loss_sum.float() * world / max(global_count, 1.0))
+                    accelerator.backward(loss_sum.float() * (weight * world / max(global_count, 1.0)))
+                if weight == 0.0:
+                    continue
                 loss_total += float(loss_sum.detach())
                 for key, value in stats.items():
                     stats_total[key] = stats_total.get(key, 0.0) + float(value)

@@ -29,7 +29,8 @@ from alignment.pipeline import load_pipeline
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
-RECIPES = sorted(CONFIGS.rglob("*.yaml"))
+# configs/accelerate/ holds accelerate launcher configs (accelerate's own format), not our recipes.
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] != "accelerate")
 # What exists today: sft, reward, ppo, evaluate, sweep_reward_weights + 5 model recipes. A deleted file fails
 # here; a new one raises the count and must be classified by recipe_kind().
 MIN_RECIPES = 10

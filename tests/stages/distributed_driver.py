@@ -1,0 +1,90 @@
+"""Test driver for multi-process runs: ``torchrun --nproc_per_node N distributed_driver.py <stage> '<json>'``.
+
+Runs ``alignment.<stage>.train`` on flat config values (``build_config``), exactly as a stage script would, and adds
+what the library deliberately does not write so tests can compare the processes with each other:
+
+``--dump-dir DIR``: after each run every rank writes
+
+- ``DIR/<run>/rank<k>.safetensors``: its trainable parameters (``checkpointing.trainable_state_dict``) once the loop
+  has returned (LoRA adapters for SFT/reward; policy and value adapters plus value head for PPO);
+- ``DIR/<run>/rank<k>.jsonl``: every row the rank handed to its step logger (only rank 0's logger writes
+  ``log.jsonl``; the others are disabled, so their rows are recorded here),
+
+where ``<run>`` is the name of the run's ``output_dir``. The hook wraps the stage's loop function
+(``train_loop`` for sft/reward, ``ppo_loop`` for ppo) from the outside; no library file is changed.
+
+``<json>`` is an object of flat config values or a list of them; a list runs one after another in the same
+process group, which saves one ``torchrun`` start-up (torch + transformers imports) per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+STAGES = ("sft", "reward", "ppo")
+LOOP_FUNCTION = {"sft": "train_loop", "reward": "train_loop", "ppo": "ppo_loop"}
+
+
+def _install_dump_hook(stage_module: Any, stage: str, dump_dir: Path) -> None:
+    """Wrap the stage's loop so each rank records its logged rows and, afterwards, its trainable parameters."""
+    from safetensors.torch import save_file
+
+    from alignment.checkpointing import trainable_state_dict
+
+    name = LOOP_FUNCTION[stage]
+    original = getattr(stage_module, name)
+
+    @functools.wraps(original)
+    def loop_with_dump(run: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        rank = run.accelerator.process_index
+        out = dump_dir / Path(run.output_dir).name
+        out.mkdir(parents=True, exist_ok=True)
+        rows: list[dict[str, Any]] = []
+        log = run.metrics.log
+
+        def recording_log(step: int, metrics: dict[str, Any]) -> None:
+            rows.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+            log(step, metrics)
+
+        run.metrics.log = recording_log
+        try:
+            result = original(run, model, *args, **kwargs)
+        finally:
+            run.metrics.log = log
+        # ``model`` is the object the stage passed in: DDP (``accelerator.prepare``) updates its parameters in place.
+        save_file(trainable_state_dict(model), str(out / f"rank{rank}.safetensors"))
+        (out / f"rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return result
+
+    setattr(stage_module, name, loop_with_dump)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("values", help="JSON object of flat config values, or a list of them")
+    parser.add_argument("--dump-dir", type=Path, default=None, help="where every rank writes its parameters and rows")
+    args = parser.parse_args(argv)
+
+    from alignment.config import build_config
+
+    stage_module = importlib.import_module(f"alignment.{args.stage}")
+    if args.dump_dir is not None:
+        _install_dump_hook(stage_module, args.stage, args.dump_dir)
+    runs = json.loads(args.values)
+    for values in runs if isinstance(runs, list) else [runs]:
+        stage_module.train(build_config(stage_module.CONFIG_TYPES, values))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
