@@ -18,6 +18,7 @@ STAGES = {
     "ppo": "optimise the SFT policy against reward models with a KL penalty",
     "evaluate": "helpfulness / harmlessness report for several policies",
     "pipeline": "run SFT -> reward -> PPO -> evaluate in one command",
+    "sweep": "PPO over a grid of reward weights or KL coefficients, evaluated together",
     "data": "inspect a dataset before training (`alignment data inspect SOURCE`)",
 }
 

@@ -84,6 +84,7 @@ def wire_stage_inputs(stage: str, values: dict[str, Any], run_dir: Path, base_mo
         values.setdefault("policies", [base_model, str(run_dir / "sft"), str(run_dir / "ppo")])
         values.setdefault("policy_names", ["base", "sft", "ppo"])
         values.setdefault("reward_model_paths", [str(run_dir / "reward")])
+        values.setdefault("reference_policy", "sft")  # PPO's own reference: KL and win rates against it
     return values
 
 

@@ -1,0 +1,415 @@
+"""Evaluation report: ``report.md`` (metric tables with confidence intervals, sample generations side by side) and
+the plots ``tradeoff.png``, ``refusals.png`` and ``overoptimization.png``.
+
+Input is the ``results`` dict built by :func:`alignment.evaluate.aggregate` (plus settings), so the report can be
+re-rendered from ``results.json`` and the saved generations without a model. Plots use matplotlib's Agg canvas
+directly (``Figure`` + ``FigureCanvasAgg``), never pyplot, so no GUI backend or global figure state is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from alignment.refusal import RefusalDetector
+
+if TYPE_CHECKING:
+    from alignment.evaluate import PolicyOutputs
+
+logger = logging.getLogger(__name__)
+
+TRADEOFF_PNG = "tradeoff.png"
+REFUSALS_PNG = "refusals.png"
+OVEROPTIMIZATION_PNG = "overoptimization.png"
+MAX_RESPONSE_CHARS = 400
+RATE_KEYS = ("refusal_rate_harmful", "over_refusal_rate_safe", "no_eos_rate")
+
+METHOD_NOTES = """\
+## How to read this
+
+- **Rewards**: raw reward-model scores, mean with a 95% t-interval over prompts. *helpful* / *harmful* / *safe* are the
+  prompts with those labels (*harmful* includes XSTest *unsafe*, *safe* includes *benign*).
+- **Win rate**: share of prompts where the policy's response scores higher than the reference policy's response to the
+  same prompt, ties counted as half a win; 95% Wilson interval.
+- **Refusal (harmful)**: share of responses to harmful/unsafe prompts that the refusal detector calls a refusal
+  (higher is safer). **Over-refusal (safe)**: the same on safe prompts (lower is better; XSTest's "exaggerated safety").
+  The phrase detector looks at the opening of a response only; it misses partial refusals, so read rates as estimates.
+- **KL to reference**: per response, the sum over its tokens of log pi(y_t) - log pi_ref(y_t), teacher-forced through
+  both models on the policy's own samples at the sampling temperature; the mean estimates KL(pi || pi_ref) in nats.
+  With greedy decoding it is only the log-ratio of the greedy responses.
+- **No EOS**: share of responses cut at max_new_tokens.
+"""
+
+XSTEST_NOTE = """\
+**What this measures.** For the XSTest prompts only, the refusal detector's verdict on *this policy's* response is
+compared with what a well-behaved model should do: refuse the *unsafe* prompts and answer the *safe* ones. Accuracy
+is the share of prompts where detector verdict and ideal behaviour agree; precision and recall treat refusal as the
+positive class. It is a score of the policy as seen through the detector, **not** an accuracy of the detector
+(that would need human labels of each response).
+"""
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+
+
+def format_interval(metric: dict[str, Any] | None, percent: bool = False, digits: int = 3) -> str:
+    """``0.123 [0.050, 0.190]`` (or ``12.5% [5.0, 25.0]``); ``-`` when the metric is missing."""
+    if metric is None or metric.get("value") is None:
+        return "-"
+    scale, unit, digits = (100.0, "%", 1) if percent else (1.0, "", digits)
+
+    def number(x: float | None) -> str:
+        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * scale:.{digits}f}"
+
+    text = f"{number(metric['value'])}{unit}"
+    if "ci_low" in metric and metric["ci_low"] is not None and not math.isnan(metric["ci_low"]):
+        text += f" [{number(metric['ci_low'])}, {number(metric['ci_high'])}]"
+    return text
+
+
+def escape_cell(text: str, limit: int = MAX_RESPONSE_CHARS) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped, newlines as <br>, long text cut."""
+    text = text if len(text) <= limit else text[:limit].rstrip() + " ..."
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "")
+    return text.replace("\n", "<br>") or "*(empty)*"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def metrics_table(results: dict[str, Any]) -> list[str]:
+    """Policies x headline metrics, each with its 95% interval."""
+    reference = results["reference_policy"]
+    rms = list(results.get("reward_models") or [])
+    header = ["policy"]
+    for rm in rms:
+        header += [f"{rm} reward", f"{rm} win rate vs {reference}"]
+    header += ["refusal (harmful)", "over-refusal (safe)", f"KL to {reference} (nats)", "tokens", "no EOS", "Pareto"]
+    rows = []
+    for name, m in results["metrics"].items():
+        row = [f"**{name}**" + (" (reference)" if name == reference else "")]
+        for rm in rms:
+            row += [
+                format_interval((m["reward"].get(rm) or {}).get("all")),
+                format_interval(m["win_rate"].get(rm), True),
+            ]
+        row += [format_interval(m[key], True) for key in RATE_KEYS[:2]]
+        row += [format_interval(m["kl"]), format_interval(m["response_tokens"], digits=1)]
+        row += [format_interval(m["no_eos_rate"], True), "yes" if m.get("on_pareto_front") else "no"]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def reward_by_label_table(results: dict[str, Any]) -> list[str]:
+    """Mean reward per reward model and prompt group (helpful / harmful / safe)."""
+    rms = list(results.get("reward_models") or [])
+    groups = [
+        g
+        for g in ("helpful", "harmful", "safe")
+        if any(g in (m["reward"].get(rm) or {}) for rm in rms for m in results["metrics"].values())
+    ]
+    if not rms or not groups:
+        return []
+    header = ["policy"] + [f"{rm} ({group})" for rm in rms for group in groups]
+    rows = [
+        [name] + [format_interval((m["reward"].get(rm) or {}).get(group)) for rm in rms for group in groups]
+        for name, m in results["metrics"].items()
+    ]
+    return _table(header, rows)
+
+
+def xstest_table(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, m in results["metrics"].items():
+        stats = m.get("xstest_agreement")
+        if stats:
+            accuracy = {"value": stats["accuracy"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"]}
+            rows.append(
+                [
+                    name,
+                    format_interval(accuracy, True),
+                    f"{stats['precision']:.3f}",
+                    f"{stats['recall']:.3f}",
+                    str(int(stats["n"])),
+                ]
+            )
+    return _table(["policy", "agreement with ideal behaviour", "precision", "recall", "n"], rows) if rows else []
+
+
+def sample_indices(generations: Sequence[Any], per_label: int) -> dict[str, list[int]]:
+    """The first ``per_label`` prompt indices of each label, labels in first-seen order."""
+    chosen: dict[str, list[int]] = {}
+    for i, g in enumerate(generations):
+        picked = chosen.setdefault(str(g.label), [])
+        if len(picked) < per_label:
+            picked.append(i)
+    return chosen
+
+
+def sample_sections(outputs: Sequence[PolicyOutputs], detector: RefusalDetector, per_label: int) -> list[str]:
+    """For a few prompts of each label: the prompt, then every policy's response side by side with its scores."""
+    if not outputs or per_label <= 0:
+        return []
+    rms = list(outputs[0].rewards)
+    lines: list[str] = []
+    for label, indices in sample_indices(outputs[0].generations, per_label).items():
+        lines += [f"### {label} prompts", ""]
+        for i in indices:
+            prompt = outputs[0].generations[i]
+            lines += [f"**Prompt {i}** ({prompt.format}): {escape_cell(prompt.messages[-1].content)}", ""]
+            header = ["policy", "response", *(f"{rm}" for rm in rms), "refusal", "tokens"]
+            rows = []
+            for out in outputs:
+                g = out.generations[i]
+                scores = [f"{out.rewards[rm][i]:.3f}" if rm in out.rewards else "-" for rm in rms]
+                ending = "" if g.has_eos else " *(cut)*"
+                rows.append(
+                    [
+                        out.name,
+                        escape_cell(g.response) + ending,
+                        *scores,
+                        "yes" if detector.is_refusal(g.response) else "no",
+                        str(g.num_tokens),
+                    ]
+                )
+            lines += _table(header, rows) + [""]
+    return lines
+
+
+def _settings_line(results: dict[str, Any]) -> str:
+    s = results.get("settings", {})
+    decoding = "greedy" if s.get("temperature", 0) == 0 else f"temperature {s.get('temperature')}"
+    return (
+        f"Reference policy: **{results['reference_policy']}**. Sampling: {decoding}, at most {s.get('max_new_tokens')} new "
+        f"tokens, seed {s.get('seed')}, the same for every policy. Refusal detector: {results.get('refusal_detector')}. "
+        f"Prompt sets: {', '.join(results.get('prompt_sets', [])) or '-'}."
+    )
+
+
+def _section(title: str, text: str, image: str) -> list[str]:
+    return [f"## {title}", "", text, "", f"![{title}]({image})", ""]
+
+
+def overoptimization_table(curve: dict[str, Any]) -> list[str]:
+    rows = [
+        [str(p["step"]), p["policy"], format_interval(p["kl"]), format_interval(p["proxy"]), format_interval(p["gold"])]
+        for p in curve["points"]
+    ]
+    header = ["step", "snapshot", "KL (nats)", f"proxy: {curve['proxy_reward']}", f"gold: {curve['gold_reward']}"]
+    return _table(header, rows)
+
+
+def plot_sections(results: dict[str, Any]) -> list[str]:
+    """The trade-off, refusal, XSTest and over-optimisation sections, each where its data exists."""
+    plots = set(results.get("plots", []))
+    lines: list[str] = []
+    tradeoff = results.get("tradeoff", {})
+    if TRADEOFF_PNG in plots:
+        front = ", ".join(p["policy"] for p in tradeoff.get("points", []) if p["on_front"]) or "-"
+        text = f"x: {tradeoff.get('x_label')}; y: {tradeoff.get('y_label')}. Pareto front: {front}."
+        lines += _section("Helpfulness vs harmlessness", text, TRADEOFF_PNG)
+    if REFUSALS_PNG in plots:
+        text = "Refusal rate on harmful prompts against over-refusal on safe prompts; the ideal is the top-left corner."
+        lines += _section("Refusals", text, REFUSALS_PNG)
+    xstest = xstest_table(results)
+    if xstest:
+        lines += ["## Refusal detector agreement on XSTest", "", XSTEST_NOTE] + xstest + [""]
+    if OVEROPTIMIZATION_PNG in plots:
+        curve = results["overoptimization"]
+        text = (
+            f"Proxy reward {curve['proxy_reward']} and gold reward {curve['gold_reward']} against KL to the reference, "
+            "per policy snapshot (Gao et al. 2022): a proxy that keeps rising while the gold reward falls is reward hacking."
+        )
+        lines += _section("Over-optimisation", text, OVEROPTIMIZATION_PNG) + overoptimization_table(curve) + [""]
+    return lines
+
+
+def write_report(
+    results: dict[str, Any],
+    outputs: Sequence[PolicyOutputs],
+    path: str | Path,
+    detector: RefusalDetector,
+    samples_per_label: int = 2,
+) -> Path:
+    """Write ``report.md``: settings, the metric tables, plots, XSTest agreement, sample generations, method notes."""
+    path = Path(path)
+    lines = ["# Evaluation report", "", _settings_line(results), "", "## Metrics (95% confidence intervals)", ""]
+    lines += metrics_table(results) + [""]
+    by_label = reward_by_label_table(results)
+    if by_label:
+        lines += ["### Reward by prompt label", ""] + by_label + [""]
+    lines += plot_sections(results)
+    lines += ["## Sample generations", ""] + sample_sections(outputs, detector, samples_per_label)
+    lines += [METHOD_NOTES]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def _new_figure(width: float = 6.4, height: float = 4.8) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _error(metric: dict[str, Any] | None) -> tuple[float, float]:
+    """Asymmetric error-bar half widths from a metric's interval (0 when it has none)."""
+    if not metric or metric.get("ci_low") is None or metric.get("ci_high") is None:
+        return 0.0, 0.0
+    if math.isnan(metric["ci_low"]) or math.isnan(metric["ci_high"]):
+        return 0.0, 0.0
+    return metric["value"] - metric["ci_low"], metric["ci_high"] - metric["value"]
+
+
+def _placeholder(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _policy_colors(names: Sequence[str]) -> dict[str, Any]:
+    """One colour per policy, the same in every plot."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) -> Path:
+    """One labelled point per policy (the reference as a star), Pareto-front points ringed and joined by a dashed line."""
+    fig, ax = _new_figure()
+    points = [p for p in tradeoff.get("points", []) if p["x"] is not None and p["y"] is not None]
+    if not points:
+        _placeholder(ax, "trade-off not available:\nno harmful prompts or no helpfulness measure")
+        return _save(fig, Path(path))
+    colors = _policy_colors([p["policy"] for p in tradeoff["points"]])
+    placed: dict[tuple[float, float], int] = {}
+    for p in points:
+        marker = "*" if p["policy"] == reference else "o"
+        label = p["policy"] + (" (reference)" if p["policy"] == reference else "")
+        ax.scatter(
+            [p["x"]],
+            [p["y"]],
+            marker=marker,
+            s=160 if marker == "*" else 60,
+            color=colors[p["policy"]],
+            zorder=3,
+            label=label,
+        )
+        stacked = placed[(p["x"], p["y"])] = placed.get((p["x"], p["y"]), -1) + 1  # labels of coinciding points
+        ax.annotate(p["policy"], (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7 - 12 * stacked))
+    front = sorted((p for p in points if p["on_front"]), key=lambda p: p["x"])
+    ax.plot(
+        [p["x"] for p in front],
+        [p["y"] for p in front],
+        "--o",
+        color="tab:red",
+        markersize=14,
+        markerfacecolor="none",
+        label="Pareto front",
+        zorder=2,
+    )
+    if tradeoff["x_label"].startswith("harmlessness: 1 -"):
+        ax.set_xlim(-0.05, 1.05)  # a rate: show the whole range
+    if tradeoff["y_label"].startswith("helpfulness: answer rate"):
+        ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(tradeoff["x_label"])
+    ax.set_ylabel(tradeoff["y_label"])
+    ax.set_title("Helpfulness vs harmlessness (up and right is better)")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_refusals(metrics: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """Refusal on harmful (y) against over-refusal on safe (x) per policy; the ideal corner (0, 1) is marked."""
+    fig, ax = _new_figure()
+    ax.scatter([0.0], [1.0], marker="*", s=260, color="gold", edgecolor="black", zorder=4, label="ideal (0, 1)")
+    colors = _policy_colors(list(metrics))
+    for i, (name, m) in enumerate(metrics.items()):
+        harmful, safe = m.get("refusal_rate_harmful"), m.get("over_refusal_rate_safe")
+        if harmful is None and safe is None:
+            continue
+        x, y = (safe or {"value": 0.0})["value"], (harmful or {"value": 0.0})["value"]
+        xerr, yerr = _error(safe), _error(harmful)
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[[xerr[0]], [xerr[1]]],
+            yerr=[[yerr[0]], [yerr[1]]],
+            fmt="o",
+            capsize=3,
+            color=colors[name],
+            alpha=0.8,
+            zorder=3,
+            label=name,
+        )
+        # Labels point into the plot and are staggered, since several policies may sit on the same rates.
+        dy, dx = (-1 if y > 0.5 else 1) * (8 + 11 * i), -6 if x > 0.8 else 6
+        ha = "right" if dx < 0 else "left"
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=9)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("over-refusal rate on safe prompts (lower is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (higher is better)")
+    ax.set_title("Refusals (95% Wilson intervals)")
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_overoptimization(curve: dict[str, Any], path: str | Path) -> Path:
+    """Proxy and gold reward gain over the first snapshot against KL to the reference (Gao et al. 2022, fig. 1)."""
+    fig, ax = _new_figure()
+    points = [p for p in curve["points"] if p["kl"] is not None and p["proxy"] and p["gold"]]
+    if not points:
+        _placeholder(ax, "over-optimisation curve not available:\nno KL or no proxy/gold scores")
+        return _save(fig, Path(path))
+    kl = [p["kl"]["value"] for p in points]
+    for key, color in (("proxy", "tab:blue"), ("gold", "tab:orange")):
+        base = points[0][key]["value"]
+        gains = [p[key]["value"] - base for p in points]
+        errors = list(zip(*(_error(p[key]) for p in points)))
+        ax.errorbar(kl, gains, yerr=errors, fmt="-o", color=color, capsize=3, label=f"{key}: {curve[f'{key}_reward']}")
+    for p, x in zip(points, kl):
+        ax.annotate(
+            f"step {p['step']}",
+            (x, p["proxy"]["value"] - points[0]["proxy"]["value"]),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+        )
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("KL to the reference policy (nats)")
+    ax.set_ylabel("reward gain over the first snapshot")
+    ax.set_title("Over-optimisation: proxy vs gold reward")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def write_plots(results: dict[str, Any], output_dir: str | Path) -> list[str]:
+    """Write every plot the results support; returns their file names (relative to ``output_dir``)."""
+    out = Path(output_dir)
+    written = [plot_tradeoff(results["tradeoff"], results["reference_policy"], out / TRADEOFF_PNG).name]
+    written.append(plot_refusals(results["metrics"], out / REFUSALS_PNG).name)
+    if results.get("overoptimization"):
+        written.append(plot_overoptimization(results["overoptimization"], out / OVEROPTIMIZATION_PNG).name)
+    logger.info("plots: %s", ", ".join(written))
+    return written
