@@ -100,6 +100,10 @@ class PPOConfig:
     missing_eos_penalty: float = _help("Subtracted from the score of responses without EOS.", default=1.0)
     sample_table_steps: int = _help("Write a table of prompts and responses every N updates.", default=5)
     eval_prompts: int = _help("Held-out prompts whose fresh-sample reward is measured before and after.", default=16)
+    policy_snapshots: bool = _help(
+        "At each checkpoint also export the policy to snapshots/step-N (loadable; for the over-optimisation curve).",
+        default=True,
+    )
 
 
 CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, PPOConfig)
@@ -653,6 +657,8 @@ def ppo_loop(
                 }
                 if rewards.lagrange is not None:
                     extra["lagrange"] = rewards.lagrange.state_dict()
+                if cfg.policy_snapshots and run.is_main:
+                    _save_policy(ac, tokenizer, run.output_dir / "snapshots" / f"step-{step + 1}", run.cfg)
                 path = (
                     save_checkpoint(
                         run.output_dir,
@@ -732,19 +738,15 @@ def global_explained_variance(run: Run, values: torch.Tensor, returns: torch.Ten
 def _save_policy(ac: ActorCritic, tokenizer, output_dir: Path, cfg: Config) -> None:
     """Write the policy adapter in the stage output layout (``adapter/`` on the SFT base)."""
     import json
+    import shutil
 
     from alignment.adapters import POLICY
 
+    output_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = output_dir / "adapter"
     ac.model.save_pretrained(str(output_dir / "_adapters"), selected_adapters=[POLICY])
-    saved = output_dir / "_adapters" / POLICY
-    if adapter_dir.exists():
-        import shutil
-
-        shutil.rmtree(adapter_dir)
-    saved.rename(adapter_dir)
-    import shutil
-
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    (output_dir / "_adapters" / POLICY).rename(adapter_dir)
     shutil.rmtree(output_dir / "_adapters", ignore_errors=True)
     tokenizer.save_pretrained(str(output_dir / "tokenizer"))
     base_cfg, _ = stage_base(cfg.ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)

@@ -112,6 +112,12 @@ def test_short_run_trains_only_policy_and_value_and_writes_outputs(stage_dirs, t
     ):
         assert key in rows[-1]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "DONE").is_file()
+    # Policy snapshots at each checkpoint load back as policies (evaluation's over-optimisation curve).
+    from alignment.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.models import load_causal_lm
+
+    snapshot = tmp_path / "snapshots" / "step-1"
+    assert load_causal_lm(ModelConfig(model_name_or_path=str(snapshot)), LoraConfig(), QuantConfig(), trainable=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved) >= {"reward_mean_first", "reward_mean_last", "kl_last", "episodes_per_second"}
     assert metrics["updates"] == 3
