@@ -11,6 +11,7 @@ from alignment import ppo
 from alignment.checkpointing import TrainingInterrupted
 from alignment.pipeline import load_pipeline, run_pipeline
 from alignment.tracking import read_log
+from tests.helpers import interrupt_after
 
 
 def write_recipe(tmp_path, model_dir) -> str:
@@ -51,21 +52,7 @@ def test_outputs_feed_the_next_stage_and_shared_overrides_reach_every_stage(tmp_
 def test_rerun_skips_finished_stages_and_resumes_a_killed_ppo(tmp_path, tiny_llama_dir, monkeypatch):
     recipe = write_recipe(tmp_path, tiny_llama_dir)
 
-    class KillAfterTwoUpdates:
-        calls = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            KillAfterTwoUpdates.calls += 1
-            return KillAfterTwoUpdates.calls >= 2
-
-    monkeypatch.setattr(ppo, "GracefulInterrupt", KillAfterTwoUpdates)
+    monkeypatch.setattr(ppo, "GracefulInterrupt", interrupt_after(2))
     with pytest.raises(TrainingInterrupted):
         run_pipeline(recipe)
     monkeypatch.undo()

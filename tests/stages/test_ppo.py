@@ -13,6 +13,7 @@ from alignment.checkpointing import TrainingInterrupted, newest_checkpoint
 from alignment.config import build_config
 from alignment.rl_math import first_eos_mask, logprobs_from_logits
 from alignment.tracking import read_log
+from tests.helpers import interrupt_after
 
 FAST = {"per_device_train_batch_size": 4, "save_steps": 0, "max_length": 128}
 
@@ -129,21 +130,7 @@ def test_resume_continues_with_the_same_kl_coefficient_and_data_position(stage_d
     ppo.train(ppo_config(stage_dirs, reference_dir, **adaptive))
     reference_rows = read_log(reference_dir)
 
-    class InterruptAfterTwo:
-        calls = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            InterruptAfterTwo.calls += 1
-            return InterruptAfterTwo.calls >= 2
-
-    monkeypatch.setattr(ppo, "GracefulInterrupt", InterruptAfterTwo)
+    monkeypatch.setattr(ppo, "GracefulInterrupt", interrupt_after(2))
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(TrainingInterrupted):
         ppo.train(ppo_config(stage_dirs, resumed_dir, **adaptive))

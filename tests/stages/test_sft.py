@@ -10,6 +10,7 @@ from alignment import sft
 from alignment.config import build_config
 from alignment.models import load_causal_lm
 from alignment.tracking import read_log
+from tests.helpers import interrupt_after
 
 
 def sft_config(model_dir, out, **overrides):
@@ -104,21 +105,7 @@ def test_resume_after_kill_continues_from_the_checkpoint(tiny_llama_dir, tmp_pat
 
     reference = sft.train(sft_config(tiny_llama_dir, tmp_path / "ref", max_steps=6, save_steps=2, learning_rate=1e-3))
 
-    class KillAtStep3:
-        calls = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            KillAtStep3.calls += 1
-            return KillAtStep3.calls >= 3
-
-    monkeypatch.setattr(trainer_module, "GracefulInterrupt", KillAtStep3)
+    monkeypatch.setattr(trainer_module, "GracefulInterrupt", interrupt_after(3))
     with pytest.raises(TrainingInterrupted):
         sft.train(sft_config(tiny_llama_dir, tmp_path / "run", max_steps=6, save_steps=2, learning_rate=1e-3))
     monkeypatch.undo()

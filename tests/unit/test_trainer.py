@@ -18,6 +18,7 @@ from alignment.config import TrainConfig, build_config
 from alignment.run import start_run
 from alignment.tracking import read_log
 from alignment.trainer import LoopSpec, micro_batch_indices, train_loop
+from tests.helpers import interrupt_after
 
 
 class Toy(torch.nn.Module):
@@ -112,22 +113,7 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
     # Interrupt after step 7: the loop must save checkpoint-7 and stop.
     import alignment.trainer as trainer_module
 
-    class InterruptAfter:
-        def __init__(self):
-            self.calls = 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            self.calls += 1
-            return self.calls >= 7
-
-    monkeypatch.setattr(trainer_module, "GracefulInterrupt", InterruptAfter)
+    monkeypatch.setattr(trainer_module, "GracefulInterrupt", interrupt_after(7))
     with pytest.raises(TrainingInterrupted):
         run_training(tmp_path / "resumed")
     assert newest_checkpoint(tmp_path / "resumed").name == "checkpoint-7"
