@@ -408,9 +408,10 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         copy_adapter(model, REWARD, VALUE, trainable=True)
         value_head = scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True)
     else:
-        copy_adapter(model, reference or POLICY, VALUE, trainable=True) if reference else model.add_adapter(
-            VALUE, _peft_lora(cfg.lora)
-        )
+        if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
+            copy_adapter(model, reference, VALUE, trainable=True)
+        else:
+            model.add_adapter(VALUE, _peft_lora(cfg.lora))
         value_head = scalar_head(hidden, None, trainable=True)
     for name, param in model.named_parameters():
         param.requires_grad_(f".{POLICY}." in name or f".{VALUE}." in name)
