@@ -251,6 +251,63 @@ def _attention_mask(rows: Sequence[Sequence[int]], side: Literal["left", "right"
     return _pad_rows([[1] * len(r) for r in rows], 0, side)
 
 
+def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """First-fit-decreasing assignment of sequences to rows no longer than the longest sequence.
+
+    Capping rows at the longest sequence keeps attention (quadratic in the row length) no dearer
+    than in the padded layout, while the linear layers -- most of the work -- skip the padding.
+    """
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+class PackedTokens(NamedTuple):
+    """``input_ids``/``position_ids`` ``(R, L)``; ``starts`` ``(N,)``: flat index (into R * L) of each sequence's first token."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    starts: torch.Tensor
+
+
+def pack_token_rows(sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0) -> PackedTokens:
+    """Sequences packed several to a row (:func:`pack_rows`), positions restarting at 0 for each.
+
+    Call the model with these ``position_ids``, NO attention mask and ``use_cache=False``:
+    transformers then builds a block-diagonal causal mask from the restarts
+    (``masking_utils.find_packed_sequence_indices``), so no token sees another sequence. The filler
+    at a row's end continues the last sequence's positions: it forms no block of its own and, coming
+    after every real token of the row, is seen by none of them (causal attention). Decoder-only models only.
+    """
+    sequences = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
+    lengths = [int(s.numel()) for s in sequences]
+    rows = pack_rows(lengths)
+    capacity = max(lengths)
+    device = sequences[0].device
+    input_ids = torch.full((len(rows), capacity), pad_value, dtype=torch.long, device=device)
+    position_ids = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
+    starts = [0] * len(sequences)
+    for r, members in enumerate(rows):
+        offset = 0
+        for i in members:
+            input_ids[r, offset : offset + lengths[i]] = sequences[i]
+            position_ids[r, offset : offset + lengths[i]] = torch.arange(lengths[i], device=device)
+            starts[i] = r * capacity + offset
+            offset += lengths[i]
+        if offset < capacity:
+            position_ids[r, offset:] = lengths[members[-1]] + torch.arange(capacity - offset, device=device)
+    return PackedTokens(input_ids, position_ids, torch.tensor(starts, dtype=torch.long, device=device))
+
+
 def _encode_left_truncated(
     tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool
 ) -> tuple[list[list[int]], int]:
@@ -392,12 +449,17 @@ class RewardCollator:
     (N,) (where the reward is read) and ``num_truncated`` (0-dim). Rows longer than ``max_length``
     are truncated from the LEFT (the prompt's start goes, the response's end stays);
     ``self.num_truncated`` counts them over the collator's life.
+
+    ``padding_free=True`` (decoder-only models): ``input_ids``/``position_ids`` (R, L) from
+    :func:`pack_token_rows` instead of the padded rows and mask, ``last_token_index`` (N,) as a flat
+    index into R * L, and ``num_tokens`` (0-dim).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, padding_free: bool = False) -> None:
         _pad_token_id(tokenizer)  # fail at construction, not at the first batch
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.padding_free = padding_free
         self.num_truncated = 0
 
     def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
@@ -411,6 +473,18 @@ class RewardCollator:
                 ranks.append(rank)
         batch = tokenize_reward_texts(self.tokenizer, texts, self.max_length)
         self.num_truncated += int(batch["num_truncated"])
+        if self.padding_free:
+            lengths = batch.pop("attention_mask").sum(dim=1)
+            padded = batch.pop("input_ids")
+            packed = pack_token_rows(
+                [row[:n] for row, n in zip(padded, lengths.tolist())], _pad_token_id(self.tokenizer)
+            )
+            batch.update(
+                input_ids=packed.input_ids,
+                position_ids=packed.position_ids,
+                last_token_index=packed.starts + lengths - 1,
+                num_tokens=lengths.sum(),
+            )
         batch["group_ids"] = torch.tensor(group_ids, dtype=torch.long)
         batch["ranks"] = torch.tensor(ranks, dtype=torch.long)
         return batch

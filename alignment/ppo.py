@@ -45,7 +45,7 @@ from alignment.rl_math import (
 )
 from alignment.run import Run, mark_done, start_run
 from alignment.tracking import progress
-from alignment.trainer import local_shard, micro_batch_indices, reduce_sum
+from alignment.trainer import adamw, local_shard, micro_batch_indices, reduce_sum
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class PPOConfig:
         "auto, reward (value adapter from the reward adapter) or sft (zero value head).", default="auto"
     )
     critic_warmup_steps: int = _help("Updates that train only the critic before the policy moves.", default=0)
+    padding_free: bool = _help(
+        "Pack sequences into rows without padding for every pass after generation (exact; skips the padding).",
+        default=True,
+    )
     total_episodes: int = _help("Prompts to sample in total (episodes).", default=64)
     rollout_batch_size: int = _help("Prompts per PPO update per process.", default=8)
     mini_batch_size: int = _help("Sequences per gradient step inside an update.", default=8)
@@ -416,7 +420,7 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
     for name, param in model.named_parameters():
         param.requires_grad_(f".{POLICY}." in name or f".{VALUE}." in name)
     disable_dropout(model)
-    ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference)
+    ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference, padding_free=ppo.padding_free)
     return ac, tokenizer, shared_scorer
 
 
@@ -551,7 +555,7 @@ def ppo_loop(
         p for n, p in ac.named_parameters() if p.requires_grad and (".value." in n or n.startswith("value_head"))
     ]
     policy_params = [p for p in ac.trainable_parameters() if all(p is not v for v in value_params)]
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [{"params": policy_params}, {"params": value_params, "lr": cfg.value_learning_rate or train_cfg.learning_rate}],
         lr=train_cfg.learning_rate,
     )

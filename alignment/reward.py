@@ -37,19 +37,55 @@ class RewardConfig:
     eval_only: bool = field(
         default=False, metadata={"help": "Only evaluate model_name_or_path on the data; no training."}
     )
+    padding_free: bool = field(
+        default=True,
+        metadata={"help": "Pack each batch's responses into rows without padding (decoder-only reward models)."},
+    )
 
 
 CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, RewardConfig)
 
 
-def reward_loop_spec(tokenizer, max_length: int, margin: float, center_coef: float) -> LoopSpec:
+def score_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The per-position ``score`` head of a decoder-only reward model, or None.
+
+    transformers' decoder ``*ForSequenceClassification`` classes apply ``score`` to every position
+    and then read the last token; encoders (BERT's ``classifier``) pool differently and cannot be packed.
+    """
+    inner = getattr(model, "module", model)  # DDP
+    hf_model = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return getattr(hf_model, "score", None)
+
+
+def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[str, Any], device) -> torch.Tensor:
+    """``(N,)`` rewards of a packed batch, read at each sequence's last token.
+
+    The model is still called as a whole (so DDP's hooks run); its pooled output reads one token per
+    packed row and is ignored. The head's per-position output is taken with a forward hook instead.
+    """
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _args, output: captured.append(output))
+    try:
+        model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return captured[-1].reshape(-1)[batch["last_token_index"].to(device)]
+
+
+def reward_loop_spec(
+    tokenizer, max_length: int, margin: float, center_coef: float, packed_head: torch.nn.Module | None = None
+) -> LoopSpec:
+    """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding."""
     from alignment.collate import RewardCollator
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
-        rewards = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits[:, 0]
+        if "position_ids" in batch:
+            rewards = packed_rewards(model, packed_head, batch, device)
+        else:
+            rewards = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits[:, 0]
         groups = batch["group_ids"].to(device)
         loss, n_pairs, n_correct = ranked_groups_loss(rewards, batch["ranks"].to(device), groups, margin)
         n_groups = int(groups.unique().numel())
@@ -68,8 +104,8 @@ def reward_loop_spec(tokenizer, max_length: int, margin: float, center_coef: flo
     return LoopSpec(
         loss_fn=loss_fn,
         count_fn=lambda b: int(b["group_ids"].unique().numel()),
-        collate_fn=RewardCollator(tokenizer, max_length),
-        tokens_fn=lambda b: int(b["attention_mask"].sum()),
+        collate_fn=RewardCollator(tokenizer, max_length, padding_free=packed_head is not None),
+        tokens_fn=lambda b: int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()),
     )
 
 
@@ -103,8 +139,11 @@ def train(cfg: Config) -> dict[str, Any]:
         records = load_records(cfg.data, "comparison", seed=cfg.train.seed)
         model = load_reward_model(cfg.model, cfg.lora, cfg.quant, trainable=not cfg.reward.eval_only)
         disable_dropout(model)
+        head = score_head(model) if cfg.reward.padding_free else None
+        if cfg.reward.padding_free and head is None:
+            logger.info("%s is not a decoder with a score head: batches stay padded", type(model).__name__)
         spec = reward_loop_spec(
-            tokenizer, cfg.train.max_length, cfg.reward.margin, cfg.reward.center_rewards_coefficient
+            tokenizer, cfg.train.max_length, cfg.reward.margin, cfg.reward.center_rewards_coefficient, head
         )
         eval_records = list(records.eval_records) if not cfg.reward.eval_only else list(records.records)
         batch_size = cfg.train.per_device_eval_batch_size

@@ -85,6 +85,38 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     assert (logprobs_from_logits(bare, response_ids, cfg.ppo.temperature) - reference)[valid].abs().max() > 1e-4
 
 
+def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
+    """Packing the sequences (prompts of different lengths, responses cut at different EOS) changes no output."""
+    from alignment.actor_critic import pack_sequences
+    from alignment.collate import PromptCollator
+    from data_schemas.records import Message, Prompt
+
+    cfg = ppo_config(stage_dirs, tmp_path)
+    ac, tokenizer, _ = ppo.build_actor_critic(cfg)
+    questions = ["Hi?", "Why?", "How so?", "And then?", "Explain " + "the tides and the moon " * 12, "Tell me " * 30]
+    prompts = [Prompt((Message("user", q),)) for q in questions]  # the short ones can share rows with the long ones
+    encoded = PromptCollator(tokenizer, 128)(prompts)
+    torch.manual_seed(0)
+    response_ids = torch.randint(10, 200, (6, 7))
+    response_mask = torch.arange(7)[None, :] < torch.tensor([7, 1, 4, 7, 2, 5])[:, None]
+    batch = SequenceBatch.build(encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
+    packed = pack_sequences(batch, 7)
+    assert packed.input_ids.shape[0] < 6 and packed.input_ids.shape[1] == int(batch.attention_mask.sum(-1).max())
+    outputs = {}
+    for padding_free in (False, True):
+        ac.padding_free = padding_free
+        with torch.no_grad():
+            outputs[padding_free] = (
+                ac.response_logprobs(batch, response_ids, 0.7)[0],
+                ac.response_logprobs(batch, response_ids, 0.7, role="reference")[0],
+                ac.response_values(batch, 7),
+                ac.reward_scores(batch),
+            )
+    for padded, packed_out in zip(outputs[False], outputs[True]):
+        valid = response_mask if padded.dim() == 2 else torch.ones_like(padded, dtype=torch.bool)
+        assert (padded - packed_out)[valid].abs().max() < 1e-4
+
+
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
     ac, tokenizer, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
     ids = torch.tensor([tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>")])

@@ -10,7 +10,7 @@ import torch
 from alignment import reward
 from alignment.config import build_config
 from alignment.scoring import load_reward_scorer
-from data_schemas.records import Message
+from data_schemas.records import Comparison, Message
 
 
 def reward_config(model_dir, out, **overrides):
@@ -85,6 +85,41 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
     scorer = load_reward_scorer(tmp_path)
     scores = scorer.score([(Message("user", "Say hi"),)], ["Hi there!"])
     assert scores.shape == (1,) and torch.isfinite(scores).all()
+
+
+def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_dir, tiny_bert_dir, tmp_path):
+    """Padding-free reward batches (several responses per row) change no reward, loss or gradient."""
+    from alignment.data import load_records
+    from alignment.models import load_reward_model, load_tokenizer
+
+    cfg = reward_config(tiny_llama_dir, tmp_path, max_samples=40)
+    records = load_records(cfg.data, "comparison").records
+    long_one = Comparison(
+        (Message("user", "Tell me about the sea. " * 20),), ("The sea is large and salty. " * 8, "No.")
+    )  # long enough that the short responses share its row's length
+    comparisons = [*records[:4], next(r for r in records if len(r.responses) == 3), long_one]  # K = 2 and K = 3
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_reward_model(cfg.model, cfg.lora, cfg.quant)
+    head = reward.score_head(model)
+    results = {}
+    for packed in (False, True):
+        spec = reward.reward_loop_spec(tokenizer, 160, 0.0, 0.0, head if packed else None)
+        batch = spec.collate_fn(comparisons)
+        assert ("position_ids" in batch) is packed
+        model.zero_grad()
+        loss, stats = spec.loss_fn(model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results[packed] = (float(loss), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
+    padded, packed = results[False], results[True]
+    assert packed[0] == pytest.approx(padded[0], abs=1e-5)
+    assert packed[1]["reward_sum"] == pytest.approx(padded[1]["reward_sum"], abs=1e-4)
+    assert packed[1]["n_correct"] == padded[1]["n_correct"] and packed[3] == padded[3]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed[2], padded[2]))
+    assert packed[4] < padded[4]  # fewer positions computed
+    # An encoder pools its own way: it has no per-position score head, so its batches stay padded.
+    bert = load_reward_model(reward_config(tiny_bert_dir, tmp_path).model, cfg.lora, cfg.quant)
+    assert reward.score_head(bert) is None
 
 
 def test_loss_falls_on_a_learnable_signal(tiny_llama_dir, tmp_path):
