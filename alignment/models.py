@@ -638,7 +638,12 @@ def _init_fresh_head(model: PreTrainedModel, missing_keys: set[str]) -> None:
             nn.init.normal_(last.weight, std=1.0 / math.sqrt(last.in_features + 1))
             if last.bias is not None:
                 last.bias.zero_()
-        logger.info("initialised a fresh reward head '%s' with std 1/sqrt(%d)", name, last.in_features + 1)
+        logger.info(
+            "the base has no reward head '%s': drew one with std 1/sqrt(%d) (a trained head loaded with an "
+            "adapter replaces it)",
+            name,
+            last.in_features + 1,
+        )
         return
 
 

@@ -128,6 +128,7 @@ class Rollout:
     scores: torch.Tensor  # (B,) combined, normalised, clipped, EOS-penalised
     raw_scores: dict[str, torch.Tensor]  # per reward model, (B,)
     has_eos: torch.Tensor  # (B,)
+    values_graph: torch.Tensor | None = None  # (B, T) ``values`` with the critic's autograd graph, used once
 
 
 def validate_sampling(cfg: PPOConfig) -> None:
@@ -172,8 +173,15 @@ def generation_config(cfg: PPOConfig, tokenizer):  # -> transformers.GenerationC
 
 
 @torch.no_grad()
-def collect_rollout(ac: ActorCritic, rewards, prompts: list, tokenizer, cfg: PPOConfig, kl_coef: float) -> Rollout:
-    """Sample responses, then score them and compute reference log-probs and values in no-grad passes."""
+def collect_rollout(
+    ac: ActorCritic, rewards, prompts: list, tokenizer, cfg: PPOConfig, kl_coef: float, keep_value_graph: bool = False
+) -> Rollout:
+    """Sample responses, then score them and compute reference log-probs and values.
+
+    ``keep_value_graph``: the critic pass runs with autograd on and its graph is kept in
+    ``Rollout.values_graph``, so the first PPO epoch -- when one mini-batch is the whole rollout and the
+    critic has not moved yet -- back-propagates through it instead of running the same forward again.
+    """
     from alignment.collate import PromptCollator
 
     encoded = PromptCollator(tokenizer, max_prompt_length=cfg.max_prompt_length)(prompts)
@@ -188,15 +196,28 @@ def collect_rollout(ac: ActorCritic, rewards, prompts: list, tokenizer, cfg: PPO
 
     logprobs = logprobs_from_logits(sample_logits, response_ids, cfg.temperature)
     ref_logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature, role="reference")
-    values = ac.response_values(batch, response_ids.shape[1])
     responses = tokenizer.batch_decode(
         [ids[mask] for ids, mask in zip(response_ids, response_mask)], skip_special_tokens=True
     )
     messages = [p.messages for p in prompts]
     scores, raw = rewards.combined(ac, batch, messages, responses)
     scores = scores.to(ac.device) - cfg.missing_eos_penalty * (~has_eos).float()
+    # The critic pass comes last, so a kept graph lives only until the update's first backward.
+    with torch.set_grad_enabled(keep_value_graph):
+        values_graph = ac.response_values(batch, response_ids.shape[1])
     return Rollout(
-        messages, responses, batch, response_ids, response_mask, logprobs, ref_logprobs, values, scores, raw, has_eos
+        messages,
+        responses,
+        batch,
+        response_ids,
+        response_mask,
+        logprobs,
+        ref_logprobs,
+        values_graph.detach(),
+        scores,
+        raw,
+        has_eos,
+        values_graph if keep_value_graph else None,
     )
 
 
@@ -231,6 +252,16 @@ def ppo_update(
             idx = order[start : start + cfg.mini_batch_size].to(ac.device)
             batch, mask = rollout.batch.select(idx), rollout.response_mask[idx]
             ac.train()
+            # Critic first: a graph kept from the rollout (whole batch, critic unchanged) is used and freed
+            # before the policy's forward, so the two never hold activations at once.
+            if rollout.values_graph is not None and len(idx) == n:
+                values, rollout.values_graph = rollout.values_graph[idx], None
+            else:
+                values = ac.response_values(batch, mask.shape[1])
+            vf_loss, vf_clipfrac = clipped_value_loss(
+                values, rollout.values[idx], returns[idx], mask, cfg.value_clip_eps
+            )
+            (cfg.vf_coef * vf_loss).backward()
             if train_policy:
                 logprobs, entropy = ac.response_logprobs(
                     batch, rollout.response_ids[idx], cfg.temperature, with_entropy=True
@@ -247,17 +278,13 @@ def ppo_update(
                         **{f"policy/{k}": v for k, v in pg_stats.items()},
                     },
                 )
-            values = ac.response_values(batch, mask.shape[1])
-            vf_loss, vf_clipfrac = clipped_value_loss(
-                values, rollout.values[idx], returns[idx], mask, cfg.value_clip_eps
-            )
-            (cfg.vf_coef * vf_loss).backward()
             if average_gradients is not None:
                 average_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _append(stats, {"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clipfrac, "train/grad_norm": grad_norm})
+    rollout.values_graph = None
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
@@ -583,7 +610,15 @@ def ppo_loop(
             )
             t0 = time.perf_counter()
             # 2. Roll out: sample, score, reference log-probs and values (no grad).
-            rollout = collect_rollout(ac, rewards, [prompts[i] for i in indices], tokenizer, cfg, kl_ctl.value)
+            rollout = collect_rollout(
+                ac,
+                rewards,
+                [prompts[i] for i in indices],
+                tokenizer,
+                cfg,
+                kl_ctl.value,
+                keep_value_graph=cfg.mini_batch_size >= cfg.rollout_batch_size,
+            )
             t1 = time.perf_counter()
             # 3. Per-token rewards: -beta * KL on every token, the score on the last (InstructGPT eq. 2).
             shaped, kl = kl_shaped_rewards(

@@ -110,7 +110,9 @@ def load_reward_scorer(
 
     model_cfg = ModelConfig(model_name_or_path=str(model_dir))
     tokenizer = load_tokenizer(model_cfg)
-    model = load_reward_model(model_cfg, LoraConfig(use_lora=False), quant_cfg or QuantConfig(), trainable=False)
+    model = load_reward_model(
+        model_cfg, LoraConfig(use_lora=False), quant_cfg or QuantConfig(), trainable=False, tokenizer=tokenizer
+    )
     disable_dropout(model)
     model.eval()
     if device is not None and not (quant_cfg and (quant_cfg.load_in_8bit or quant_cfg.load_in_4bit)):

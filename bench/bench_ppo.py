@@ -170,16 +170,27 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
 
     timer.wrap(ActorCritic, "generate", lambda a, k: "rollout/generate", generate_tokens)
     timer.wrap(ActorCritic, "response_logprobs", logprob_phase, mask_tokens)
+    in_rollout = {"now": False}
     timer.wrap(
         ActorCritic,
         "response_values",
-        lambda a, k: "train/value_forward" if torch.is_grad_enabled() else "rollout/value",
+        lambda a, k: "rollout/value" if in_rollout["now"] else "train/value_forward",
         mask_tokens,
     )
     timer.wrap(ActorCritic, "reward_scores", lambda a, k: "rollout/reward", mask_tokens)
     timer.wrap(torch.Tensor, "backward", lambda a, k: "train/backward")
     timer.wrap(torch.nn.utils, "clip_grad_norm_", lambda a, k: "train/clip_grad")
     timer.wrap(ppo, "collect_rollout", lambda a, k: "total/rollout")
+    timed_rollout = ppo.collect_rollout
+
+    def flagged_rollout(*a, **k):  # the critic pass in the rollout may keep its graph (grad on): label it by caller
+        in_rollout["now"] = True
+        try:
+            return timed_rollout(*a, **k)
+        finally:
+            in_rollout["now"] = False
+
+    ppo.collect_rollout = flagged_rollout
     timer.wrap(ppo, "ppo_update_synced", lambda a, k: "total/update")
     original_mask = ppo.first_eos_mask
 
@@ -269,6 +280,9 @@ def summarize(
         flops += forward_flops(n_params, tok.get(name, 0.0))
     flops += train_flops(n_params, tok.get("train/policy_forward", 0.0), lora=True)
     flops += train_flops(n_params, tok.get("train/value_forward", 0.0), lora=value_training == "lora")
+    if side == "ours" and PPO_SETTINGS["mini_batches"] == 1:  # the rollout's critic pass is back-propagated (kept graph)
+        value_tokens = tok.get("rollout/value", 0.0)
+        flops += train_flops(n_params, value_tokens, lora=True) - forward_flops(n_params, value_tokens)
     steady = None
     if len(update_s) > 1:
         steady = (episodes - episodes / len(update_s)) / sum(update_s[1:])

@@ -130,11 +130,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         if "loop" not in captured and not args.eval_before:
             return dict(_EMPTY_EVAL)  # the peer evaluates once, after training
         tokens: list[int] = []
-        collate_fn = spec.collate_fn
+        collate_fn, spec_tokens = spec.collate_fn, spec.tokens_fn
 
         def counting_collate(batch):
             out = collate_fn(batch)
-            tokens.append(int(out["attention_mask"].sum()))
+            tokens.append(spec_tokens(out))
             return out
 
         spec.collate_fn = counting_collate

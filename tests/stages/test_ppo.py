@@ -117,6 +117,43 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
         assert (padded - packed_out)[valid].abs().max() < 1e-4
 
 
+def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stage_dirs, tmp_path, monkeypatch):
+    """One mini-batch, one epoch: back-propagating through the rollout's critic pass gives the same step, one pass fewer."""
+    from alignment.actor_critic import ActorCritic
+    from alignment.data import load_records
+    from alignment.rl_math import gae_advantages, kl_shaped_rewards, masked_whiten
+
+    cfg = ppo_config(stage_dirs, tmp_path, rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1)
+    ac, tokenizer, shared = ppo.build_actor_critic(cfg)
+    rewards = ppo.build_rewards(cfg, ac, shared)
+    prompts = load_records(cfg.data, "prompt").records[:4]
+    initial = {k: v.clone() for k, v in ac.state_dict().items()}
+    calls = []
+    original = ActorCritic.response_values
+    monkeypatch.setattr(ActorCritic, "response_values", lambda self, *a: calls.append(1) or original(self, *a))
+    results = {}
+    for keep in (False, True):
+        ac.load_state_dict(initial)
+        optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=1e-2)
+        calls.clear()
+        torch.manual_seed(0)
+        rollout = ppo.collect_rollout(ac, rewards, prompts, tokenizer, cfg.ppo, 0.05, keep_value_graph=keep)
+        shaped, _ = kl_shaped_rewards(
+            rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, 0.05
+        )
+        advantages, returns = gae_advantages(shaped, rollout.values, rollout.response_mask, 1.0, 0.95)
+        advantages = masked_whiten(advantages, rollout.response_mask)
+        stats = ppo.ppo_update(ac, optimizer, rollout, advantages, returns, cfg.ppo, True, 1.0)
+        trained = {n: p.detach().clone() for n, p in ac.named_parameters() if p.requires_grad}
+        results[keep] = (trained, stats, len(calls))
+    (recomputed, stats_recomputed, passes_recomputed), (kept, stats_kept, passes_kept) = results[False], results[True]
+    assert (passes_recomputed, passes_kept) == (2, 1)
+    assert stats_kept["loss/value_avg"] == pytest.approx(stats_recomputed["loss/value_avg"], rel=1e-5)
+    assert any(not torch.equal(value, initial[name]) for name, value in kept.items())  # the step moved something
+    for name, value in kept.items():
+        torch.testing.assert_close(value, recomputed[name], atol=1e-6, rtol=1e-5)
+
+
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
     ac, tokenizer, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
     ids = torch.tensor([tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>")])

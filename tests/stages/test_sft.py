@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from alignment import sft
 from alignment.config import build_config
@@ -61,6 +62,30 @@ def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path)
         trainable=False,
     )
     assert model is not None
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_llama_dir, tmp_path, padding_free):
+    from alignment.data import load_records
+    from alignment.models import load_tokenizer
+
+    cfg = sft_config(tiny_llama_dir, tmp_path)
+    tokenizer = load_tokenizer(cfg.model)
+    examples, _, _ = sft.tokenize_demonstrations(
+        tokenizer, load_records(cfg.data, "demonstration").records[:4], 128, "all"
+    )
+    model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
+    assert sft.supports_logits_to_keep(model)
+    results = []
+    for target_only in (False, True):
+        spec = sft.sft_loop_spec(tokenizer, padding_free, target_logits_only=target_only)
+        model.zero_grad()
+        loss, _ = spec.loss_fn(model, spec.collate_fn(examples))
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full, full_grads), (targets, target_grads) = results
+    assert targets == pytest.approx(full, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(target_grads, full_grads))
 
 
 def test_too_long_prompts_are_reported_not_trained_on(tiny_llama_dir, tmp_path):
