@@ -310,26 +310,31 @@ def build_config(
     return Config(sections)
 
 
-def split_config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take ``--config FILE`` (or ``--config=FILE``) out of ``argv``; returns (FILE or None, the rest)."""
-    rest, path = [], None
+def split_config_arg(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take every ``--config FILE`` (or ``--config=FILE``) out of ``argv``; returns (the FILEs in order, the rest).
+
+    Several files layer: a later file's keys override an earlier one's (a stage or pipeline recipe,
+    then a model-family recipe from ``configs/models/``), and command-line flags override them all.
+    """
+    rest, paths = [], []
     i = 0
     while i < len(argv):
         token = argv[i]
         if token == "--config":
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ConfigError("--config needs a file")
-            path = argv[i + 1]
+            paths.append(argv[i + 1])
             i += 2
             continue
         if token.startswith("--config="):
             path = token.split("=", 1)[1]
             if not path:
                 raise ConfigError("--config needs a file")
+            paths.append(path)
         else:
             rest.append(token)
         i += 1
-    return path, rest
+    return paths, rest
 
 
 def bool_keys_of(config_types: tuple[type, ...]) -> set[str]:
@@ -342,15 +347,15 @@ def parse_overrides(argv: list[str], bool_keys: set[str]) -> dict[str, Any]:
 
 
 def parse_config(config_types: tuple[type, ...], argv: list[str] | None = None, prog: str = "alignment") -> Config:
-    """YAML defaults from ``--config``, then command-line overrides; ``--help`` prints and exits."""
+    """YAML values from each ``--config`` in turn, then command-line overrides; ``--help`` prints and exits."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         sys.stdout.write(format_help(config_types, prog) + "\n")
         raise SystemExit(0)
-    config_path, argv = split_config_arg(argv)
+    config_paths, argv = split_config_arg(argv)
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
-    if config_path is not None:
+    for config_path in config_paths:
         data, lines = load_yaml(config_path)
         for key, value in data.items():
             values[key] = value

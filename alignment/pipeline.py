@@ -45,16 +45,29 @@ def pipeline_bool_keys() -> set[str]:
 
 
 def split_recipe(
-    data: dict[str, Any], lines: dict[str, int], path: str, overrides: dict[str, Any]
+    data: dict[str, Any],
+    lines: dict[str, int],
+    path: str,
+    overrides: dict[str, Any],
+    override_sources: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    """Per-stage flat values (and where each was written) from a pipeline recipe plus CLI overrides."""
+    """Per-stage flat values (and where each was written) from a pipeline recipe plus overrides.
+
+    Overrides (model-recipe files, then the command line) apply to every stage that has the key,
+    over the recipe's shared keys and its stage sections; ``override_sources`` says where each was written.
+    """
+    override_sources = override_sources or {}
     keys = {stage: _stage_keys(stage) for stage in STAGES}
     known_anywhere = set().union(*keys.values()) | {"stages"}
     values: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
     where: dict[str, dict[str, str]] = {s: {} for s in STAGES}
     shared = {k: v for k, v in data.items() if k not in STAGES}
     for key, value in [*shared.items(), *overrides.items()]:
-        location = f"{path}:{lines.get(key, '?')}" if key not in overrides else f"command line (--{key})"
+        location = (
+            f"{path}:{lines.get(key, '?')}"
+            if key not in overrides
+            else override_sources.get(key, f"command line (--{key})")
+        )
         if key not in known_anywhere:
             import difflib
 
@@ -88,9 +101,23 @@ def wire_stage_inputs(stage: str, values: dict[str, Any], run_dir: Path, base_mo
     return values
 
 
-def load_pipeline(path: str, overrides: dict[str, Any]) -> tuple[dict[str, Config], Path, list[str]]:
+def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dict[str, Config], Path, list[str]]:
+    """``path``: the pipeline recipe, or it followed by model-family recipes (flat keys for every stage)."""
+    path, *model_recipes = [path] if isinstance(path, str) else path
     data, lines = load_yaml(path)
-    values, where = split_recipe(data, lines, path, overrides)
+    layered, sources = {}, {}
+    for recipe in model_recipes:
+        recipe_data, recipe_lines = load_yaml(recipe)
+        for key, value in recipe_data.items():
+            if key in STAGES or key == "stages":
+                raise ConfigError(
+                    f"{recipe}:{recipe_lines.get(key, '?')}: '{key}' sections belong in the first --config"
+                )
+            layered[key], sources[key] = value, f"{recipe}:{recipe_lines.get(key, '?')}"
+    for key in overrides:
+        sources.pop(key, None)
+    overrides = {**layered, **overrides}
+    values, where = split_recipe(data, lines, path, overrides, sources)
     run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
     stages = list(data.get("stages") or STAGES)
     base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
@@ -101,7 +128,7 @@ def load_pipeline(path: str, overrides: dict[str, Any]) -> tuple[dict[str, Confi
     return configs, run_dir, stages
 
 
-def run_pipeline(path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) every stage of the recipe at ``path``; returns a summary of each stage's metrics."""
     configs, run_dir, stages = load_pipeline(path, overrides or {})
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The whole pipeline: SFT -> reward -> PPO -> evaluate, each stage's output feeding the next.
 
-Usage: alignment pipeline --config configs/quickstart.yaml [--model_name_or_path ID] [--output_dir DIR] [--key value ...]
+Usage: alignment pipeline --config configs/quickstart.yaml [--config configs/models/MODEL.yaml]
+                          [--model_name_or_path ID] [--output_dir DIR] [--key value ...]
+A second --config (a model-family recipe: flat model keys) applies to every stage; flags override both.
 Re-running the same command skips finished stages and resumes an interrupted one.
 """
 
@@ -13,14 +15,14 @@ from alignment.config import ConfigError, parse_overrides, split_config_arg
 from alignment.pipeline import pipeline_bool_keys, run_pipeline
 
 
-def parse_arguments(argv: list[str]) -> tuple[str, dict[str, Any]]:
+def parse_arguments(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         raise SystemExit(0)
-    path, rest = split_config_arg(argv)
-    if path is None:
+    paths, rest = split_config_arg(argv)
+    if not paths:
         raise ConfigError("alignment pipeline needs --config (e.g. configs/quickstart.yaml)")
-    return path, parse_overrides(rest, pipeline_bool_keys())
+    return paths, parse_overrides(rest, pipeline_bool_keys())
 
 
 def print_summary(summary: dict) -> None:

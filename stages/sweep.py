@@ -18,10 +18,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         raise SystemExit(0)
-    path, rest = split_config_arg(argv)
-    if path is None:
-        raise ConfigError("alignment sweep needs --config (e.g. configs/sweep_reward_weights.yaml)")
-    summary = run_sweep(path, rest)
+    paths, rest = split_config_arg(argv)
+    if len(paths) != 1:
+        raise ConfigError("alignment sweep needs one --config (e.g. configs/sweep_reward_weights.yaml)")
+    summary = run_sweep(paths[0], rest)
     print(json.dumps(summary, indent=2, default=str))
     return summary
 

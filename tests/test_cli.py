@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from alignment.cli import STAGES, main
-from alignment.config import TrainConfig, parse_config
+from alignment.config import ConfigError, TrainConfig, parse_config
 from tests.conftest import REPO_ROOT
 
 TRAINING_STAGES = ("sft", "reward", "ppo", "evaluate")  # the commands whose options come from CONFIG_TYPES
@@ -155,8 +155,8 @@ def _parse(command: str, flags: list[str], tmp_path: Path):
 
     recipe = tmp_path / "pipeline.yaml"
     recipe.write_text("sft: {dataset_name: demo}\n", encoding="utf-8")
-    path, overrides = parse_arguments(["--config", str(recipe), *flags])
-    return load_pipeline(path, overrides)[0]["sft"].flat()
+    paths, overrides = parse_arguments(["--config", str(recipe), *flags])
+    return load_pipeline(paths, overrides)[0]["sft"].flat()
 
 
 @pytest.mark.parametrize(
@@ -310,3 +310,29 @@ def test_library_never_imports_stages():
                 if any(n == "stages" or n.startswith("stages.") for n in names):
                     offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     assert not offenders, f"library modules import the stage scripts: {offenders}"
+
+
+def test_later_config_files_override_earlier_ones_and_flags_override_both(tmp_path):
+    from alignment.pipeline import load_pipeline
+    from stages.pipeline import parse_arguments
+
+    stage = tmp_path / "sft.yaml"
+    stage.write_text("dataset_name: demo\nlora_r: 4\nlearning_rate: 1.0e-4\n", encoding="utf-8")
+    model = tmp_path / "model.yaml"
+    model.write_text("model_name_or_path: some/model\nlora_r: 16\n", encoding="utf-8")
+    argv = ["--config", str(stage), "--config", str(model), "--learning_rate", "2e-5"]
+    flat = parse_config(importlib.import_module("alignment.sft").CONFIG_TYPES, argv).flat()
+    assert (flat["model_name_or_path"], flat["lora_r"], flat["learning_rate"]) == ("some/model", 16, 2e-5)
+    # In a pipeline the model recipe reaches every stage, over the recipe's stage sections.
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("sft: {dataset_name: demo, lora_r: 4}\nreward: {dataset_name: demo}\n", encoding="utf-8")
+    configs, _, _ = load_pipeline(*parse_arguments(["--config", str(pipeline), "--config", str(model)]))
+    assert {cfg.model.model_name_or_path for cfg in configs.values()} == {"some/model"}
+    assert configs["sft"].lora.lora_r == 16
+    # Mistakes in the layered file name that file and line.
+    model.write_text("model_name_or_path: some/model\nlora_rr: 16\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{model.name}:2: unknown key 'lora_rr'; did you mean 'lora_r'"):
+        load_pipeline(*parse_arguments(["--config", str(pipeline), "--config", str(model)]))
+    model.write_text("sft: {lora_r: 16}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{model.name}:1: 'sft' sections belong in the first --config"):
+        load_pipeline(*parse_arguments(["--config", str(pipeline), "--config", str(model)]))

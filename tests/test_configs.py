@@ -235,12 +235,13 @@ def test_model_recipe_usage_commands_parse_and_reproduce_the_recipe(path, monkey
         if argv[1] == "pipeline":
             from stages.pipeline import parse_arguments
 
-            recipe, overrides = parse_arguments(argv[2:])
-            if not Path(recipe).is_file():  # check the flags against a stand-in; report the missing file below
-                missing.append(recipe)
-                recipe = tmp_path / "stand_in_pipeline.yaml"
-                recipe.write_text(STAND_IN_PIPELINE, encoding="utf-8")
-            configs, _, _ = load_pipeline(str(recipe), overrides)
+            recipes, overrides = parse_arguments(argv[2:])
+            assert str(rel(path)) in recipes[1:], f"{rel(path)}: the pipeline command layers this recipe"
+            if not Path(recipes[0]).is_file():  # check the layering against a stand-in; report the missing file below
+                missing.append(recipes[0])
+                recipes[0] = tmp_path / "stand_in_pipeline.yaml"
+                recipes[0].write_text(STAND_IN_PIPELINE, encoding="utf-8")
+            configs, _, _ = load_pipeline([str(r) for r in recipes], overrides)
         else:
             configs = {argv[1]: parse_config(importlib.import_module(f"alignment.{argv[1]}").CONFIG_TYPES, argv[2:])}
         for stage, cfg in configs.items():

@@ -152,6 +152,15 @@ def test_pad_token_added_when_none_exists_and_embeddings_grow_deterministically(
     assert model.config.pad_token_id == 3
 
 
+def test_pythia_padding_token_is_reused_as_pad():
+    vocab = {"a": 0, "<|endoftext|>": 1, "<|padding|>": 2}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token=None)), eos_token="<|endoftext|>"
+    )
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<|padding|>" and len(tokenizer) == 3  # Pythia's own pad: no new row
+
+
 def test_chat_template_settings(tiny_bert_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="chat_template"):
         load_tokenizer(cfg(tiny_bert_dir), require_chat_template=True)
