@@ -110,7 +110,7 @@ def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_di
         loss, stats = spec.loss_fn(model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        results[packed] = (float(loss), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
+        results[packed] = (float(loss.detach()), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
     padded, packed = results[False], results[True]
     assert packed[0] == pytest.approx(padded[0], abs=1e-5)
     assert packed[1]["reward_sum"] == pytest.approx(padded[1]["reward_sum"], abs=1e-4)

@@ -82,7 +82,7 @@ def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_l
         model.zero_grad()
         loss, _ = spec.loss_fn(model, spec.collate_fn(examples))
         loss.backward()
-        results.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        results.append((float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (full, full_grads), (targets, target_grads) = results
     assert targets == pytest.approx(full, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(target_grads, full_grads))
