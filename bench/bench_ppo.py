@@ -280,7 +280,9 @@ def summarize(
         flops += forward_flops(n_params, tok.get(name, 0.0))
     flops += train_flops(n_params, tok.get("train/policy_forward", 0.0), lora=True)
     flops += train_flops(n_params, tok.get("train/value_forward", 0.0), lora=value_training == "lora")
-    if side == "ours" and PPO_SETTINGS["mini_batches"] == 1:  # the rollout's critic pass is back-propagated (kept graph)
+    if (
+        side == "ours" and PPO_SETTINGS["mini_batches"] == 1
+    ):  # the rollout's critic pass is back-propagated (kept graph)
         value_tokens = tok.get("rollout/value", 0.0)
         flops += train_flops(n_params, value_tokens, lora=True) - forward_flops(n_params, value_tokens)
     steady = None

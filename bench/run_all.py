@@ -3,6 +3,7 @@
     python bench/run_all.py --repeats 3             # the measurement (about 1.5 h per repeat on a 2-core CPU)
     python bench/run_all.py --quick --repeats 1     # smoke test of every path (tiny sizes; about 30 min)
     python bench/run_all.py --stages ppo --ours-only
+    python bench/run_all.py --merge bench/work/a.json bench/work/b.json   # one summary over several invocations
 
 For each stage (sft, reward, ppo) and each repeat: ``bench_<stage>.py`` (ours), then ``bench_<stage>.py --peer``
 (trl 1.12 in ``bench/.venv-trl112``, built on first use), each in its own subprocess so peak RSS is per run. PPO
@@ -156,7 +157,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-peak", action="store_true", help="skip the per-run matmul-peak measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="results file (default bench/results.json)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RESULTS",
+        help="run nothing: summarise the successful runs of these results files together (e.g. a peer run and a "
+        "later ours-only rerun) and write --out",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     sides = ["ours"] * (not args.peer_only) + ["peer"] * (not args.ours_only)
     out_path = (
@@ -194,6 +205,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     contended = [f"{r['side']} {r['stage']} {r['tag']}" for r in runs if r.get("contended")]
     if contended:
         print(f"contended runs (other CPU > 2 % of own): {', '.join(contended)}")
+    return {"summary": summary, "runs": runs}
+
+
+def merge(args: argparse.Namespace) -> dict[str, Any]:
+    """One summary over the runs of several results files; each run keeps its own machine and timing record."""
+    runs, started = [], []
+    for name in args.merge:
+        payload = json.loads(Path(name).read_text(encoding="utf-8"))
+        started.append(payload["started"])
+        for run in payload["runs"]:
+            if not run.get("failed"):
+                runs.append({**run, "from_results": name, "invocation_started": payload["started"]})
+    out_path = Path(args.out) if args.out else BENCH_DIR / "results.json"
+    summary = summarize(runs)
+    _write(out_path, " + ".join(started), args, runs, 0.0, summary)
+    print(markdown(summary, args.quick))
+    print(f"\nresults: {out_path} (merged from {', '.join(args.merge)})")
     return {"summary": summary, "runs": runs}
 
 
