@@ -134,7 +134,10 @@ def test_loss_falls_on_a_learnable_signal(tiny_llama_dir, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_default_beats_chance_on_held_out_hh_rlhf(shared_data, tmp_path):
-    """LoRA reward model on HH-RLHF helpful pairs: held-out accuracy clearly above 0.5 (95% CI above 0.5)."""
+    """LoRA reward model on HH-RLHF helpful pairs: held-out accuracy clearly above 0.5 (95% CI above 0.5).
+
+    Measured 2026-11-23 (2-core CPU): 929 training pairs, 117 steps, 40 min; accuracy 0.595 [0.526, 0.661] on 200.
+    """
     data = shared_data / "hh-rlhf" / "helpful-online.jsonl.gz"
     if not data.is_file():
         pytest.skip(f"{data} not present")
