@@ -379,13 +379,15 @@ class SFTCollator:
     Padded (default): ``input_ids`` (B, T) right-padded with ``pad_token_id``, ``labels`` (B, T)
     with ``-100`` on padding, ``attention_mask`` (B, T).
 
-    ``padding_free=True``: ``input_ids``, ``labels``, ``position_ids`` of shape (1, sum of lengths),
-    the examples concatenated, positions restarting at 0 per example and NO attention mask:
-    transformers' sdpa/eager attention then builds a block-diagonal causal mask from the position
-    restarts (``transformers.masking_utils.find_packed_sequence_indices``), so no token attends
-    across examples; flash-attention uses the same restarts as ``cu_seqlens``. The first label of
-    each example is ``-100`` so no loss crosses a boundary. Call the model with ``use_cache=False``:
-    with a KV cache transformers skips the packed-sequence detection.
+    ``padding_free=True``: ``input_ids``, ``labels``, ``position_ids`` of shape (R, L): the examples
+    packed several to a row no longer than the longest (:func:`pack_token_rows`; one long row would
+    make attention, quadratic in the row length, cost more than the padding saved), positions
+    restarting at 0 per example and NO attention mask: transformers' sdpa/eager attention then
+    builds a block-diagonal causal mask from the position restarts
+    (``transformers.masking_utils.find_packed_sequence_indices``), so no token attends across
+    examples; flash-attention uses the same restarts as ``cu_seqlens``. The first label of each
+    example and the row filler are ``-100`` so no loss crosses a boundary. Call the model with
+    ``use_cache=False``: with a KV cache transformers skips the packed-sequence detection.
     """
 
     pad_token_id: int
@@ -403,21 +405,25 @@ class SFTCollator:
             "attention_mask": _attention_mask(rows, "right"),
         }
 
-    @staticmethod
-    def _pack(examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
-        input_ids, labels, position_ids = [], [], []
-        for example in examples:
-            input_ids.extend(example.input_ids)
-            labels.extend([IGNORE_INDEX, *example.labels[1:]])
-            position_ids.extend(range(len(example.input_ids)))
-        rows = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-        return {key: torch.tensor([values], dtype=torch.long) for key, values in rows.items()}
+    def _pack(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        packed = pack_token_rows([e.input_ids for e in examples], self.pad_token_id)
+        labels = torch.full_like(packed.input_ids, IGNORE_INDEX).view(-1)
+        for example, start in zip(examples, packed.starts.tolist()):
+            labels[start + 1 : start + len(example)] = torch.tensor(example.labels[1:], dtype=torch.long)
+        return {
+            "input_ids": packed.input_ids,
+            "labels": labels.view_as(packed.input_ids),
+            "position_ids": packed.position_ids,
+            "num_tokens": torch.tensor(sum(len(e) for e in examples)),
+        }
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
     """Non-padding tokens, and loss tokens: the shifted labels ``labels[:, 1:] != -100`` the causal-LM loss averages."""
     if "attention_mask" in batch:
         non_pad = int(batch["attention_mask"].sum())
+    elif "num_tokens" in batch:  # packed rows: the filler at a row's end is not a token
+        non_pad = int(batch["num_tokens"])
     else:
         non_pad = int(batch["input_ids"].numel())
     loss = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in batch else 0

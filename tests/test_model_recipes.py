@@ -33,6 +33,10 @@ DEMONSTRATIONS = [
         {"role": "user", "content": "And 3 + 3?"},
         {"role": "assistant", "content": "6."},
     ],
+    [  # long enough that the two short ones share a packed row of its length
+        {"role": "user", "content": "Describe a harbour at dawn."},
+        {"role": "assistant", "content": "Gulls circle above the quiet water while the fishing boats " * 8},
+    ],
 ]
 
 
@@ -72,7 +76,7 @@ def tiny_family_config(model_id: str, tokenizer) -> PretrainedConfig:
     pytest.fail(f"no tiny config for the family of {model_id}: add its config class to tiny_family_config()")
 
 
-def two_demonstrations():
+def demonstrations():
     from data_schemas.records import Demonstration, make_messages
 
     return [Demonstration(make_messages(messages, "messages")).validate() for messages in DEMONSTRATIONS]
@@ -147,10 +151,8 @@ def lora_modules(model) -> dict[str, torch.nn.Module]:
 def sft_batch(cfg: Config, tokenizer, padding_free: bool):
     from alignment.sft import sft_loop_spec, tokenize_demonstrations
 
-    examples, rejected, _ = tokenize_demonstrations(
-        tokenizer, two_demonstrations(), cfg.train.max_length, cfg.sft.train_on
-    )
-    assert len(examples) == 2, f"demonstrations rejected: {dict(rejected)}"
+    examples, rejected, _ = tokenize_demonstrations(tokenizer, demonstrations(), cfg.train.max_length, cfg.sft.train_on)
+    assert len(examples) == 3, f"demonstrations rejected: {dict(rejected)}"
     spec = sft_loop_spec(tokenizer, padding_free)
     return spec, spec.collate_fn(examples), examples
 
@@ -162,6 +164,8 @@ def assert_padding_free_loss_equals_padded_loss(model, cfg: Config, tokenizer) -
     with torch.no_grad():
         for padding_free in (False, True):
             spec, batch, _ = sft_batch(cfg, tokenizer, padding_free)
+            if padding_free:  # a row holds two examples, so the mask between them is what is tested
+                assert max(int((row == 0).sum()) for row in batch["position_ids"]) >= 2
             loss_sum, _ = spec.loss_fn(model, batch)
             losses["packed" if padding_free else "padded"] = float(loss_sum / spec.count_fn(batch))
     model.train()
@@ -235,7 +239,7 @@ def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir
 
     # SFT learns every assistant turn up to and including <|im_end|>, so the model learns to stop.
     _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
-    assert [len(e.target_spans) for e in examples] == [1, 2]
+    assert [len(e.target_spans) for e in examples] == [1, 2, 1]
     for example in examples:
         for start, end in example.target_spans:
             assert example.labels[end - 1] == tokenizer.eos_token_id, tokenizer.decode(example.input_ids[start:end])

@@ -21,6 +21,7 @@ from alignment.collate import (
     _boundaries_by_prefix_tokenization,
     _tokenize_with_boundaries,
     count_tokens,
+    pack_token_rows,
     render_prompt,
     render_reward_texts,
     render_sft_example,
@@ -228,24 +229,35 @@ def tiny_llama_factory(chatml):
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_padding_free_packing_does_not_attend_across_examples(templates, tiny_llama_factory, attn_implementation):
     tokenizer = templates["chatml"]
-    demos = [SINGLE_TURN, MULTI_TURN, Demonstration((Message("user", "Say hi"), Message("assistant", "Hi!")))]
-    examples = [render_sft_example(tokenizer, d, max_length=512) for d in demos]
+    long_one = Demonstration((Message("user", "Describe the sea."), Message("assistant", "Waves roll in. " * 30)))
+    hi = Demonstration((Message("user", "Say hi"), Message("assistant", "Hi!")))
+    examples = [render_sft_example(tokenizer, d, max_length=512) for d in (SINGLE_TURN, MULTI_TURN, hi, long_one)]
     packed = SFTCollator(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
-    assert set(packed) == {"input_ids", "labels", "position_ids"}
+    assert set(packed) == {"input_ids", "labels", "position_ids", "num_tokens"}
     lengths = [len(e) for e in examples]
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    assert packed["input_ids"].shape == (1, sum(lengths))
-    assert all(packed["position_ids"][0, s] == 0 and packed["labels"][0, s] == IGNORE_INDEX for s in starts)
+    starts = pack_token_rows([e.input_ids for e in examples]).starts.tolist()  # flat index of each example
+    width = packed["input_ids"].shape[1]
+    assert width == max(lengths) and packed["input_ids"].shape[0] < len(examples)  # short ones share a row
+    flat = {k: packed[k].view(-1) for k in ("input_ids", "labels", "position_ids")}
+    for start, example in zip(starts, examples):
+        assert flat["input_ids"][start : start + len(example)].tolist() == example.input_ids
+        assert flat["position_ids"][start] == 0 and flat["labels"][start] == IGNORE_INDEX
+    shared = [i for i, s in enumerate(starts) if s % width != 0]  # examples that follow another in their row
+    assert shared
 
     model = tiny_llama_factory(attn_implementation)
+    inputs = {k: packed[k] for k in ("input_ids", "labels", "position_ids")}
     with torch.no_grad():
-        packed_out = model(**packed, use_cache=False)
+        packed_out = model(**inputs, use_cache=False)
         alone = [model(torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]), use_cache=False) for e in examples]
-        causal_only = model(packed["input_ids"], use_cache=False).logits  # one causal sequence: leaks
+        causal_only = model(packed["input_ids"], use_cache=False).logits  # plain causal rows: leaks
+    logits = packed_out.logits.reshape(-1, packed_out.logits.shape[-1])
     for start, length, single in zip(starts, lengths, alone):
-        torch.testing.assert_close(packed_out.logits[0, start : start + length], single.logits[0], atol=1e-5, rtol=0)
-    # the comparison is sensitive: without the position restarts the later examples see the earlier ones
-    assert not torch.allclose(causal_only[0, starts[1] :], packed_out.logits[0, starts[1] :], atol=1e-3)
+        torch.testing.assert_close(logits[start : start + length], single.logits[0], atol=1e-5, rtol=0)
+    # the comparison is sensitive: without the position restarts a later example in a row sees the earlier one
+    leaked = causal_only.reshape(-1, causal_only.shape[-1])
+    i = shared[0]
+    assert not torch.allclose(leaked[starts[i] : starts[i] + lengths[i]], logits[starts[i] : starts[i] + lengths[i]])
     # and the packed loss is the token-weighted mean of the per-example losses (no cross-boundary term)
     counts = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in examples]
     expected = sum(out.loss * n for out, n in zip(alone, counts)) / sum(counts)
