@@ -650,6 +650,12 @@ def _init_fresh_head(model: PreTrainedModel, missing_keys: set[str]) -> None:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def unwrap_transformers_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a DDP (``.module``) and/or peft (``get_base_model``) wrapper."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Set every dropout probability to 0: modules, attention-probability floats, and the config."""
     for module in model.modules():

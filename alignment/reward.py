@@ -52,9 +52,9 @@ def score_head(model: torch.nn.Module) -> torch.nn.Module | None:
     transformers' decoder ``*ForSequenceClassification`` classes apply ``score`` to every position
     and then read the last token; encoders (BERT's ``classifier``) pool differently and cannot be packed.
     """
-    inner = getattr(model, "module", model)  # DDP
-    hf_model = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return getattr(hf_model, "score", None)
+    from alignment.models import unwrap_transformers_model
+
+    return getattr(unwrap_transformers_model(model), "score", None)
 
 
 def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[str, Any], device) -> torch.Tensor:

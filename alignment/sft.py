@@ -55,8 +55,9 @@ def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The LM head (output embeddings) of a causal LM under any DDP/peft wrapper, or None."""
-    inner = getattr(model, "module", model)
-    hf_model = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    from alignment.models import unwrap_transformers_model
+
+    hf_model = unwrap_transformers_model(model)
     return hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
 
 
