@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     BENCH_DIR,
     LORA_SETTINGS,
-    MODEL_NAME,
     PPO_SETTINGS,
     QUICK,
     REPO_ROOT,
@@ -58,6 +56,7 @@ from bench.common import (  # noqa: E402
     finalize,
     forward_flops,
     latest_file,
+    ours_run_settings,
     parse_results,
     pool_path,
     record_latest,
@@ -116,21 +115,12 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         torch.set_num_threads(args.threads)
     sizes = ppo_sizes(args.quick)
     batch = PPO_SETTINGS["batch_size"]
-    output_dir = Path(args.output_dir) if args.output_dir else WORK_DIR / "runs" / "ours" / f"ppo-{args.tag}"
-    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir, shared = ours_run_settings(args, "ppo")
     cfg = build_config(
         ppo.CONFIG_TYPES,
         {
-            "model_name_or_path": MODEL_NAME,
-            "dtype": "fp32",
-            "use_lora": True,
-            "lora_r": LORA_SETTINGS["r"],
-            "lora_alpha": LORA_SETTINGS["alpha"],
-            "lora_dropout": LORA_SETTINGS["dropout"],
-            "lora_target_modules": [LORA_SETTINGS["target_modules"]],
+            **shared,
             "dataset_name": str(pool_path("ppo_prompts", args.quick)),
-            "output_dir": str(output_dir),
-            "seed": 42,
             "learning_rate": PPO_SETTINGS["learning_rate"],
             "save_steps": 0,
             "logging_steps": 1,

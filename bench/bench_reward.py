@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     LORA_SETTINGS,
-    MODEL_NAME,
     QUICK,
     RM_SETTINGS,
     WORK_DIR,
@@ -41,6 +39,7 @@ from bench.common import (  # noqa: E402
     ensure_pools,
     finalize,
     forward_flops,
+    ours_run_settings,
     pool_path,
     record_latest,
     run_peer_stage,
@@ -68,22 +67,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    output_dir = Path(args.output_dir) if args.output_dir else WORK_DIR / "runs" / "ours" / f"reward-{args.tag}"
-    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir, shared = ours_run_settings(args, "reward")
     cfg = build_config(
         reward.CONFIG_TYPES,
         {
-            "model_name_or_path": MODEL_NAME,
-            "dtype": "fp32",
-            "use_lora": True,
-            "lora_r": LORA_SETTINGS["r"],
-            "lora_alpha": LORA_SETTINGS["alpha"],
-            "lora_dropout": LORA_SETTINGS["dropout"],
-            "lora_target_modules": [LORA_SETTINGS["target_modules"]],
+            **shared,
             "dataset_name": str(pool_path("rm_train", args.quick)),
             "eval_dataset_name": str(pool_path("rm_eval", args.quick)),
-            "output_dir": str(output_dir),
-            "seed": 42,
             "learning_rate": RM_SETTINGS["learning_rate"],
             "num_train_epochs": RM_SETTINGS["epochs"],
             "per_device_train_batch_size": RM_SETTINGS["batch_size"],

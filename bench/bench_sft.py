@@ -16,7 +16,6 @@ tokens; trl pads to the longest sequence in the batch (``padded_tokens``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     LORA_SETTINGS,
-    MODEL_NAME,
     QUICK,
     SFT_SETTINGS,
     WORK_DIR,
@@ -38,6 +36,7 @@ from bench.common import (  # noqa: E402
     emit_result,
     ensure_pools,
     finalize,
+    ours_run_settings,
     pool_path,
     record_latest,
     run_peer_stage,
@@ -54,21 +53,12 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    output_dir = Path(args.output_dir) if args.output_dir else WORK_DIR / "runs" / "ours" / f"sft-{args.tag}"
-    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir, shared = ours_run_settings(args, "sft")
     cfg = build_config(
         sft.CONFIG_TYPES,
         {
-            "model_name_or_path": MODEL_NAME,
-            "dtype": "fp32",
-            "use_lora": True,
-            "lora_r": LORA_SETTINGS["r"],
-            "lora_alpha": LORA_SETTINGS["alpha"],
-            "lora_dropout": LORA_SETTINGS["dropout"],
-            "lora_target_modules": [LORA_SETTINGS["target_modules"]],
+            **shared,
             "dataset_name": str(pool_path("sft", args.quick)),
-            "output_dir": str(output_dir),
-            "seed": 42,
             "learning_rate": SFT_SETTINGS["learning_rate"],
             "num_train_epochs": SFT_SETTINGS["epochs"],
             "per_device_train_batch_size": SFT_SETTINGS["batch_size"],

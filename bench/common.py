@@ -332,6 +332,25 @@ def steady_state(step_seconds: list[float], items_per_step: list[float]) -> floa
     return sum(items_per_step[1:]) / sum(step_seconds[1:])
 
 
+def ours_run_settings(args: Any, stage: str) -> tuple[Path, dict[str, Any]]:
+    """(emptied output dir, the config keys every stage of ours shares): model, fp32, the LoRA settings, seed 42."""
+    import shutil
+
+    output_dir = Path(args.output_dir) if args.output_dir else WORK_DIR / "runs" / "ours" / f"{stage}-{args.tag}"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return output_dir, {
+        "model_name_or_path": MODEL_NAME,
+        "dtype": "fp32",
+        "use_lora": True,
+        "lora_r": LORA_SETTINGS["r"],
+        "lora_alpha": LORA_SETTINGS["alpha"],
+        "lora_dropout": LORA_SETTINGS["dropout"],
+        "lora_target_modules": [LORA_SETTINGS["target_modules"]],
+        "output_dir": str(output_dir),
+        "seed": 42,
+    }
+
+
 def pool_path(name: str, quick: bool = False) -> Path:
     """``bench/work/<name>.jsonl`` (or the ``--quick`` subset, ``bench/work/quick/<name>.jsonl``)."""
     return (WORK_DIR / "quick" if quick else WORK_DIR) / f"{name}.jsonl"
