@@ -77,17 +77,33 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     return config, lora, head
 
 
+PEFT_WEIGHT_TAGS = ("lora_", "trainable_tokens_delta")
+
+
+def adapter_parameters(model: torch.nn.Module, name: str) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of adapter ``name``: its LoRA matrices and trainable-token rows.
+
+    peft names them ``...q_proj.lora_A.<name>.weight`` and ``...embed_tokens.token_adapter.
+    trainable_tokens_delta.<name>``: the adapter is a whole dotted component, not always followed by a dot.
+    """
+    for param_name, param in model.named_parameters():
+        if name in param_name.split(".") and any(tag in param_name for tag in PEFT_WEIGHT_TAGS):
+            yield param_name, param
+
+
 def add_adapter_from(model: PeftModel, name: str, adapter_dir: str | Path, trainable: bool) -> dict[str, torch.Tensor]:
     """Add adapter ``name`` with the LoRA weights of ``adapter_dir``; returns its head tensors, if any.
 
     Works across task types: the LoRA weights of a sequence-classification reward model sit on
     the same backbone modules as a causal LM's (``model.layers.*``), so they load onto the policy's
-    base; the scalar head is returned for the caller to hold.
+    base; the scalar head is returned for the caller to hold. Trained rows of added tokens
+    (peft trainable tokens, see ``models.trainable_token_targets``) come along.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import set_peft_model_state_dict
 
     config, lora, head = read_adapter(adapter_dir)
+    token_targets = _serve_every_token_wrapper(model, config.get("trainable_token_indices"), lora)
     peft_config = PeftLoraConfig(
         r=config["r"],
         lora_alpha=config["lora_alpha"],
@@ -95,29 +111,58 @@ def add_adapter_from(model: PeftModel, name: str, adapter_dir: str | Path, train
         target_modules=config["target_modules"],
         bias=config.get("bias", "none"),
         task_type="CAUSAL_LM",
+        trainable_token_indices=token_targets,
     )
     model.add_adapter(name, peft_config)
     result = set_peft_model_state_dict(model, lora, adapter_name=name)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if any(tag in k for tag in PEFT_WEIGHT_TAGS)]
     if unexpected:
-        raise ValueError(f"{adapter_dir}: {len(unexpected)} LoRA weights did not fit the base (e.g. {unexpected[0]})")
-    for param_name, param in model.named_parameters():
-        if f".{name}." in param_name:
-            param.requires_grad_(trainable)
+        raise ValueError(
+            f"{adapter_dir}: {len(unexpected)} adapter weights did not fit the base (e.g. {unexpected[0]})"
+        )
+    for _, param in adapter_parameters(model, name):
+        param.requires_grad_(trainable)
     return head
 
 
+def _serve_every_token_wrapper(
+    model: PeftModel, targets: dict[str, list[int]] | list[int] | None, tensors: dict[str, torch.Tensor]
+) -> dict[str, list[int]] | list[int] | None:
+    """Extend an adapter's trainable-token targets to every embedding another adapter already wraps.
+
+    peft (0.21) loads an adapter's state dict by asking *every* trainable-tokens wrapper of the
+    model for that adapter's rows, so a reward adapter (input embedding only) fails on a policy
+    base whose untied output embedding (Pythia) is wrapped for the SFT adapter. The missing module
+    gets the base rows, which is what the adapter computed there: nothing (``tensors`` is extended).
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    if targets is not None and not isinstance(targets, dict):
+        return targets
+    targets = dict(targets or {})
+    for module_name, module in model.named_modules():
+        if not isinstance(module, TrainableTokensWrapper) or module.token_adapter.tied_adapter:
+            continue
+        short = module_name.removeprefix("base_model.model.")
+        if short in targets or not module.token_adapter.token_indices:
+            continue
+        ids = next(iter(module.token_adapter.token_indices.values()))
+        targets[short] = list(ids)
+        base_weight = module.token_adapter.base_layer.weight
+        tensors[f"{module_name}.token_adapter.trainable_tokens_delta"] = base_weight[ids].detach().clone()
+    return targets or None
+
+
 def copy_adapter(model: PeftModel, source: str, target: str, trainable: bool) -> None:
-    """Add ``target`` as an exact copy of adapter ``source``."""
+    """Add ``target`` as an exact copy of adapter ``source`` (LoRA matrices and trainable-token rows)."""
     model.add_adapter(target, model.peft_config[source])
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for param_name, param in params.items():
-            if f".{source}." in param_name and "lora_" in param_name:
-                params[param_name.replace(f".{source}.", f".{target}.")].copy_(param)
-    for param_name, param in params.items():
-        if f".{target}." in param_name:
-            param.requires_grad_(trainable)
+        for param_name, param in list(adapter_parameters(model, source)):
+            parts = [target if part == source else part for part in param_name.split(".")]
+            params[".".join(parts)].copy_(param)
+    for _, param in adapter_parameters(model, target):
+        param.requires_grad_(trainable)
 
 
 def scalar_head(hidden_size: int, weights: dict[str, torch.Tensor] | None, trainable: bool) -> torch.nn.Linear:

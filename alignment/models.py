@@ -60,6 +60,8 @@ BASE_MODEL_FILE = "base_model.json"
 ADAPTER_BASE_ATTR = "alignment_adapter_base"
 # Attribute set on loaded models: the ModelConfig they were loaded with (to reload them unquantized).
 LOAD_CONFIG_ATTR = "alignment_model_config"
+# Attribute set on loaded bases: ids of the embedding rows the loader grew for tokens the checkpoint lacks.
+GROWN_TOKENS_ATTR = "alignment_grown_token_ids"
 SEQ_CLS_HEAD_NAMES = ("score", "classifier")
 
 # ChatML, as in trl's ``setup_chat_format``: for base models that ship no chat template.
@@ -379,14 +381,16 @@ def _use_safetensors(source: ModelSource) -> bool | None:
     return None
 
 
-def sync_vocab_and_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def sync_vocab_and_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Grow the embeddings for tokens the tokenizer added; copy pad/eos ids into the model's configs.
 
     New rows are set to the mean embedding (deterministically, unlike ``mean_resizing``'s sampling),
     so loading a saved adapter on a re-grown vocabulary rebuilds exactly the trained model.
+    Returns the ids of the grown rows.
     """
     old_rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > old_rows:
+    grown = list(range(old_rows, len(tokenizer)))
+    if grown:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
             for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
@@ -400,9 +404,13 @@ def sync_vocab_and_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedT
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             generation.eos_token_id = [tokenizer.eos_token_id, *eos_ids]
+    return grown
 
 
-def _lora_config(lora_cfg: LoraConfig, task_type: str) -> PeftLoraConfig:
+def peft_lora_config(
+    lora_cfg: LoraConfig, task_type: str, trainable_tokens: dict[str, list[int]] | None = None
+) -> PeftLoraConfig:
+    """peft's LoRA config for our ``LoraConfig``; ``trainable_tokens``: see :func:`trainable_token_targets`."""
     targets = lora_cfg.lora_target_modules
     targets = [targets] if isinstance(targets, str) else list(targets)
     if "all-linear" in targets and len(targets) > 1:
@@ -414,7 +422,31 @@ def _lora_config(lora_cfg: LoraConfig, task_type: str) -> PeftLoraConfig:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         task_type=task_type,
         bias="none",
+        trainable_token_indices=trainable_tokens or None,
     )
+
+
+def trainable_token_targets(model: PreTrainedModel, task: str) -> dict[str, list[int]] | None:
+    """Embedding rows a LoRA adapter must train besides its low-rank matrices: those the loader grew.
+
+    Tokens added to the vocabulary (ChatML's ``<|im_start|>``/``<|im_end|>`` on GPT-2 or Pythia)
+    start as the mean embedding, identical to one another; LoRA leaves embeddings frozen, so the
+    model could never tell them apart nor learn to emit ``<|im_end|>`` (trl's ``setup_chat_format``
+    has the same trap). peft's trainable tokens train just those rows: the input embedding, and
+    the output embedding of a causal LM that does not tie it (a tied one follows the input).
+    The pad token is left out: no loss or attention ever reads it.
+    """
+    grown = getattr(model, GROWN_TOKENS_ATTR, None) or []
+    pad_id = getattr(model.config, "pad_token_id", None)
+    ids = [i for i in grown if i != pad_id]
+    if not ids:
+        return None
+    names = {module: name for name, module in model.named_modules()}
+    targets = {names[model.get_input_embeddings()]: ids}
+    output = model.get_output_embeddings() if task == "CAUSAL_LM" else None
+    if output is not None and not getattr(model.config, "tie_word_embeddings", False):
+        targets[names[output]] = ids
+    return targets
 
 
 def _absolute_name(name: str) -> str:
@@ -508,7 +540,7 @@ def _load_model(
         adapter_dir, sits_on = adapters[-1]
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
     elif trainable and lora_cfg.use_lora:
-        model = get_peft_model(model, _lora_config(lora_cfg, task))
+        model = get_peft_model(model, peft_lora_config(lora_cfg, task, trainable_token_targets(model, task)))
     setattr(model, LOAD_CONFIG_ATTR, model_cfg)
     return _finish(model, sits_on, trainable, dropout)
 
@@ -525,7 +557,7 @@ def _load_base(
     auto_cls = AutoModelForCausalLM if task == "CAUSAL_LM" else AutoModelForSequenceClassification
     extra = {} if task == "CAUSAL_LM" else {"num_labels": 1}
     model, missing = _from_pretrained(auto_cls, source, model_cfg, quantization, device, extra)
-    sync_vocab_and_special_tokens(model, tokenizer)
+    setattr(model, GROWN_TOKENS_ATTR, sync_vocab_and_special_tokens(model, tokenizer))
     if task == "SEQ_CLS":
         _init_fresh_head(model, missing)
     return model

@@ -403,9 +403,27 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
 
     from peft import PeftModel, get_peft_model
 
-    from alignment.adapters import POLICY, REWARD, SFT, VALUE, add_adapter_from, copy_adapter, scalar_head
-    from alignment.models import disable_dropout, load_causal_lm, load_tokenizer
+    from alignment.adapters import (
+        POLICY,
+        REWARD,
+        SFT,
+        VALUE,
+        adapter_parameters,
+        add_adapter_from,
+        copy_adapter,
+        scalar_head,
+    )
+    from alignment.models import (
+        disable_dropout,
+        load_causal_lm,
+        load_tokenizer,
+        peft_lora_config,
+        trainable_token_targets,
+    )
     from alignment.scoring import RewardStats
+
+    def fresh_lora():  # a new config object per adapter: peft keeps (and edits) the one it is given
+        return peft_lora_config(cfg.lora, "CAUSAL_LM", trainable_token_targets(base, "CAUSAL_LM"))
 
     ppo = cfg.ppo
     base_cfg, sft_adapter = stage_base(ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)
@@ -420,7 +438,7 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         copy_adapter(model, SFT, POLICY, trainable=True)
         reference = SFT
     else:  # full SFT weights: the base *is* the SFT policy, so "adapters off" is the reference
-        model = get_peft_model(base, _peft_lora(cfg.lora), adapter_name=POLICY)
+        model = get_peft_model(base, fresh_lora(), adapter_name=POLICY)
         reference = None
     hidden = base.config.hidden_size
     reward_head, shared_scorer = None, None
@@ -442,11 +460,13 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
             copy_adapter(model, reference, VALUE, trainable=True)
         else:
-            model.add_adapter(VALUE, _peft_lora(cfg.lora))
+            model.add_adapter(VALUE, fresh_lora())
         value_head = scalar_head(hidden, None, trainable=True)
-    for name, param in model.named_parameters():
-        param.requires_grad_(f".{POLICY}." in name or f".{VALUE}." in name)
-    disable_dropout(model)
+    model.requires_grad_(False)
+    for adapter in (POLICY, VALUE):
+        for _, param in adapter_parameters(model, adapter):
+            param.requires_grad_(True)
+    disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
     ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference, padding_free=ppo.padding_free)
     return ac, tokenizer, shared_scorer
 
@@ -456,19 +476,6 @@ class _SharedScorer:
 
     def __init__(self, name: str, stats) -> None:
         self.name, self.stats = name, stats
-
-
-def _peft_lora(lora: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig
-
-    targets = lora.lora_target_modules
-    return PeftLoraConfig(
-        r=lora.lora_r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=0.0,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
-    )
 
 
 def _shares_base(reward_dir: str, policy_base: ModelConfig) -> bool:
@@ -784,7 +791,7 @@ def _save_policy(ac: ActorCritic, tokenizer, output_dir: Path, cfg: Config) -> N
 
     output_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = output_dir / "adapter"
-    ac.model.save_pretrained(str(output_dir / "_adapters"), selected_adapters=[POLICY])
+    ac.model.save_pretrained(str(output_dir / "_adapters"), selected_adapters=[POLICY], save_embedding_layers=False)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     (output_dir / "_adapters" / POLICY).rename(adapter_dir)
     shutil.rmtree(output_dir / "_adapters", ignore_errors=True)

@@ -188,7 +188,9 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     cfg = recipe_config(path, recipe_model_dir(path), load_in_8bit)
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
     model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, tokenizer=tokenizer, device="cpu")
-    assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+    embedding = model.get_input_embeddings()
+    embedding = getattr(embedding, "original_module", embedding)  # peft's trainable-tokens wrapper, when there is one
+    assert embedding.num_embeddings >= len(tokenizer)
 
     targets = cfg.lora.lora_target_modules
     adapted = lora_modules(model)
@@ -196,7 +198,9 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     assert not unmatched, f"{path.name}: lora_target_modules {unmatched} match no module of the family"
     assert {name.rsplit(".", 1)[-1] for name in adapted} == set(targets)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in name for name in trainable), trainable[:5]
+    assert trainable and all("lora_" in name or "trainable_tokens_delta" in name for name in trainable), trainable[:5]
+    # Only base models given ChatML grow their vocabulary, and only they train embedding rows (see below).
+    assert any("trainable_tokens_delta" in name for name in trainable) == bool(cfg.model.chat_template)
     if load_in_8bit:
         assert {type(m.base_layer).__name__ for m in adapted.values()} == {"Linear8bitLt"}
 
@@ -243,3 +247,138 @@ def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir
     for example in examples:
         for start, end in example.target_spans:
             assert example.labels[end - 1] == tokenizer.eos_token_id, tokenizer.decode(example.input_ids[start:end])
+
+
+def token_rows(model, ids: list[int]) -> dict[str, torch.Tensor]:
+    """The effective input and output embedding rows of ``ids`` (peft's trainable tokens applied)."""
+    with torch.no_grad():
+        inputs = model.get_input_embeddings()(torch.tensor([ids]))[0]
+        outputs = model.get_output_embeddings()(torch.eye(inputs.shape[-1]))[:, ids].T
+    return {"input": inputs.clone(), "output": outputs.clone()}
+
+
+@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
+def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_and_ppo(
+    path, recipe_model_dir, tmp_path
+):
+    """<|im_start|>/<|im_end|> start as the same mean row; LoRA alone would never train them apart."""
+    from peft import PeftModel
+
+    from alignment.adapters import POLICY, SFT, copy_adapter, use_adapter
+    from alignment.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.models import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+
+    cfg = recipe_config(path, recipe_model_dir(path))
+    tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
+    model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, tokenizer=tokenizer, device="cpu", dropout=False)
+    chat_ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    before = token_rows(model, chat_ids)
+    pad_before = token_rows(model, [tokenizer.pad_token_id])
+    for side in ("input", "output"):
+        assert torch.equal(before[side][0], before[side][1]), "new rows start equal (the mean embedding)"
+
+    spec, batch, _ = sft_batch(cfg, tokenizer, padding_free=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss_sum, _ = spec.loss_fn(model, batch)
+        (loss_sum / spec.count_fn(batch)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = token_rows(model, chat_ids)
+    for side in ("input", "output"):  # the output rows are tied to the input (GPT-2) or their own (Pythia)
+        assert not torch.equal(after[side][0], after[side][1]), f"{side} rows of the ChatML tokens did not train"
+    pad_after = token_rows(model, [tokenizer.pad_token_id])
+    assert all(torch.equal(pad_before[side], pad_after[side]) for side in pad_before), "the pad row is not trained"
+
+    model.eval()
+    ids = torch.tensor([tokenizer.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    stage_dir = tmp_path / "sft"
+    save_stage_model(model, tokenizer, stage_dir, cfg.model)
+
+    stage_cfg = ModelConfig(model_name_or_path=str(stage_dir))
+    stage_tokenizer = load_tokenizer(stage_cfg)
+    reloaded = load_causal_lm(stage_cfg, LoraConfig(use_lora=False), QuantConfig(), trainable=False, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    merge_and_export(reloaded, stage_tokenizer, tmp_path / "merged")
+    merged = load_causal_lm(
+        ModelConfig(model_name_or_path=str(tmp_path / "merged")),
+        LoraConfig(use_lora=False),
+        QuantConfig(),
+        trainable=False,
+        device="cpu",
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+    # PPO's layout: the SFT adapter as the frozen reference, the policy an exact (trainable) copy of it.
+    base = load_causal_lm(
+        ModelConfig(model_name_or_path=str(recipe_model_dir(path)), chat_template="chatml"),
+        LoraConfig(use_lora=False),
+        QuantConfig(),
+        trainable=False,
+        device="cpu",
+        tokenizer=stage_tokenizer,
+    )
+    ppo_model = PeftModel.from_pretrained(base, str(stage_dir / "adapter"), adapter_name=SFT, is_trainable=False)
+    copy_adapter(ppo_model, SFT, POLICY, trainable=True)
+    assert any("trainable_tokens_delta" in n for n, p in ppo_model.named_parameters() if p.requires_grad)
+    with torch.no_grad(), use_adapter(ppo_model, POLICY):
+        torch.testing.assert_close(ppo_model(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
+def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, recipe_model_dir, tmp_path):
+    """The three stages chained on a family that needed ChatML tokens: PPO's adapters carry their trained rows."""
+    from safetensors.torch import load_file
+
+    from alignment import ppo, reward, sft
+    from alignment.tracking import read_log
+
+    common = {
+        "model_name_or_path": str(recipe_model_dir(path)),
+        "chat_template": "chatml",
+        "lora_target_modules": load_yaml(path)[0]["lora_target_modules"],
+        "dataset_name": "demo",
+        "max_samples": 8,
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "save_steps": 0,
+        "max_length": 128,
+        "learning_rate": 1e-2,
+    }
+    sft.train(build_config(sft.CONFIG_TYPES, {**common, "output_dir": str(tmp_path / "sft")}))
+    reward.train(build_config(reward.CONFIG_TYPES, {**common, "output_dir": str(tmp_path / "reward")}))
+    for stage in ("sft", "reward"):
+        saved = load_file(str(tmp_path / stage / "adapter" / "adapter_model.safetensors"))
+        assert any("trainable_tokens_delta" in key for key in saved), f"{stage} adapter lacks the token rows"
+
+    ppo_cfg = build_config(
+        ppo.CONFIG_TYPES,
+        {
+            **{k: v for k, v in common.items() if k not in ("max_steps", "per_device_train_batch_size")},
+            "model_name_or_path": str(tmp_path / "sft"),
+            "sft_model_path": str(tmp_path / "sft"),
+            "reward_model_paths": [str(tmp_path / "reward")],
+            "max_samples": 16,
+            "eval_split_size": 2,
+            "output_dir": str(tmp_path / "ppo"),
+            "total_episodes": 8,
+            "rollout_batch_size": 4,
+            "mini_batch_size": 2,
+            "max_new_tokens": 4,
+            "eval_prompts": 2,
+        },
+    )
+    ac, _, _ = ppo.build_actor_critic(ppo_cfg)
+    trainable = {n for n, p in ac.model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if "trainable_tokens_delta" in n}, "policy/value token rows must train"
+    assert all(n.split(".")[-1] in ("policy", "value") or ".policy." in n or ".value." in n for n in trainable)
+    del ac
+    ppo.train(ppo_cfg)
+    rows = read_log(tmp_path / "ppo")
+    assert abs(rows[0]["objective/kl"]) < 1e-3, "the policy copy (token rows included) must start at the SFT policy"
+    saved = load_file(str(tmp_path / "ppo" / "adapter" / "adapter_model.safetensors"))
+    assert any("trainable_tokens_delta" in key for key in saved)
