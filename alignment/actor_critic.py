@@ -27,6 +27,7 @@ import torch
 from alignment.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
 from alignment.collate import pack_token_rows
 from alignment.rl_math import entropy_from_logits, logprobs_from_logits
+from alignment.varlen_attention import supports_flat_packing, varlen_kwargs
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -71,7 +72,8 @@ class SequenceBatch:
 
 @dataclass
 class PackedRows:
-    """Sequences packed several to a row (``collate.pack_token_rows``). ``input_ids``/``position_ids``: ``(R, L)``.
+    """Sequences packed several to a row (``collate.pack_token_rows``). ``input_ids``/``position_ids``: ``(R, L)``;
+    ``cu_seq_lens``: the boundaries when all sequences are in one flat row (varlen attention), else None.
 
     ``response_index`` ``(B, T)``: flat index (into ``R * L``) of the hidden state that predicts
     response token t of sequence b (positions past the valid response repeat the last token, and
@@ -82,16 +84,17 @@ class PackedRows:
     position_ids: torch.Tensor
     response_index: torch.Tensor
     last_index: torch.Tensor
+    cu_seq_lens: torch.Tensor | None = None
 
 
-def pack_sequences(batch: SequenceBatch, response_length: int) -> PackedRows:
+def pack_sequences(batch: SequenceBatch, response_length: int, flat: bool = False) -> PackedRows:
     """The real tokens of each sequence (prompt without its left padding, response up to EOS), packed."""
     prompt_lengths, response_lengths = batch.sequence_lengths()
-    packed = pack_token_rows([ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask)])
+    packed = pack_token_rows([ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask)], flat=flat)
     last = packed.starts + prompt_lengths + response_lengths - 1
     steps = torch.arange(response_length, device=last.device)
     response_index = torch.minimum(packed.starts[:, None] + prompt_lengths[:, None] - 1 + steps, last[:, None])
-    return PackedRows(packed.input_ids, packed.position_ids, response_index, last)
+    return PackedRows(packed.input_ids, packed.position_ids, response_index, last, packed.cu_seq_lens)
 
 
 class ActorCritic(torch.nn.Module):
@@ -114,6 +117,7 @@ class ActorCritic(torch.nn.Module):
         causal_lm = model.get_base_model()
         self._backbone = causal_lm.base_model  # e.g. LlamaModel: LoRA layers are injected in place
         self._lm_head = causal_lm.get_output_embeddings()
+        self._flat = supports_flat_packing(causal_lm)  # one packed row without filler (varlen attention)
 
     @property
     def device(self) -> torch.device:
@@ -129,14 +133,15 @@ class ActorCritic(torch.nn.Module):
         return out.last_hidden_state
 
     def _packed_hidden(self, packed: PackedRows) -> torch.Tensor:
-        out = self._backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+        extra = varlen_kwargs(packed.cu_seq_lens) if packed.cu_seq_lens is not None else {}
+        out = self._backbone(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **extra)
         hidden = out.last_hidden_state
         return hidden.reshape(-1, hidden.shape[-1])
 
     def _response_hidden(self, batch: SequenceBatch, response_length: int) -> torch.Tensor:
         # The hidden state at position P-1+t predicts response token t (and is the critic's state for it).
         if self.padding_free:
-            packed = pack_sequences(batch, response_length)
+            packed = pack_sequences(batch, response_length, self._flat)
             return self._packed_hidden(packed)[packed.response_index]
         hidden = self.hidden_states(batch)
         start = batch.prompt_length - 1
@@ -175,7 +180,7 @@ class ActorCritic(torch.nn.Module):
             raise ValueError("this actor-critic has no shared-base reward model")
         with use_adapter(self.model, REWARD):
             if self.padding_free:
-                packed = pack_sequences(batch, 1)
+                packed = pack_sequences(batch, 1, self._flat)
                 picked = self._packed_hidden(packed)[packed.last_index]
             else:
                 hidden = self.hidden_states(batch)

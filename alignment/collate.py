@@ -272,14 +272,20 @@ def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
 
 
 class PackedTokens(NamedTuple):
-    """``input_ids``/``position_ids`` ``(R, L)``; ``starts`` ``(N,)``: flat index (into R * L) of each sequence's first token."""
+    """``input_ids``/``position_ids`` ``(R, L)``; ``starts`` ``(N,)``: flat index (into R * L) of each sequence's first token.
+
+    ``cu_seq_lens`` ``(N + 1,)`` int32: the sequences' boundaries in a flat row (``flat=True``), else None.
+    """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     starts: torch.Tensor
+    cu_seq_lens: torch.Tensor | None = None
 
 
-def pack_token_rows(sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0) -> PackedTokens:
+def pack_token_rows(
+    sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0, flat: bool = False
+) -> PackedTokens:
     """Sequences packed several to a row (:func:`pack_rows`), positions restarting at 0 for each.
 
     Call the model with these ``position_ids``, NO attention mask and ``use_cache=False``:
@@ -287,12 +293,20 @@ def pack_token_rows(sequences: Sequence[torch.Tensor | Sequence[int]], pad_value
     (``masking_utils.find_packed_sequence_indices``), so no token sees another sequence. The filler
     at a row's end continues the last sequence's positions: it forms no block of its own and, coming
     after every real token of the row, is seen by none of them (causal attention). Decoder-only models only.
+
+    ``flat=True``: all sequences in ONE row, in order, with no filler, and ``cu_seq_lens``; for models
+    whose attention takes the boundaries (``varlen_attention``): pass ``varlen_kwargs(cu_seq_lens)``
+    to the model as well.
     """
     sequences = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
     lengths = [int(s.numel()) for s in sequences]
+    device = sequences[0].device
+    if flat:
+        bounds = torch.tensor([0, *lengths], dtype=torch.int32, device=device).cumsum(0, dtype=torch.int32)
+        position_ids = torch.cat([torch.arange(n, device=device) for n in lengths])
+        return PackedTokens(torch.cat(sequences).unsqueeze(0), position_ids.unsqueeze(0), bounds[:-1].long(), bounds)
     rows = pack_rows(lengths)
     capacity = max(lengths)
-    device = sequences[0].device
     input_ids = torch.full((len(rows), capacity), pad_value, dtype=torch.long, device=device)
     position_ids = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
     starts = [0] * len(sequences)
@@ -388,10 +402,13 @@ class SFTCollator:
     examples; flash-attention uses the same restarts as ``cu_seqlens``. The first label of each
     example and the row filler are ``-100`` so no loss crosses a boundary. Call the model with
     ``use_cache=False``: with a KV cache transformers skips the packed-sequence detection.
+    ``flat_rows=True`` (models with varlen attention): one row (1, N) with no filler and
+    ``cu_seq_lens`` for the model's ``varlen_kwargs``.
     """
 
     pad_token_id: int
     padding_free: bool = False
+    flat_rows: bool = False
 
     def __call__(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -406,16 +423,19 @@ class SFTCollator:
         }
 
     def _pack(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
-        packed = pack_token_rows([e.input_ids for e in examples], self.pad_token_id)
+        packed = pack_token_rows([e.input_ids for e in examples], self.pad_token_id, flat=self.flat_rows)
         labels = torch.full_like(packed.input_ids, IGNORE_INDEX).view(-1)
         for example, start in zip(examples, packed.starts.tolist()):
             labels[start + 1 : start + len(example)] = torch.tensor(example.labels[1:], dtype=torch.long)
-        return {
+        batch = {
             "input_ids": packed.input_ids,
             "labels": labels.view_as(packed.input_ids),
             "position_ids": packed.position_ids,
             "num_tokens": torch.tensor(sum(len(e) for e in examples)),
         }
+        if packed.cu_seq_lens is not None:
+            batch["cu_seq_lens"] = packed.cu_seq_lens
+        return batch
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
@@ -458,14 +478,16 @@ class RewardCollator:
 
     ``padding_free=True`` (decoder-only models): ``input_ids``/``position_ids`` (R, L) from
     :func:`pack_token_rows` instead of the padded rows and mask, ``last_token_index`` (N,) as a flat
-    index into R * L, and ``num_tokens`` (0-dim).
+    index into R * L, and ``num_tokens`` (0-dim); with ``flat_rows`` one row and ``cu_seq_lens``
+    (see :class:`SFTCollator`).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, padding_free: bool = False) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, padding_free: bool = False, flat_rows: bool = False) -> None:
         _pad_token_id(tokenizer)  # fail at construction, not at the first batch
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding_free = padding_free
+        self.flat_rows = flat_rows
         self.num_truncated = 0
 
     def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
@@ -483,7 +505,9 @@ class RewardCollator:
             lengths = batch.pop("attention_mask").sum(dim=1)
             padded = batch.pop("input_ids")
             packed = pack_token_rows(
-                [row[:n] for row, n in zip(padded, lengths.tolist())], _pad_token_id(self.tokenizer)
+                [row[:n] for row, n in zip(padded, lengths.tolist())],
+                _pad_token_id(self.tokenizer),
+                flat=self.flat_rows,
             )
             batch.update(
                 input_ids=packed.input_ids,
@@ -491,6 +515,8 @@ class RewardCollator:
                 last_token_index=packed.starts + lengths - 1,
                 num_tokens=lengths.sum(),
             )
+            if packed.cu_seq_lens is not None:
+                batch["cu_seq_lens"] = packed.cu_seq_lens
         batch["group_ids"] = torch.tensor(group_ids, dtype=torch.long)
         batch["ranks"] = torch.tensor(ranks, dtype=torch.long)
         return batch

@@ -51,6 +51,7 @@ from transformers import (
 
 from alignment.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.embedded import cache_root, embedded_model_dir, gguf_cache_dir, is_embedded
+from alignment.varlen_attention import use_varlen_sdpa
 
 logger = logging.getLogger(__name__)
 
@@ -560,6 +561,8 @@ def _load_base(
     setattr(model, GROWN_TOKENS_ATTR, sync_vocab_and_special_tokens(model, tokenizer))
     if task == "SEQ_CLS":
         _init_fresh_head(model, missing)
+    if task == "CAUSAL_LM" or hasattr(model, "score"):  # decoders: packed batches become one row, no filler
+        use_varlen_sdpa(model)
     return model
 
 

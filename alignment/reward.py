@@ -63,19 +63,33 @@ def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[st
     The model is still called as a whole (so DDP's hooks run); its pooled output reads one token per
     packed row and is ignored. The head's per-position output is taken with a forward hook instead.
     """
+    from alignment.varlen_attention import varlen_kwargs
+
     captured: list[torch.Tensor] = []
+    extra = varlen_kwargs(batch["cu_seq_lens"].to(device)) if "cu_seq_lens" in batch else {}
     handle = head.register_forward_hook(lambda _module, _args, output: captured.append(output))
     try:
-        model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device), use_cache=False)
+        model(
+            input_ids=batch["input_ids"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
+            **extra,
+        )
     finally:
         handle.remove()
     return captured[-1].reshape(-1)[batch["last_token_index"].to(device)]
 
 
 def reward_loop_spec(
-    tokenizer, max_length: int, margin: float, center_coef: float, packed_head: torch.nn.Module | None = None
+    tokenizer,
+    max_length: int,
+    margin: float,
+    center_coef: float,
+    packed_head: torch.nn.Module | None = None,
+    flat_rows: bool = False,
 ) -> LoopSpec:
-    """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding."""
+    """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding,
+    in one row without filler with ``flat_rows`` (``varlen_attention.supports_flat_packing``)."""
     from alignment.collate import RewardCollator
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,7 +118,7 @@ def reward_loop_spec(
     return LoopSpec(
         loss_fn=loss_fn,
         count_fn=lambda b: int(b["group_ids"].unique().numel()),
-        collate_fn=RewardCollator(tokenizer, max_length, padding_free=packed_head is not None),
+        collate_fn=RewardCollator(tokenizer, max_length, padding_free=packed_head is not None, flat_rows=flat_rows),
         tokens_fn=lambda b: int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()),
     )
 
@@ -133,6 +147,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a reward model; returns the metrics written to ``metrics.json``."""
     from alignment.data import load_records
     from alignment.models import disable_dropout, load_reward_model, load_tokenizer, save_stage_model
+    from alignment.varlen_attention import supports_flat_packing
 
     with start_run(cfg, "reward") as run:
         tokenizer = load_tokenizer(cfg.model)
@@ -143,7 +158,12 @@ def train(cfg: Config) -> dict[str, Any]:
         if cfg.reward.padding_free and head is None:
             logger.info("%s is not a decoder with a score head: batches stay padded", type(model).__name__)
         spec = reward_loop_spec(
-            tokenizer, cfg.train.max_length, cfg.reward.margin, cfg.reward.center_rewards_coefficient, head
+            tokenizer,
+            cfg.train.max_length,
+            cfg.reward.margin,
+            cfg.reward.center_rewards_coefficient,
+            head,
+            flat_rows=head is not None and supports_flat_packing(model),
         )
         eval_records = list(records.eval_records) if not cfg.reward.eval_only else list(records.records)
         batch_size = cfg.train.per_device_eval_batch_size

@@ -61,8 +61,13 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
 
 
-def sft_loop_spec(tokenizer, padding_free: bool, head: torch.nn.Module | None = None) -> LoopSpec:
+def sft_loop_spec(
+    tokenizer, padding_free: bool, head: torch.nn.Module | None = None, flat_rows: bool = False
+) -> LoopSpec:
     """Loss and batching. With ``head`` (see :func:`output_head`) the LM head runs only where a label is predicted.
+
+    ``flat_rows``: pack each batch into one row without filler (the model's attention must take
+    sequence boundaries: ``varlen_attention.supports_flat_packing``).
 
     Most positions are prompt (the peer workload: 1,816 target tokens of 8,982), and the
     vocabulary projection plus its fp32 cross-entropy cost about a fifth of a 135M model's step.
@@ -70,10 +75,13 @@ def sft_loop_spec(tokenizer, padding_free: bool, head: torch.nn.Module | None = 
     model is still called as a whole (DDP's hooks run) and the result is exact.
     """
     from alignment.collate import IGNORE_INDEX, SFTCollator, count_tokens
+    from alignment.varlen_attention import varlen_kwargs
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if "cu_seq_lens" in batch:
+            inputs.update(varlen_kwargs(batch["cu_seq_lens"].to(device)))
         labels = batch["labels"].to(device)
         if head is None:
             logits = model(**inputs, use_cache=False).logits
@@ -101,7 +109,7 @@ def sft_loop_spec(tokenizer, padding_free: bool, head: torch.nn.Module | None = 
     return LoopSpec(
         loss_fn=loss_fn,
         count_fn=lambda b: count_tokens(b).loss_tokens,
-        collate_fn=SFTCollator(tokenizer.pad_token_id, padding_free=padding_free),
+        collate_fn=SFTCollator(tokenizer.pad_token_id, padding_free=padding_free, flat_rows=flat_rows),
         tokens_fn=lambda b: count_tokens(b).non_pad_tokens,
     )
 
@@ -110,6 +118,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """Run SFT; returns the metrics written to ``metrics.json``."""
     from alignment.data import load_records
     from alignment.models import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+    from alignment.varlen_attention import supports_flat_packing
 
     with start_run(cfg, "sft") as run:
         tokenizer = load_tokenizer(cfg.model)
@@ -123,7 +132,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if not examples:
             raise ValueError(f"no demonstration can be trained on (rejected: {dict(rejected)})")
         model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
-        spec = sft_loop_spec(tokenizer, cfg.sft.padding_free, output_head(model))
+        spec = sft_loop_spec(tokenizer, cfg.sft.padding_free, output_head(model), supports_flat_packing(model))
         batch_size = cfg.train.per_device_eval_batch_size
         spec.eval_fn = (lambda: evaluate_loss(run, model, eval_examples, spec, batch_size)) if eval_examples else None
         before = spec.eval_fn() if spec.eval_fn else None

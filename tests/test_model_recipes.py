@@ -148,28 +148,36 @@ def lora_modules(model) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in model.named_modules() if hasattr(module, "lora_A")}
 
 
-def sft_batch(cfg: Config, tokenizer, padding_free: bool):
+def sft_batch(cfg: Config, tokenizer, padding_free: bool, flat_rows: bool = False):
     from alignment.sft import sft_loop_spec, tokenize_demonstrations
 
     examples, rejected, _ = tokenize_demonstrations(tokenizer, demonstrations(), cfg.train.max_length, cfg.sft.train_on)
     assert len(examples) == 3, f"demonstrations rejected: {dict(rejected)}"
-    spec = sft_loop_spec(tokenizer, padding_free)
+    spec = sft_loop_spec(tokenizer, padding_free, flat_rows=flat_rows)
     return spec, spec.collate_fn(examples), examples
 
 
 def assert_padding_free_loss_equals_padded_loss(model, cfg: Config, tokenizer) -> None:
-    """Packed rows restart ``position_ids`` per example; transformers must turn that into a block-diagonal mask."""
+    """Packed rows restart ``position_ids`` per example; the family's attention must keep the examples apart.
+
+    Rows ("rows"): transformers turns the restarts into a block-diagonal mask. One flat row ("flat"):
+    the loader switched the family to ``sdpa_varlen``, which attends within the given boundaries.
+    """
+    from alignment.varlen_attention import supports_flat_packing
+
+    assert supports_flat_packing(model), "every recipe family should run varlen SDPA"
     losses = {}
     model.eval()
     with torch.no_grad():
-        for padding_free in (False, True):
-            spec, batch, _ = sft_batch(cfg, tokenizer, padding_free)
-            if padding_free:  # a row holds two examples, so the mask between them is what is tested
+        for layout in ("padded", "rows", "flat"):
+            spec, batch, _ = sft_batch(cfg, tokenizer, layout != "padded", flat_rows=layout == "flat")
+            if layout != "padded":  # a row holds two examples, so the mask between them is what is tested
                 assert max(int((row == 0).sum()) for row in batch["position_ids"]) >= 2
             loss_sum, _ = spec.loss_fn(model, batch)
-            losses["packed" if padding_free else "padded"] = float(loss_sum / spec.count_fn(batch))
+            losses[layout] = float(loss_sum / spec.count_fn(batch))
     model.train()
-    assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-5), losses
+    assert losses["rows"] == pytest.approx(losses["padded"], rel=1e-5), losses
+    assert losses["flat"] == pytest.approx(losses["padded"], rel=1e-5), losses
 
 
 CASES = [pytest.param(p, False, id=p.stem) for p in MODEL_RECIPES] + [

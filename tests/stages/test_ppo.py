@@ -102,19 +102,22 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     batch = SequenceBatch.build(encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
     packed = pack_sequences(batch, 7)
     assert packed.input_ids.shape[0] < 6 and packed.input_ids.shape[1] == int(batch.attention_mask.sum(-1).max())
+    flat = pack_sequences(batch, 7, flat=True)
+    assert flat.input_ids.shape == (1, int(batch.attention_mask.sum())) and ac._flat  # the loader made it varlen
     outputs = {}
-    for padding_free in (False, True):
-        ac.padding_free = padding_free
+    for layout, padding_free, flat_rows in (("padded", False, False), ("rows", True, False), ("flat", True, True)):
+        ac.padding_free, ac._flat = padding_free, flat_rows
         with torch.no_grad():
-            outputs[padding_free] = (
+            outputs[layout] = (
                 ac.response_logprobs(batch, response_ids, 0.7)[0],
                 ac.response_logprobs(batch, response_ids, 0.7, role="reference")[0],
                 ac.response_values(batch, 7),
                 ac.reward_scores(batch),
             )
-    for padded, packed_out in zip(outputs[False], outputs[True]):
-        valid = response_mask if padded.dim() == 2 else torch.ones_like(padded, dtype=torch.bool)
-        assert (padded - packed_out)[valid].abs().max() < 1e-4
+    for layout in ("rows", "flat"):
+        for padded, packed_out in zip(outputs["padded"], outputs[layout]):
+            valid = response_mask if padded.dim() == 2 else torch.ones_like(padded, dtype=torch.bool)
+            assert (padded - packed_out)[valid].abs().max() < 1e-4, layout
 
 
 def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stage_dirs, tmp_path, monkeypatch):
@@ -150,8 +153,8 @@ def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stag
     assert (passes_recomputed, passes_kept) == (2, 1)
     assert stats_kept["loss/value_avg"] == pytest.approx(stats_recomputed["loss/value_avg"], rel=1e-5)
     assert any(not torch.equal(value, initial[name]) for name, value in kept.items())  # the step moved something
-    for name, value in kept.items():
-        torch.testing.assert_close(value, recomputed[name], atol=1e-6, rtol=1e-5)
+    for name, value in kept.items():  # Adam's step is ~lr = 1e-2 per parameter: a wrong gradient shows at 1e-3
+        torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=1e-5)
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):

@@ -102,21 +102,25 @@ def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_di
     model = load_reward_model(cfg.model, cfg.lora, cfg.quant)
     head = reward.score_head(model)
     results = {}
-    for packed in (False, True):
-        spec = reward.reward_loop_spec(tokenizer, 160, 0.0, 0.0, head if packed else None)
+    for layout in ("padded", "rows", "flat"):
+        spec = reward.reward_loop_spec(
+            tokenizer, 160, 0.0, 0.0, head if layout != "padded" else None, flat_rows=layout == "flat"
+        )
         batch = spec.collate_fn(comparisons)
-        assert ("position_ids" in batch) is packed
+        assert ("position_ids" in batch) is (layout != "padded") and ("cu_seq_lens" in batch) is (layout == "flat")
         model.zero_grad()
         loss, stats = spec.loss_fn(model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        results[packed] = (float(loss.detach()), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
-    padded, packed = results[False], results[True]
-    assert packed[0] == pytest.approx(padded[0], abs=1e-5)
-    assert packed[1]["reward_sum"] == pytest.approx(padded[1]["reward_sum"], abs=1e-4)
-    assert packed[1]["n_correct"] == padded[1]["n_correct"] and packed[3] == padded[3]
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed[2], padded[2]))
-    assert packed[4] < padded[4]  # fewer positions computed
+        results[layout] = (float(loss.detach()), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
+    padded = results["padded"]
+    for layout in ("rows", "flat"):
+        packed = results[layout]
+        assert packed[0] == pytest.approx(padded[0], abs=1e-5), layout
+        assert packed[1]["reward_sum"] == pytest.approx(padded[1]["reward_sum"], abs=1e-4), layout
+        assert packed[1]["n_correct"] == padded[1]["n_correct"] and packed[3] == padded[3]
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed[2], padded[2])), layout
+    assert results["flat"][4] == results["flat"][3] < results["rows"][4] < padded[4]  # positions computed
     # An encoder pools its own way: it has no per-position score head, so its batches stay padded.
     bert = load_reward_model(reward_config(tiny_bert_dir, tmp_path).model, cfg.lora, cfg.quant)
     assert reward.score_head(bert) is None

@@ -89,6 +89,35 @@ def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_l
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(target_grads, full_grads))
 
 
+def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, tmp_path):
+    """One row without filler and per-sequence attention (``sdpa_varlen``) computes what padding does."""
+    from alignment.data import load_records
+    from alignment.models import load_tokenizer
+    from alignment.varlen_attention import SDPA_VARLEN, supports_flat_packing
+
+    cfg = sft_config(tiny_llama_dir, tmp_path)
+    tokenizer = load_tokenizer(cfg.model)
+    examples, _, _ = sft.tokenize_demonstrations(
+        tokenizer, load_records(cfg.data, "demonstration").records[:6], 128, "all"
+    )
+    model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
+    assert model.config._attn_implementation == SDPA_VARLEN and supports_flat_packing(model)
+    results = {}
+    for layout in ("padded", "rows", "flat"):
+        spec = sft.sft_loop_spec(tokenizer, layout != "padded", sft.output_head(model), flat_rows=layout == "flat")
+        batch = spec.collate_fn(examples)
+        model.zero_grad()
+        loss, _ = spec.loss_fn(model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results[layout] = (float(loss.detach()), grads, batch["input_ids"].numel())
+    assert results["flat"][2] == sum(len(e) for e in examples) < results["rows"][2]  # no filler
+    for layout in ("rows", "flat"):
+        assert results[layout][0] == pytest.approx(results["padded"][0], rel=1e-5), layout
+        grads, padded = (torch.cat([g.flatten() for g in results[k][1]]) for k in (layout, "padded"))
+        assert padded.abs().max() > 0 and float((grads - padded).abs().max() / padded.abs().max()) < 1e-5, layout
+
+
 def test_too_long_prompts_are_reported_not_trained_on(tiny_llama_dir, tmp_path):
     def demo(question):
         return json.dumps(

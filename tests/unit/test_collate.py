@@ -337,3 +337,43 @@ def test_prompt_collator_left_pads_and_truncates(templates):
     short = collator([*prompts, Comparison((Message("user", "Hi"),), ("a", "b"))])
     assert short["input_ids"].shape == (3, 8) and short["num_truncated"].item() == 3 and collator.num_truncated == 3
     assert tokenizer.decode(short["input_ids"][0]).endswith("<|im_start|>assistant\n")
+
+
+def test_flat_packing_with_varlen_sdpa_equals_each_example_alone_and_leaks_without_boundaries(
+    templates, tiny_llama_factory, monkeypatch
+):
+    """One row, no filler: ``sdpa_varlen`` attends within ``cu_seq_lens``; plain SDPA on the same row would leak."""
+    from alignment.varlen_attention import SDPA_VARLEN, use_varlen_sdpa, varlen_kwargs
+
+    tokenizer = templates["chatml"]
+    hi = Demonstration((Message("user", "Say hi"), Message("assistant", "Hi!")))
+    examples = [render_sft_example(tokenizer, d, max_length=512) for d in (SINGLE_TURN, MULTI_TURN, hi)]
+    batch = SFTCollator(pad_token_id=tokenizer.pad_token_id, padding_free=True, flat_rows=True)(examples)
+    lengths = [len(e) for e in examples]
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["cu_seq_lens"].tolist() == [0, lengths[0], lengths[0] + lengths[1], sum(lengths)]
+    assert batch["cu_seq_lens"].dtype == torch.int32  # what flash-attention's varlen kernels take
+    assert [int(p) for p in batch["position_ids"][0, batch["cu_seq_lens"][:-1].long()]] == [0, 0, 0]
+
+    model = tiny_llama_factory("sdpa")
+    assert use_varlen_sdpa(model) and model.config._attn_implementation == SDPA_VARLEN
+    import alignment.varlen_attention as varlen
+
+    calls = []
+    sdpa = varlen.F.scaled_dot_product_attention
+    monkeypatch.setattr(varlen.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.no_grad():
+        flat = model(
+            batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            **varlen_kwargs(batch["cu_seq_lens"]),
+        ).logits[0]
+        assert len(calls) == 3 * model.config.num_hidden_layers  # one attention call per example and layer
+        monkeypatch.undo()
+        alone = [model(torch.tensor([e.input_ids]), use_cache=False).logits[0] for e in examples]
+        leaked = model(batch["input_ids"], use_cache=False).logits[0]  # no boundaries, no restarts: one sequence
+    starts = batch["cu_seq_lens"].tolist()
+    for start, single in zip(starts, alone):
+        torch.testing.assert_close(flat[start : start + len(single)], single, atol=1e-5, rtol=0)
+    assert not torch.allclose(leaked[starts[1] : starts[2]], flat[starts[1] : starts[2]])

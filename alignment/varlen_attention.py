@@ -1,0 +1,128 @@
+"""SDPA over packed sequences given their boundaries: one flat row per batch, no filler, no cross-sequence work.
+
+Padding-free batches put several sequences in a row with ``position_ids`` restarting at 0. Plain SDPA
+sees that as one long sequence, so transformers builds a block-diagonal mask and every row costs
+L^2 attention whatever its blocks; rows were therefore capped at the longest sequence
+(``collate.pack_rows``), and their ends hold filler that every linear layer computes (17 % of the
+positions in the SFT benchmark's batches). flash-attention's varlen kernels take the boundaries
+instead (``cu_seq_lens_q``/``_k``, the kwargs trl's ``DataCollatorWithFlattening`` passes through
+``model(**batch)``); this module gives SDPA the same interface, registered with transformers'
+``AttentionInterface`` as ``sdpa_varlen``, so a batch becomes ONE row with no filler and each
+sequence's attention is its own causal SDPA call, on the CPU and on GPUs without flash-attn.
+
+Written here rather than taken from a library: PyTorch's varlen SDPA (nested jagged tensors) has no
+CPU backward kernel, and flex-attention's block masks need compilation to be fast. A call without
+``cu_seq_lens_q`` (generation, padded batches) is transformers' plain SDPA, masks included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SDPA_VARLEN = "sdpa_varlen"
+# Attention implementations that honour ``cu_seq_lens_q``/``_k``: packed batches may be one flat row.
+VARLEN_IMPLEMENTATIONS = frozenset({SDPA_VARLEN, "flash_attention_2", "flash_attention_3", "flash_attention_4"})
+
+_registered = False
+
+
+def sdpa_varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: ``(B, H, T, D)`` in, ``(B, T, H, D)`` out."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if cu_seq_lens is None or query.shape[0] != 1 or not causal or key.shape[2] != query.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    bounds = _bounds(cu_seq_lens)
+    if bounds[0] != 0 or bounds[-1] != query.shape[2]:
+        raise ValueError(f"cu_seq_lens {bounds[:3]}...{bounds[-1]} do not cover the row's {query.shape[2]} positions")
+    # The mask transformers built from the position restarts is the same block-diagonal causal one.
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=True,
+        )
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+_bounds_cache: tuple[int, int, list[int]] | None = None
+
+
+def _bounds(cu_seq_lens: torch.Tensor) -> list[int]:
+    """``cu_seq_lens`` as Python ints, once per forward (every layer gets the same tensor; a GPU read syncs)."""
+    global _bounds_cache
+    key = (id(cu_seq_lens), cu_seq_lens.data_ptr())
+    if _bounds_cache is None or _bounds_cache[:2] != key:
+        _bounds_cache = (*key, [int(b) for b in cu_seq_lens.tolist()])
+    return _bounds_cache[2]
+
+
+def register() -> None:
+    """Make ``attn_implementation="sdpa_varlen"`` known to transformers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention_forward)
+    # Same masks as SDPA: padded batches and generation need them; flat packed rows ignore them.
+    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
+    _registered = True
+
+
+def use_varlen_sdpa(model: torch.nn.Module) -> bool:
+    """Switch a decoder model that runs plain SDPA to ``sdpa_varlen``; returns whether its attention is varlen now."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current in VARLEN_IMPLEMENTATIONS:
+        return True
+    if current != "sdpa" or not getattr(model, "_supports_attention_backend", False):
+        return False
+    register()
+    model.set_attn_implementation(SDPA_VARLEN)
+    return True
+
+
+def supports_flat_packing(model: torch.nn.Module) -> bool:
+    """Whether packed batches for ``model`` (possibly peft/DDP-wrapped) may be one flat row with boundaries."""
+    from alignment.models import unwrap_transformers_model
+
+    config = getattr(unwrap_transformers_model(model), "config", None)
+    return getattr(config, "_attn_implementation", None) in VARLEN_IMPLEMENTATIONS
+
+
+def varlen_kwargs(cu_seq_lens: torch.Tensor) -> dict[str, Any]:
+    """Model-call kwargs describing a flat packed row (the names transformers' flash-attention path reads)."""
+    longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
