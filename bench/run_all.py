@@ -4,6 +4,7 @@
     python bench/run_all.py --quick --repeats 1     # smoke test of every path (tiny sizes; about 30 min)
     python bench/run_all.py --stages ppo --ours-only
     python bench/run_all.py --merge bench/work/a.json bench/work/b.json   # one summary over several invocations
+    python bench/run_all.py --merge a.json@peer b.json@ours c.json@peer:reward  # only those sides / stages of each
 
 For each stage (sft, reward, ppo) and each repeat: ``bench_<stage>.py`` (ours), then ``bench_<stage>.py --peer``
 (trl 1.12 in ``bench/.venv-trl112``, built on first use), each in its own subprocess so peak RSS is per run. PPO
@@ -209,14 +210,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def merge(args: argparse.Namespace) -> dict[str, Any]:
-    """One summary over the runs of several results files; each run keeps its own machine and timing record."""
+    """One summary over the runs of several results files; each run keeps its own machine and timing record.
+
+    ``FILE@SIDE`` takes one side's runs of a file, ``FILE@SIDE:STAGE,STAGE`` only those stages (e.g. the peer
+    runs of an interleaved invocation and our runs of a later one, after a change on our side).
+    """
     runs, started = [], []
-    for name in args.merge:
+    for spec in args.merge:
+        name, _, selector = spec.partition("@")
+        side, _, stage_list = selector.partition(":")
+        stages = set(stage_list.split(",")) if stage_list else None
         payload = json.loads(Path(name).read_text(encoding="utf-8"))
         started.append(payload["started"])
         for run in payload["runs"]:
-            if not run.get("failed"):
-                runs.append({**run, "from_results": name, "invocation_started": payload["started"]})
+            if run.get("failed") or (side and run["side"] != side) or (stages and run["stage"] not in stages):
+                continue
+            runs.append({**run, "from_results": spec, "invocation_started": payload["started"]})
     out_path = Path(args.out) if args.out else BENCH_DIR / "results.json"
     summary = summarize(runs)
     _write(out_path, " + ".join(started), args, runs, 0.0, summary)
