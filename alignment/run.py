@@ -2,9 +2,9 @@
 
 ``start_run`` creates the output directory, writes the resolved ``config.yaml`` and
 ``versions.json``, seeds every RNG, builds the ``Accelerator`` (CPU, one GPU, or N processes
-under ``accelerate launch`` / ``torchrun``), configures logging to ``<output_dir>/run.log`` and
-opens the step logger. ``mark_done`` writes ``DONE`` last, so a pipeline can skip a finished
-stage and resume an unfinished one.
+under ``accelerate launch`` / ``torchrun``), configures logging to ``<output_dir>/run.log``,
+keeps freed memory for reuse on the CPU (``cpu_memory``) and opens the step logger. ``mark_done``
+writes ``DONE`` last, so a pipeline can skip a finished stage and resume an unfinished one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from alignment.config import Config, save_config
+from alignment.cpu_memory import keep_freed_memory_for_reuse
 from alignment.tracking import MetricLogger, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def start_run(cfg: Config, stage: str) -> Iterator[Run]:
         write_json_atomic(output_dir / "versions.json", versions)
     accelerator.wait_for_everyone()
     handler = _configure_logging(output_dir, accelerator.is_main_process)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory_for_reuse()
     set_seed(train.seed)
     metrics = MetricLogger(output_dir, train.report_to, enabled=accelerator.is_main_process)
     logger.info(
