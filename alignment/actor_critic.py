@@ -19,6 +19,9 @@ longest sequence, so attention costs no more than in the padded layout.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,6 +121,9 @@ class ActorCritic(torch.nn.Module):
         self._backbone = causal_lm.base_model  # e.g. LlamaModel: LoRA layers are injected in place
         self._lm_head = causal_lm.get_output_embeddings()
         self._flat = supports_flat_packing(causal_lm)  # one packed row without filler (varlen attention)
+        # The mixed-precision context of every pass through the base (``Accelerator.autocast`` for ``bf16``);
+        # the scalar heads, log-softmax and losses stay in fp32.
+        self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
     @property
     def device(self) -> torch.device:
@@ -157,7 +163,7 @@ class ActorCritic(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, T)`` log-probs of the response tokens under ``role`` ("policy" or "reference")."""
         adapter = self.reference_adapter if role == "reference" else role
-        with use_adapter(self.model, adapter):
+        with use_adapter(self.model, adapter), self.autocast():
             hidden = self._response_hidden(batch, response_ids.shape[1])
             logits = self._lm_head(hidden).float()
         logprobs = logprobs_from_logits(logits, response_ids, temperature)
@@ -169,7 +175,7 @@ class ActorCritic(torch.nn.Module):
 
     def response_values(self, batch: SequenceBatch, response_length: int) -> torch.Tensor:
         """``(B, T)`` critic values V(s_t) for each response token."""
-        with use_adapter(self.model, VALUE):
+        with use_adapter(self.model, VALUE), self.autocast():
             hidden = self._response_hidden(batch, response_length)
         return self.value_head(hidden.float()).squeeze(-1)
 
@@ -178,7 +184,7 @@ class ActorCritic(torch.nn.Module):
         """``(B,)`` raw scores of the shared-base reward model, read at the last attended token."""
         if self.reward_head is None:
             raise ValueError("this actor-critic has no shared-base reward model")
-        with use_adapter(self.model, REWARD):
+        with use_adapter(self.model, REWARD), self.autocast():
             if self.padding_free:
                 packed = pack_sequences(batch, 1, self._flat)
                 picked = self._packed_hidden(packed)[packed.last_index]
@@ -190,7 +196,7 @@ class ActorCritic(torch.nn.Module):
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config) -> torch.Tensor:
         """Sample responses with the policy adapter; returns ``(B, T)`` response ids and ``(B, T, V)`` raw logits."""
-        with use_adapter(self.model, POLICY):
+        with use_adapter(self.model, POLICY), self.autocast():
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,

@@ -554,6 +554,7 @@ def train(cfg: Config) -> dict[str, Any]:
     with start_run(cfg, "ppo") as run:
         records = load_records(cfg.data, "prompt", seed=train_cfg.seed)
         ac, tokenizer, shared_scorer = build_actor_critic(cfg)
+        ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         ac.to(run.device) if not (cfg.quant.load_in_8bit or cfg.quant.load_in_4bit) else None
         rewards = build_rewards(cfg, ac, shared_scorer)
         if not rewards.scorers:

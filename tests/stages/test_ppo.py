@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -155,6 +156,40 @@ def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stag
     assert any(not torch.equal(value, initial[name]) for name, value in kept.items())  # the step moved something
     for name, value in kept.items():  # Adam's step is ~lr = 1e-2 per parameter: a wrong gradient shows at 1e-3
         torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process; a bf16 run needs it unset before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_fp32(stage_dirs, tmp_path, monkeypatch):
+    """``bf16: true`` reaches PPO's passes (generation, reference, reward, value, policy), not only SFT's loop."""
+    output_dtypes: dict[bool, set[torch.dtype]] = {}
+    build = ppo.build_actor_critic
+
+    def build_and_watch(cfg):
+        ac, tokenizer, shared = build(cfg)
+        layer = ac._backbone.layers[0].mlp.down_proj  # a LoRA-wrapped base linear, used by every adapter
+
+        def record(_module, _args, output):
+            output_dtypes.setdefault(torch.is_grad_enabled(), set()).add(output.dtype)
+
+        layer.register_forward_hook(record)
+        return ac, tokenizer, shared
+
+    monkeypatch.setattr(ppo, "build_actor_critic", build_and_watch)
+    ppo.train(ppo_config(stage_dirs, tmp_path, bf16=True, total_episodes=4))
+    assert output_dtypes[False] == {torch.bfloat16}  # generation, reference, reward
+    assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
+    row = read_log(tmp_path)[0]
+    assert all(math.isfinite(row[key]) for key in ("loss/policy_avg", "loss/value_avg", "objective/kl"))
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
