@@ -77,6 +77,12 @@ class PPOConfig:
         "Pack sequences into rows without padding for every pass after generation (exact; skips the padding).",
         default=True,
     )
+    rollout_logprobs: str = _help(
+        "Source of the rollout's log-probs: generate (the sampling logits, no extra pass), recompute (a packed "
+        "no-grad policy pass, rounded as the update's forward is), or auto (recompute when the passes run in "
+        "bf16/fp16, where the two differ: KL 0.11 nats per sequence between identical policies otherwise).",
+        default="auto",
+    )
     total_episodes: int = _help("Prompts to sample in total (episodes).", default=64)
     rollout_batch_size: int = _help("Prompts per PPO update per process.", default=8)
     mini_batch_size: int = _help("Sequences per gradient step inside an update.", default=8)
@@ -174,13 +180,22 @@ def generation_config(cfg: PPOConfig, tokenizer):  # -> transformers.GenerationC
 
 @torch.no_grad()
 def collect_rollout(
-    ac: ActorCritic, rewards, prompts: list, tokenizer, cfg: PPOConfig, kl_coef: float, keep_value_graph: bool = False
+    ac: ActorCritic,
+    rewards,
+    prompts: list,
+    tokenizer,
+    cfg: PPOConfig,
+    kl_coef: float,
+    keep_value_graph: bool = False,
+    recompute_logprobs: bool = False,
 ) -> Rollout:
     """Sample responses, then score them and compute reference log-probs and values.
 
     ``keep_value_graph``: the critic pass runs with autograd on and its graph is kept in
     ``Rollout.values_graph``, so the first PPO epoch -- when one mini-batch is the whole rollout and the
     critic has not moved yet -- back-propagates through it instead of running the same forward again.
+    ``recompute_logprobs``: the policy's log-probs come from a packed pass, not from the sampling logits
+    (see :func:`recomputes_rollout_logprobs`).
     """
     from alignment.collate import PromptCollator
 
@@ -194,7 +209,11 @@ def collect_rollout(
     batch = SequenceBatch.build(prompt_ids, prompt_mask, response_ids, response_mask)
     from alignment.rl_math import logprobs_from_logits
 
-    logprobs = logprobs_from_logits(sample_logits, response_ids, cfg.temperature)
+    if recompute_logprobs:
+        with torch.no_grad():
+            logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature)
+    else:
+        logprobs = logprobs_from_logits(sample_logits, response_ids, cfg.temperature)
     ref_logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature, role="reference")
     responses = tokenizer.batch_decode(
         [ids[mask] for ids, mask in zip(response_ids, response_mask)], skip_special_tokens=True
@@ -219,6 +238,23 @@ def collect_rollout(
         has_eos,
         values_graph if keep_value_graph else None,
     )
+
+
+def recomputes_rollout_logprobs(cfg: PPOConfig, ac: ActorCritic, mixed_precision: str) -> bool:
+    """Whether the rollout's log-probs need their own packed pass (``rollout_logprobs``).
+
+    In fp32 the sampling logits of KV-cached generation and the packed pass agree to ~1e-5, so the
+    rollout reuses the former. In bf16/fp16 they round differently, and the KL between the policy and
+    its identical reference copy at update 1 reads 0.11-0.19 nats per sequence instead of 0
+    (bench/RESULTS.md); the update's ratios are off by as much. A pass like the update's removes that.
+    """
+    choice = cfg.rollout_logprobs
+    if choice not in ("auto", "generate", "recompute"):
+        raise ValueError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
+    if choice != "auto":
+        return choice == "recompute"
+    low_precision = (torch.bfloat16, torch.float16)
+    return mixed_precision in ("bf16", "fp16") or ac._lm_head.weight.dtype in low_precision
 
 
 def _ensure_one_token(response_mask: torch.Tensor) -> None:
@@ -573,6 +609,9 @@ def ppo_loop(
 ) -> dict[str, Any]:
     cfg, train_cfg = run.cfg.ppo, run.cfg.train
     world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    recompute_logprobs = recomputes_rollout_logprobs(cfg, ac, run.accelerator.mixed_precision)
+    if recompute_logprobs:
+        logger.info("rollout log-probs: a packed policy pass (rollout_logprobs=%s)", cfg.rollout_logprobs)
     global_batch = cfg.rollout_batch_size * world
     if world > 1 and len(prompts) < global_batch:
         raise ValueError(
@@ -626,6 +665,7 @@ def ppo_loop(
                 cfg,
                 kl_ctl.value,
                 keep_value_graph=cfg.mini_batch_size >= cfg.rollout_batch_size,
+                recompute_logprobs=recompute_logprobs,
             )
             t1 = time.perf_counter()
             # 3. Per-token rewards: -beta * KL on every token, the score on the last (InstructGPT eq. 2).

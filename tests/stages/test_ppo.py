@@ -190,6 +190,19 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
     row = read_log(tmp_path)[0]
     assert all(math.isfinite(row[key]) for key in ("loss/policy_avg", "loss/value_avg", "objective/kl"))
+    # rollout_logprobs=auto recomputes the rollout's log-probs in bf16: the policy and its identical reference
+    # copy then agree exactly at update 1 (generate's cached bf16 logits would not).
+    assert row["objective/kl"] == 0.0
+
+
+def test_rollout_logprobs_source_follows_the_precision_and_rejects_unknown_values(stage_dirs, tmp_path):
+    ac, _, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    assert not ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "no")  # fp32: reuse
+    assert ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "bf16")
+    forced = ppo_config(stage_dirs, tmp_path, rollout_logprobs="recompute").ppo
+    assert ppo.recomputes_rollout_logprobs(forced, ac, "no")
+    with pytest.raises(ValueError, match="rollout_logprobs: expected auto, generate or recompute, got 'cached'"):
+        ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo, ac, "no")
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
