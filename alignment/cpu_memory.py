@@ -1,14 +1,13 @@
 """CPU training: keep freed memory in the process heap for reuse instead of handing it back to the kernel.
 
 glibc's malloc serves a request larger than its mmap threshold (dynamic, at most 32 MiB on 64-bit
-Linux) with a fresh ``mmap`` and unmaps it on ``free``, and hands the heap's free top back to the kernel
-once it exceeds twice that threshold. A training step on the CPU allocates and
-frees the same large tensors every step (activations kept for the backward, their gradients, the
-logits), so every step faults its working set back in page by page and the kernel zeroes each page
-first. Raising the mmap threshold and the heap-trim threshold keeps those blocks in the heap, where
-the next step reuses them. Measured on the 2-core benchmark machine (bench/RESULTS.md): PPO policy
-forward 41-44 s -> 26-28 s over 8 updates, 0.25-0.28 -> 0.32 episodes/s; SFT 178-193 -> 251 tokens/s;
-peak RSS within 1 %.
+Linux) with a fresh ``mmap`` and unmaps it on ``free``, and hands the heap's free top back to the
+kernel once it exceeds twice that threshold. A training step on the CPU allocates and frees the same
+large tensors every step (activations kept for the backward, their gradients, the logits), so every
+step faults its working set back in page by page, and the kernel zeroes each page first. Raising the
+mmap and heap-trim thresholds keeps those blocks in the heap, where the next step reuses them.
+Measured on the 2-core benchmark machine (bench/RESULTS.md): PPO policy forward 41-44 s -> 26-28 s
+over 8 updates, 0.25-0.28 -> 0.32 episodes/s; SFT 178-193 -> 251 tokens/s; peak RSS within 1 %.
 
 Intel's CPU tuning guides reach the same with jemalloc or tcmalloc through ``LD_PRELOAD``; ``mallopt``
 needs no extra package. A user who chose an allocator or glibc tunables keeps them: nothing is changed then.

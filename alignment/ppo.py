@@ -210,8 +210,7 @@ def collect_rollout(
     from alignment.rl_math import logprobs_from_logits
 
     if recompute_logprobs:
-        with torch.no_grad():
-            logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature)
+        logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature)
     else:
         logprobs = logprobs_from_logits(sample_logits, response_ids, cfg.temperature)
     ref_logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature, role="reference")
