@@ -156,6 +156,7 @@ def validate_sampling(cfg: PPOConfig) -> None:
         )
     if cfg.kl_estimator not in ("k1", "k3"):
         raise ValueError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
+    _check_rollout_logprobs(cfg.rollout_logprobs)  # here too, so a typo fails before any model is loaded
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):
         raise ValueError("reward_weights needs one weight per entry of reward_model_paths")
 
@@ -247,13 +248,17 @@ def recomputes_rollout_logprobs(cfg: PPOConfig, ac: ActorCritic, mixed_precision
     its identical reference copy at update 1 reads 0.11-0.19 nats per sequence instead of 0
     (bench/RESULTS.md); the update's ratios are off by as much. A pass like the update's removes that.
     """
-    choice = cfg.rollout_logprobs
-    if choice not in ("auto", "generate", "recompute"):
-        raise ValueError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
+    choice = _check_rollout_logprobs(cfg.rollout_logprobs)
     if choice != "auto":
         return choice == "recompute"
     low_precision = (torch.bfloat16, torch.float16)
     return mixed_precision in ("bf16", "fp16") or ac._lm_head.weight.dtype in low_precision
+
+
+def _check_rollout_logprobs(choice: str) -> str:
+    if choice not in ("auto", "generate", "recompute"):
+        raise ValueError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
+    return choice
 
 
 def _ensure_one_token(response_mask: torch.Tensor) -> None:

@@ -203,6 +203,8 @@ def test_rollout_logprobs_source_follows_the_precision_and_rejects_unknown_value
     assert ppo.recomputes_rollout_logprobs(forced, ac, "no")
     with pytest.raises(ValueError, match="rollout_logprobs: expected auto, generate or recompute, got 'cached'"):
         ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo, ac, "no")
+    with pytest.raises(ValueError, match="rollout_logprobs: expected auto, generate or recompute, got 'cached'"):
+        ppo.validate_sampling(ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo)  # before any loading
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
