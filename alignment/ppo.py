@@ -30,6 +30,7 @@ from alignment.checkpointing import (
     save_checkpoint,
 )
 from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.precision import autocast_dtype, store_frozen_weights_in
 from alignment.rl_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -595,7 +596,11 @@ def train(cfg: Config) -> dict[str, Any]:
         records = load_records(cfg.data, "prompt", seed=train_cfg.seed)
         ac, tokenizer, shared_scorer = build_actor_critic(cfg)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
-        ac.to(run.device) if not (cfg.quant.load_in_8bit or cfg.quant.load_in_4bit) else None
+        quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
+        ac.to(run.device) if not quantized else None
+        compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
+        if compute_dtype is not None and not quantized:  # every pass runs under autocast: see precision.py
+            store_frozen_weights_in(ac.model, compute_dtype)
         rewards = build_rewards(cfg, ac, shared_scorer)
         if not rewards.scorers:
             raise ValueError("PPO needs at least one reward model: set reward_model_paths")

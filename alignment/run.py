@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 
 from alignment.config import Config, save_config
 from alignment.cpu_memory import keep_freed_memory_for_reuse
+from alignment.precision import warn_if_slow_on_cpu
 from alignment.tracking import MetricLogger, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def start_run(cfg: Config, stage: str) -> Iterator[Run]:
     handler = _configure_logging(output_dir, accelerator.is_main_process)
     if accelerator.device.type == "cpu":
         keep_freed_memory_for_reuse()
+    warn_if_slow_on_cpu(accelerator.mixed_precision, accelerator.device)
     set_seed(train.seed)
     metrics = MetricLogger(output_dir, train.report_to, enabled=accelerator.is_main_process)
     logger.info(

@@ -172,14 +172,16 @@ def fresh_accelerator_state():
 def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_fp32(stage_dirs, tmp_path, monkeypatch):
     """``bf16: true`` reaches PPO's passes (generation, reference, reward, value, policy), not only SFT's loop."""
     output_dtypes: dict[bool, set[torch.dtype]] = {}
+    base_weight_dtypes: set[torch.dtype] = set()
     build = ppo.build_actor_critic
 
     def build_and_watch(cfg):
         ac, tokenizer, shared = build(cfg)
         layer = ac._backbone.layers[0].mlp.down_proj  # a LoRA-wrapped base linear, used by every adapter
 
-        def record(_module, _args, output):
+        def record(module, _args, output):
             output_dtypes.setdefault(torch.is_grad_enabled(), set()).add(output.dtype)
+            base_weight_dtypes.add(module.base_layer.weight.dtype)
 
         layer.register_forward_hook(record)
         return ac, tokenizer, shared
@@ -188,6 +190,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     ppo.train(ppo_config(stage_dirs, tmp_path, bf16=True, total_episodes=4))
     assert output_dtypes[False] == {torch.bfloat16}  # generation, reference, reward
     assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
+    assert base_weight_dtypes == {torch.bfloat16}  # the frozen base is stored in bf16, not cast on every call
     row = read_log(tmp_path)[0]
     assert all(math.isfinite(row[key]) for key in ("loss/policy_avg", "loss/value_avg", "objective/kl"))
     # rollout_logprobs=auto recomputes the rollout's log-probs in bf16: the policy and its identical reference
