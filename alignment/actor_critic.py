@@ -29,6 +29,7 @@ import torch
 
 from alignment.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
 from alignment.collate import pack_token_rows
+from alignment.generation import generation_cache
 from alignment.rl_math import entropy_from_logits, logprobs_from_logits
 from alignment.varlen_attention import supports_flat_packing, varlen_kwargs
 
@@ -197,12 +198,14 @@ class ActorCritic(torch.nn.Module):
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config) -> torch.Tensor:
         """Sample responses with the policy adapter; returns ``(B, T)`` response ids and ``(B, T, V)`` raw logits."""
         with use_adapter(self.model, POLICY), self.autocast():
+            cache = generation_cache(self.model, prompt_ids, prompt_mask, generation_config, self.padding_free)
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=generation_config,
                 return_dict_in_generate=True,
                 output_logits=True,
+                **({"cache": cache} if cache is not None else {}),
             )
         response_ids = out.sequences[:, prompt_ids.shape[1] :]
         return response_ids, torch.stack(out.logits, dim=1)

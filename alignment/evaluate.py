@@ -414,6 +414,7 @@ def generate_responses(
     The RNG is re-seeded with ``settings["seed"]`` first, so every policy draws from the same random stream.
     """
     from alignment.collate import PromptCollator
+    from alignment.generation import generation_cache
     from alignment.rl_math import first_eos_mask
 
     collator = PromptCollator(tokenizer, settings["max_prompt_length"])
@@ -426,9 +427,13 @@ def generate_responses(
     for start in progress(range(0, len(prompts), batch_size), desc=desc):
         batch = prompts[start : start + batch_size]
         encoded = collator([p.prompt for p in batch])
-        prompt_ids = encoded["input_ids"].to(device)
+        prompt_ids, prompt_mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        cache = generation_cache(model, prompt_ids, prompt_mask, gen_cfg)  # packed prefill, in-place cache
         sequences = model.generate(
-            input_ids=prompt_ids, attention_mask=encoded["attention_mask"].to(device), generation_config=gen_cfg
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=gen_cfg,
+            **({"cache": cache} if cache is not None else {}),
         )
         response_ids = sequences[:, prompt_ids.shape[1] :].cpu()
         mask, has_eos = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)

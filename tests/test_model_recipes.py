@@ -390,3 +390,55 @@ def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, r
     assert abs(rows[0]["objective/kl"]) < 1e-3, "the policy copy (token rows included) must start at the SFT policy"
     saved = load_file(str(tmp_path / "ppo" / "adapter" / "adapter_model.safetensors"))
     assert any("trainable_tokens_delta" in key for key in saved)
+
+
+@pytest.mark.parametrize("path", MODEL_RECIPES, ids=[p.stem for p in MODEL_RECIPES])
+def test_generation_from_a_packed_prefill_and_a_preallocated_cache_equals_plain_generate(path, recipe_model_dir):
+    """PPO's rollouts prefill prompts without their left padding into a cache written in place (``generation.py``)."""
+    from peft import get_peft_model
+    from transformers import GenerationConfig
+
+    from alignment.config import LoraConfig
+    from alignment.generation import PreallocatedLayer, generation_cache
+    from alignment.models import load_causal_lm, load_tokenizer, peft_lora_config
+
+    cfg = recipe_config(path, recipe_model_dir(path))
+    tokenizer = load_tokenizer(cfg.model, padding_side="left")
+    base = load_causal_lm(cfg.model, LoraConfig(use_lora=False), cfg.quant, tokenizer=tokenizer, trainable=False)
+    model = get_peft_model(base, peft_lora_config(cfg.lora, "CAUSAL_LM")).eval()
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():  # a trained-looking adapter: its path must be in the cache
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    prompts = [messages[:-1] for messages in DEMONSTRATIONS]  # 3 prompts of different lengths
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert int(encoded.attention_mask.sum(-1).min()) < encoded.input_ids.shape[1]  # left padding to skip
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+
+    def generate(cache):
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=encoded.input_ids,
+                attention_mask=encoded.attention_mask,
+                generation_config=greedy,
+                return_dict_in_generate=True,
+                output_logits=True,
+                **({"cache": cache} if cache is not None else {}),
+            )
+        return out.sequences, torch.stack(out.logits, dim=1)
+
+    plain = generate(None)
+    prefilled_cache = generation_cache(model, encoded.input_ids, encoded.attention_mask, greedy)
+    assert prefilled_cache.get_seq_length() == encoded.input_ids.shape[1] - 1  # every prompt token but the last
+    assert all(isinstance(layer, PreallocatedLayer) for layer in prefilled_cache.layers)
+    prefilled = generate(prefilled_cache)
+    preallocated_cache = generation_cache(
+        model, encoded.input_ids, encoded.attention_mask, greedy, packed_prefill=False
+    )
+    assert preallocated_cache.get_seq_length() == 0
+    preallocated = generate(preallocated_cache)
+
+    assert torch.equal(preallocated[0], plain[0]) and torch.equal(preallocated[1], plain[1])  # in place: same bits
+    assert torch.equal(prefilled[0], plain[0])
+    torch.testing.assert_close(prefilled[1], plain[1], atol=1e-4, rtol=1e-4)  # packed GEMM shapes round differently
