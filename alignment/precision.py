@@ -8,9 +8,9 @@ once at half the bytes. Storing the frozen linear weights in the compute dtype o
 numbers (autocast rounds with the same cast) at half their memory. Weights that are trained, shared
 with an embedding (tied LM heads) or quantized, norms, embeddings and the adapters stay as they are.
 
-CPUs without native bf16 (AVX2 only: no AVX-512 or AMX) run bf16 matrix products hundreds of times
-slower than fp32 (0.27 vs 65 GFLOP/s for 2048^2 on the 2-core AVX2 benchmark machine): asking for
-bf16 there is almost always a mistake, so the run says so.
+CPUs without native bf16 (AVX2 only: no AVX-512 or AMX) run bf16 matrix products dozens of times
+slower than fp32 (1.3 vs 74-118 GFLOP/s for 2048^2 on the 2-core benchmark machine's AVX2 host,
+bench/RESULTS.md): asking for bf16 there is almost always a mistake, so the run says so.
 """
 
 from __future__ import annotations
