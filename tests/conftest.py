@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import tiny_llama_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,18 +69,12 @@ def embedded_tokenizer(embedded_dir):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, embedded_dir) -> Path:
     """A 2-layer random Llama (hidden 64) with the embedded tokenizer (pad == eos, as shipped) and template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("tiny_llama")
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+    config = tiny_llama_config(
+        len(tokenizer),
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

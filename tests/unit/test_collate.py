@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from alignment.collate import (
     IGNORE_INDEX,
@@ -28,6 +28,7 @@ from alignment.collate import (
     tokenize_reward_texts,
 )
 from data_schemas.records import Comparison, Demonstration, Message, Prompt
+from tests.helpers import tiny_llama_config
 
 ZEPHYR_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
@@ -211,16 +212,7 @@ def test_sft_collator_pads_right_and_counts_tokens(templates):
 def tiny_llama_factory(chatml):
     def build(attn_implementation: str) -> LlamaForCausalLM:
         torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=len(chatml),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            attn_implementation=attn_implementation,
-        )
+        config = tiny_llama_config(len(chatml), attn_implementation=attn_implementation)
         return LlamaForCausalLM(config).eval()
 
     return build

@@ -7,23 +7,15 @@ import logging
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from alignment import precision
 from alignment.precision import autocast_dtype, store_frozen_weights_in, warn_if_slow_on_cpu
+from tests.helpers import tiny_llama_config
 
 
 def tiny_llama(tied: bool) -> torch.nn.Module:
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(128, tie_word_embeddings=tied))
 
 
 def tiny_gpt2() -> torch.nn.Module:
