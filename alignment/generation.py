@@ -90,10 +90,9 @@ def generation_cache(
     if max_new_tokens is None or not one_per_prompt:
         return None
     causal_lm = unwrap_transformers_model(model)
-    config = causal_lm.config
-    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=config).layers):
+    cache = DynamicCache(config=causal_lm.config)
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None  # sliding-window, hybrid or linear-attention layers: transformers knows their cache
-    cache = DynamicCache(config=config)
     cache.layers = [PreallocatedLayer(room=max_new_tokens + 1) for _ in cache.layers]
     lengths = prompt_mask.sum(-1)
     left_padded = bool(prompt_mask[:, -1].all()) and int(lengths.min()) >= 2

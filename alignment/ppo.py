@@ -597,7 +597,8 @@ def train(cfg: Config) -> dict[str, Any]:
         ac, tokenizer, shared_scorer = build_actor_critic(cfg)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
-        ac.to(run.device) if not quantized else None
+        if not quantized:  # bitsandbytes placed the quantized weights when loading
+            ac.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
         if compute_dtype is not None and not quantized:  # every pass runs under autocast: see precision.py
             store_frozen_weights_in(ac.model, compute_dtype)
