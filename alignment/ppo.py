@@ -253,7 +253,7 @@ def recomputes_rollout_logprobs(cfg: PPOConfig, ac: ActorCritic, mixed_precision
     if choice != "auto":
         return choice == "recompute"
     low_precision = (torch.bfloat16, torch.float16)
-    return mixed_precision in ("bf16", "fp16") or ac._lm_head.weight.dtype in low_precision
+    return autocast_dtype(mixed_precision) is not None or ac._lm_head.weight.dtype in low_precision
 
 
 def _check_rollout_logprobs(choice: str) -> str:
