@@ -30,6 +30,7 @@ import torch
 from alignment.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
 from alignment.collate import pack_token_rows
 from alignment.generation import generation_cache
+from alignment.precision import head_weight
 from alignment.rl_math import entropy_from_logits, logprobs_from_logits
 from alignment.varlen_attention import supports_flat_packing, varlen_kwargs
 
@@ -125,10 +126,17 @@ class ActorCritic(torch.nn.Module):
         # The mixed-precision context of every pass through the base (``Accelerator.autocast`` for ``bf16``);
         # the scalar heads, log-softmax and losses stay in fp32.
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+        # The tied LM head in the autocast dtype, swapped in for generation (precision.tied_head_copy).
+        self.generation_head: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
         return self._lm_head.weight.device
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the base's weights were loaded in (``dtype`` setting), read off the LM head."""
+        return self._lm_head.weight.dtype
 
     def hidden_states(self, batch: SequenceBatch) -> torch.Tensor:
         out = self._backbone(
@@ -195,20 +203,27 @@ class ActorCritic(torch.nn.Module):
         return self.reward_head(picked.float()).squeeze(-1)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config) -> torch.Tensor:
-        """Sample responses with the policy adapter; returns ``(B, T)`` response ids and ``(B, T, V)`` raw logits."""
-        with use_adapter(self.model, POLICY), self.autocast():
+    def generate(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config, with_logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample responses with the policy adapter.
+
+        Returns ``(B, T)`` response ids and, with ``with_logits``, their ``(B, T, V)`` raw sampling logits
+        (else None: a rollout that recomputes its log-probs need not keep a vocabulary row per token).
+        """
+        causal_lm = self.model.get_base_model()
+        with use_adapter(self.model, POLICY), self.autocast(), head_weight(causal_lm, self.generation_head):
             cache = generation_cache(self.model, prompt_ids, prompt_mask, generation_config, self.padding_free)
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
                 generation_config=generation_config,
                 return_dict_in_generate=True,
-                output_logits=True,
+                output_logits=with_logits,
                 **({"cache": cache} if cache is not None else {}),
             )
         response_ids = out.sequences[:, prompt_ids.shape[1] :]
-        return response_ids, torch.stack(out.logits, dim=1)
+        return response_ids, torch.stack(out.logits, dim=1) if with_logits else None
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

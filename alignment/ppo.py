@@ -30,7 +30,7 @@ from alignment.checkpointing import (
     save_checkpoint,
 )
 from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.precision import autocast_dtype, store_frozen_weights_in
+from alignment.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
 from alignment.rl_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -136,6 +136,8 @@ class Rollout:
     raw_scores: dict[str, torch.Tensor]  # per reward model, (B,)
     has_eos: torch.Tensor  # (B,)
     values_graph: torch.Tensor | None = None  # (B, T) ``values`` with the critic's autograd graph, used once
+    logprobs_graph: torch.Tensor | None = None  # (B, T) ``logprobs`` with the policy's autograd graph, used once
+    entropy: torch.Tensor | None = None  # (B, T) the policy's entropy from that same pass
 
 
 def validate_sampling(cfg: PPOConfig) -> None:
@@ -190,6 +192,7 @@ def collect_rollout(
     kl_coef: float,
     keep_value_graph: bool = False,
     recompute_logprobs: bool = False,
+    keep_policy_graph: bool = False,
 ) -> Rollout:
     """Sample responses, then score them and compute reference log-probs and values.
 
@@ -197,22 +200,30 @@ def collect_rollout(
     ``Rollout.values_graph``, so the first PPO epoch -- when one mini-batch is the whole rollout and the
     critic has not moved yet -- back-propagates through it instead of running the same forward again.
     ``recompute_logprobs``: the policy's log-probs come from a packed pass, not from the sampling logits
-    (see :func:`recomputes_rollout_logprobs`).
+    (see :func:`recomputes_rollout_logprobs`). ``keep_policy_graph`` keeps that pass's graph the same way
+    (dropout is off, so it is the pass the first mini-batch would run: same weights, inputs and precision).
     """
     from alignment.collate import PromptCollator
 
     encoded = PromptCollator(tokenizer, max_prompt_length=cfg.max_prompt_length)(prompts)
     prompt_ids, prompt_mask = encoded["input_ids"].to(ac.device), encoded["attention_mask"].to(ac.device)
     ac.eval()
-    response_ids, sample_logits = ac.generate(prompt_ids, prompt_mask, generation_config(cfg, tokenizer))
+    response_ids, sample_logits = ac.generate(
+        prompt_ids, prompt_mask, generation_config(cfg, tokenizer), with_logits=not recompute_logprobs
+    )
     eos_ids = generation_config(cfg, tokenizer).eos_token_id
     response_mask, has_eos = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)
     _ensure_one_token(response_mask)
     batch = SequenceBatch.build(prompt_ids, prompt_mask, response_ids, response_mask)
     from alignment.rl_math import logprobs_from_logits
 
+    logprobs_graph = entropy = None
     if recompute_logprobs:
-        logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature)
+        with torch.set_grad_enabled(keep_policy_graph):
+            logprobs_graph, entropy = ac.response_logprobs(
+                batch, response_ids, cfg.temperature, with_entropy=keep_policy_graph
+            )
+        logprobs = logprobs_graph.detach()
     else:
         logprobs = logprobs_from_logits(sample_logits, response_ids, cfg.temperature)
     ref_logprobs, _ = ac.response_logprobs(batch, response_ids, cfg.temperature, role="reference")
@@ -238,6 +249,8 @@ def collect_rollout(
         raw,
         has_eos,
         values_graph if keep_value_graph else None,
+        logprobs_graph if keep_policy_graph and recompute_logprobs else None,
+        entropy,
     )
 
 
@@ -253,7 +266,7 @@ def recomputes_rollout_logprobs(cfg: PPOConfig, ac: ActorCritic, mixed_precision
     if choice != "auto":
         return choice == "recompute"
     low_precision = (torch.bfloat16, torch.float16)
-    return autocast_dtype(mixed_precision) is not None or ac._lm_head.weight.dtype in low_precision
+    return autocast_dtype(mixed_precision) is not None or ac.weights_dtype in low_precision
 
 
 def _check_rollout_logprobs(choice: str) -> str:
@@ -293,8 +306,8 @@ def ppo_update(
             idx = order[start : start + cfg.mini_batch_size].to(ac.device)
             batch, mask = rollout.batch.select(idx), rollout.response_mask[idx]
             ac.train()
-            # Critic first: a graph kept from the rollout (whole batch, critic unchanged) is used and freed
-            # before the policy's forward, so the two never hold activations at once.
+            # Critic first, then the policy. A graph kept from the rollout (whole batch, nothing stepped yet)
+            # stands in for the forward and is freed by its backward.
             if rollout.values_graph is not None and len(idx) == n:
                 values, rollout.values_graph = rollout.values_graph[idx], None
             else:
@@ -304,9 +317,13 @@ def ppo_update(
             )
             (cfg.vf_coef * vf_loss).backward()
             if train_policy:
-                logprobs, entropy = ac.response_logprobs(
-                    batch, rollout.response_ids[idx], cfg.temperature, with_entropy=True
-                )
+                if rollout.logprobs_graph is not None and len(idx) == n:
+                    logprobs, entropy = rollout.logprobs_graph[idx], rollout.entropy[idx]
+                    rollout.logprobs_graph = rollout.entropy = None
+                else:
+                    logprobs, entropy = ac.response_logprobs(
+                        batch, rollout.response_ids[idx], cfg.temperature, with_entropy=True
+                    )
                 pg_loss, pg_stats = clipped_policy_loss(
                     logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_eps
                 )
@@ -325,7 +342,7 @@ def ppo_update(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _append(stats, {"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clipfrac, "train/grad_norm": grad_norm})
-    rollout.values_graph = None
+    rollout.values_graph = rollout.logprobs_graph = rollout.entropy = None
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
@@ -600,8 +617,10 @@ def train(cfg: Config) -> dict[str, Any]:
         if not quantized:  # bitsandbytes placed the quantized weights when loading
             ac.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
-        if compute_dtype is not None and not quantized:  # every pass runs under autocast: see precision.py
-            store_frozen_weights_in(ac.model, compute_dtype)
+        if compute_dtype is not None:  # every pass runs under autocast: see precision.py
+            if not quantized:
+                store_frozen_weights_in(ac.model, compute_dtype)
+            ac.generation_head = tied_head_copy(ac.model.get_base_model(), compute_dtype)
         rewards = build_rewards(cfg, ac, shared_scorer)
         if not rewards.scorers:
             raise ValueError("PPO needs at least one reward model: set reward_model_paths")
@@ -630,6 +649,9 @@ def ppo_loop(
         )
     batches_per_epoch = max(len(prompts) // global_batch, 1)
     total_updates = max(cfg.total_episodes // global_batch, 1)
+    # One mini-batch per epoch: the first one back-propagates through the rollout's own critic (and recomputed
+    # policy) passes, one forward fewer each.
+    single_mini_batch = cfg.mini_batch_size >= cfg.rollout_batch_size
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -674,8 +696,9 @@ def ppo_loop(
                 tokenizer,
                 cfg,
                 kl_ctl.value,
-                keep_value_graph=cfg.mini_batch_size >= cfg.rollout_batch_size,
+                keep_value_graph=single_mini_batch,
                 recompute_logprobs=recompute_logprobs,
+                keep_policy_graph=single_mini_batch and step >= cfg.critic_warmup_steps,
             )
             t1 = time.perf_counter()
             # 3. Per-token rewards: -beta * KL on every token, the score on the last (InstructGPT eq. 2).

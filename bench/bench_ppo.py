@@ -21,7 +21,8 @@ Figures: ``episodes_per_s`` = episodes / wall time of the PPO loop (our ``ppo_lo
 ``valid_generated_tokens_per_s`` (up to and including the first ``<|im_end|>``) end to end, and
 ``generate_positions_per_s`` inside generation; a time split (``phases``) by wrapping each side's functions:
 
-- rollout: generate / reference forward / value forward / reward forward / other (tokenising, log-probs, decode);
+- rollout: generate / policy log-probs (ours under bf16: the packed recomputation pass) / reference forward / value
+  forward / reward forward / other (tokenising, log-probs from generation's logits, decode);
 - train: policy forward / value forward / backward / optimizer step (incl. grad clipping) / other;
 - other: statistics, logging, GAE and whitening between the two.
 """
@@ -64,7 +65,14 @@ from bench.common import (  # noqa: E402
     train_flops,
 )
 
-ROLLOUT_PHASES = ("rollout/generate", "rollout/reference", "rollout/value", "rollout/reward")
+# rollout/policy_logprobs: the packed pass that recomputes the rollout's log-probs under bf16/fp16 (ours only)
+ROLLOUT_PHASES = (
+    "rollout/generate",
+    "rollout/policy_logprobs",
+    "rollout/reference",
+    "rollout/value",
+    "rollout/reward",
+)
 TRAIN_PHASES = ("train/policy_forward", "train/value_forward", "train/backward", "train/optimizer_step")
 
 
@@ -152,15 +160,17 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         counts["prompt_tokens"] += int(args_[2].sum())
         return float(response_ids.numel())
 
+    # The rollout's critic and recomputed policy passes may keep their graphs (grad on): label them by caller.
+    in_rollout = {"now": False}
+
     def logprob_phase(args_, kwargs):
         role = kwargs.get("role", args_[4] if len(args_) > 4 else "policy")
         if role == "reference":
             return "rollout/reference"
-        return "train/policy_forward" if torch.is_grad_enabled() else "rollout/policy_logprobs"
+        return "rollout/policy_logprobs" if in_rollout["now"] else "train/policy_forward"
 
     timer.wrap(ActorCritic, "generate", lambda a, k: "rollout/generate", generate_tokens)
     timer.wrap(ActorCritic, "response_logprobs", logprob_phase, mask_tokens)
-    in_rollout = {"now": False}
     timer.wrap(
         ActorCritic,
         "response_values",
@@ -173,7 +183,7 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
     timer.wrap(ppo, "collect_rollout", lambda a, k: "total/rollout")
     timed_rollout = ppo.collect_rollout
 
-    def flagged_rollout(*a, **k):  # the critic pass in the rollout may keep its graph (grad on): label it by caller
+    def flagged_rollout(*a, **k):
         in_rollout["now"] = True
         try:
             return timed_rollout(*a, **k)
@@ -266,15 +276,15 @@ def summarize(
     phases["other"] = max(0.0, wall - rollout_total - update_total)
     useful_generated = counts["prompt_tokens"] + counts["valid_tokens"]
     flops = forward_flops(n_params, useful_generated)
-    for name in ("rollout/reference", "rollout/value", "rollout/reward"):
+    for name in ("rollout/policy_logprobs", "rollout/reference", "rollout/value", "rollout/reward"):
         flops += forward_flops(n_params, tok.get(name, 0.0))
     flops += train_flops(n_params, tok.get("train/policy_forward", 0.0), lora=True)
     flops += train_flops(n_params, tok.get("train/value_forward", 0.0), lora=value_training == "lora")
-    if (
-        side == "ours" and PPO_SETTINGS["mini_batches"] == 1
-    ):  # the rollout's critic pass is back-propagated (kept graph)
-        value_tokens = tok.get("rollout/value", 0.0)
-        flops += train_flops(n_params, value_tokens, lora=True) - forward_flops(n_params, value_tokens)
+    if side == "ours" and PPO_SETTINGS["mini_batches"] == 1:
+        # the rollout's critic and recomputed policy passes are back-propagated (kept graphs)
+        for name in ("rollout/value", "rollout/policy_logprobs"):
+            kept = tok.get(name, 0.0)
+            flops += train_flops(n_params, kept, lora=True) - forward_flops(n_params, kept)
     steady = None
     if len(update_s) > 1:
         steady = (episodes - episodes / len(update_s)) / sum(update_s[1:])

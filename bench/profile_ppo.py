@@ -2,6 +2,7 @@
 
     python bench/profile_ppo.py --quick              # 2 updates, 8-token responses (needs quick SFT/reward outputs)
     python bench/profile_ppo.py --updates 2 --response-length 48
+    python bench/profile_ppo.py --quick --bf16      # under bf16 autocast
 
 Runs ``bench_ppo.run_ours`` under ``torch.profiler.profile(activities=[CPU])`` with the bench's phase timers, and
 writes ``bench/work/profile/ppo_ops.txt`` (operator table by self CPU time), ``ppo_phases.json`` and a Chrome trace
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--updates", type=int, default=None)
     parser.add_argument("--response-length", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as bench_ppo.py --bf16")
     parser.add_argument("--trace", action="store_true", help="also write a Chrome trace (large)")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         args.quick = True
     sft_dir, reward_dir = bench_ppo.ensure_inputs("ours", args.quick, None, None)
     run_args = argparse.Namespace(
-        quick=args.quick, bf16=False, tag="profile", no_peak=True, threads=None, output_dir=None, out=None
+        quick=args.quick, bf16=args.bf16, tag="profile", no_peak=True, threads=None, output_dir=None, out=None
     )
     out = WORK_DIR / "profile"
     out.mkdir(parents=True, exist_ok=True)

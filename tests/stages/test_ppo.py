@@ -69,6 +69,11 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     response_ids, logits = ac.generate(
         encoded["input_ids"], encoded["attention_mask"], ppo.generation_config(cfg.ppo, tokenizer)
     )
+    torch.manual_seed(0)  # without the sampling logits (a recomputing rollout): the same samples, nothing kept
+    same_ids, no_logits = ac.generate(
+        encoded["input_ids"], encoded["attention_mask"], ppo.generation_config(cfg.ppo, tokenizer), with_logits=False
+    )
+    assert no_logits is None and torch.equal(same_ids, response_ids)
     mask, _ = first_eos_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     batch = SequenceBatch.build(encoded["input_ids"], encoded["attention_mask"], response_ids, mask)
     sampled = logprobs_from_logits(logits, response_ids, cfg.ppo.temperature)
@@ -121,8 +126,9 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
             assert (padded - packed_out)[valid].abs().max() < 1e-4, layout
 
 
-def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stage_dirs, tmp_path, monkeypatch):
-    """One mini-batch, one epoch: back-propagating through the rollout's critic pass gives the same step, one pass fewer."""
+def test_update_through_the_kept_rollout_graphs_equals_recomputing_them(stage_dirs, tmp_path, monkeypatch):
+    """One mini-batch, one epoch: back-propagating through the rollout's critic and (recomputed) policy passes gives
+    the same step with one pass fewer each."""
     from alignment.actor_critic import ActorCritic
     from alignment.data import load_records
     from alignment.rl_math import gae_advantages, kl_shaped_rewards, masked_whiten
@@ -133,26 +139,47 @@ def test_update_through_the_kept_rollout_critic_graph_equals_recomputing_it(stag
     prompts = load_records(cfg.data, "prompt").records[:4]
     initial = {k: v.clone() for k, v in ac.state_dict().items()}
     calls = []
-    original = ActorCritic.response_values
-    monkeypatch.setattr(ActorCritic, "response_values", lambda self, *a: calls.append(1) or original(self, *a))
+    for method in ("response_values", "response_logprobs"):
+        original = getattr(ActorCritic, method)
+        monkeypatch.setattr(
+            ActorCritic,
+            method,
+            lambda self, *a, _m=method, _f=original, **k: (
+                calls.append((_m, k.get("role", "policy"))) or _f(self, *a, **k)
+            ),
+        )
     results = {}
     for keep in (False, True):
         ac.load_state_dict(initial)
         optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=1e-2)
         calls.clear()
         torch.manual_seed(0)
-        rollout = ppo.collect_rollout(ac, rewards, prompts, tokenizer, cfg.ppo, 0.05, keep_value_graph=keep)
+        rollout = ppo.collect_rollout(
+            ac,
+            rewards,
+            prompts,
+            tokenizer,
+            cfg.ppo,
+            0.05,
+            keep_value_graph=keep,
+            recompute_logprobs=True,
+            keep_policy_graph=keep,
+        )
         shaped, _ = kl_shaped_rewards(
             rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, 0.05
         )
         advantages, returns = gae_advantages(shaped, rollout.values, rollout.response_mask, 1.0, 0.95)
         advantages = masked_whiten(advantages, rollout.response_mask)
         stats = ppo.ppo_update(ac, optimizer, rollout, advantages, returns, cfg.ppo, True, 1.0)
+        assert rollout.values_graph is None and rollout.logprobs_graph is None  # nothing outlives the update
         trained = {n: p.detach().clone() for n, p in ac.named_parameters() if p.requires_grad}
-        results[keep] = (trained, stats, len(calls))
-    (recomputed, stats_recomputed, passes_recomputed), (kept, stats_kept, passes_kept) = results[False], results[True]
-    assert (passes_recomputed, passes_kept) == (2, 1)
-    assert stats_kept["loss/value_avg"] == pytest.approx(stats_recomputed["loss/value_avg"], rel=1e-5)
+        results[keep] = (trained, stats, list(calls))
+    (recomputed, stats_recomputed, calls_recomputed), (kept, stats_kept, calls_kept) = results[False], results[True]
+    value, policy = ("response_values", "policy"), ("response_logprobs", "policy")
+    assert (calls_recomputed.count(value), calls_recomputed.count(policy)) == (2, 2)
+    assert (calls_kept.count(value), calls_kept.count(policy)) == (1, 1)
+    for key in ("loss/value_avg", "loss/policy_avg", "policy/entropy_avg"):
+        assert stats_kept[key] == pytest.approx(stats_recomputed[key], rel=1e-5, abs=1e-6), key
     assert any(not torch.equal(value, initial[name]) for name, value in kept.items())  # the step moved something
     for name, value in kept.items():  # Adam's step is ~lr = 1e-2 per parameter: a wrong gradient shows at 1e-3
         torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=1e-5)
@@ -173,6 +200,8 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     """``bf16: true`` reaches PPO's passes (generation, reference, reward, value, policy), not only SFT's loop."""
     output_dtypes: dict[bool, set[torch.dtype]] = {}
     base_weight_dtypes: set[torch.dtype] = set()
+    head_weight_dtypes: set[torch.dtype] = set()
+    built = []
     build = ppo.build_actor_critic
 
     def build_and_watch(cfg):
@@ -184,6 +213,9 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
             base_weight_dtypes.add(module.base_layer.weight.dtype)
 
         layer.register_forward_hook(record)
+        head = ac.model.get_base_model().get_output_embeddings()
+        head.register_forward_hook(lambda module, _a, _o: head_weight_dtypes.add(module.weight.dtype))
+        built.append(ac)
         return ac, tokenizer, shared
 
     monkeypatch.setattr(ppo, "build_actor_critic", build_and_watch)
@@ -191,6 +223,10 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     assert output_dtypes[False] == {torch.bfloat16}  # generation, reference, reward
     assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
     assert base_weight_dtypes == {torch.bfloat16}  # the frozen base is stored in bf16, not cast on every call
+    # The tied head: a bf16 copy in generation, the fp32 tied weight (cast by autocast) in the other passes.
+    assert head_weight_dtypes == {torch.bfloat16, torch.float32}
+    causal_lm = built[0].model.get_base_model()
+    assert causal_lm.get_output_embeddings().weight is causal_lm.get_input_embeddings().weight
     row = read_log(tmp_path)[0]
     assert all(math.isfinite(row[key]) for key in ("loss/policy_avg", "loss/value_avg", "objective/kl"))
     # rollout_logprobs=auto recomputes the rollout's log-probs in bf16: the policy and its identical reference

@@ -10,7 +10,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from alignment import precision
-from alignment.precision import autocast_dtype, store_frozen_weights_in, warn_if_slow_on_cpu
+from alignment.precision import (
+    autocast_dtype,
+    head_weight,
+    store_frozen_weights_in,
+    tied_head_copy,
+    warn_if_slow_on_cpu,
+)
 from tests.helpers import tiny_llama_config
 
 
@@ -68,6 +74,35 @@ def test_frozen_base_in_bf16_gives_autocasts_logits_and_gradients_exactly(make_b
     tied = lm_head is embeddings
     assert lm_head.dtype == (torch.float32 if tied else torch.bfloat16)
     assert converted == frozen_linear
+
+
+@pytest.mark.parametrize("make_base", [lambda: tiny_llama(tied=True), tiny_gpt2])
+def test_tied_head_copy_gives_autocasts_logits_exactly_and_the_tie_comes_back(make_base):
+    torch.manual_seed(0)
+    model = lora_model(make_base())
+    store_frozen_weights_in(model, torch.bfloat16)
+    base = model.get_base_model()
+    ids = torch.randint(0, 128, (2, 12))
+    copy = tied_head_copy(base, torch.bfloat16)
+    assert copy is not None and copy.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cast_each_call = model(input_ids=ids).logits
+        with head_weight(base, copy):
+            assert base.get_output_embeddings().weight.dtype == torch.bfloat16
+            with_copy = model(input_ids=ids).logits
+    assert torch.equal(with_copy, cast_each_call)
+    with pytest.raises(RuntimeError), head_weight(base, copy):
+        raise RuntimeError("a failed generation")
+    embeddings = base.get_input_embeddings().weight
+    assert base.get_output_embeddings().weight is embeddings and embeddings.dtype == torch.float32
+
+
+def test_no_head_copy_for_untied_trained_or_already_low_precision_heads():
+    assert tied_head_copy(tiny_llama(tied=False), torch.bfloat16) is None  # converted in place instead
+    assert tied_head_copy(tiny_llama(tied=True), torch.bfloat16) is None  # full fine-tuning trains the rows
+    frozen = tiny_llama(tied=True).requires_grad_(False)
+    assert tied_head_copy(frozen, torch.bfloat16) is not None
+    assert tied_head_copy(frozen.to(torch.bfloat16), torch.bfloat16) is None
 
 
 def test_trained_and_quantized_weights_are_left_alone():
