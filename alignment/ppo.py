@@ -650,8 +650,10 @@ def ppo_loop(
     batches_per_epoch = max(len(prompts) // global_batch, 1)
     total_updates = max(cfg.total_episodes // global_batch, 1)
     # One mini-batch per epoch: the first one back-propagates through the rollout's own critic (and recomputed
-    # policy) passes, one forward fewer each.
-    single_mini_batch = cfg.mini_batch_size >= cfg.rollout_batch_size
+    # policy) passes, one forward fewer each; the two graphs are then held together until the update. Not with
+    # gradient checkpointing: the rollout runs in eval mode, where checkpointing is off, so a kept graph would hold
+    # every activation the user asked not to keep.
+    reuse_rollout_passes = cfg.mini_batch_size >= cfg.rollout_batch_size and not run.cfg.model.gradient_checkpointing
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -688,7 +690,7 @@ def ppo_loop(
                 micro_batch_indices(len(prompts), global_batch, epoch, train_cfg.seed)[k], rank, world
             )
             t0 = time.perf_counter()
-            # 2. Roll out: sample, score, reference log-probs and values (no grad).
+            # 2. Roll out: sample, score, reference log-probs and values (without grad, except the passes the update reuses).
             rollout = collect_rollout(
                 ac,
                 rewards,
@@ -696,9 +698,9 @@ def ppo_loop(
                 tokenizer,
                 cfg,
                 kl_ctl.value,
-                keep_value_graph=single_mini_batch,
+                keep_value_graph=reuse_rollout_passes,
                 recompute_logprobs=recompute_logprobs,
-                keep_policy_graph=single_mini_batch and step >= cfg.critic_warmup_steps,
+                keep_policy_graph=reuse_rollout_passes and step >= cfg.critic_warmup_steps,
             )
             t1 = time.perf_counter()
             # 3. Per-token rewards: -beta * KL on every token, the score on the last (InstructGPT eq. 2).

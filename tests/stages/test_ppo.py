@@ -185,6 +185,32 @@ def test_update_through_the_kept_rollout_graphs_equals_recomputing_them(stage_di
         torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_rollout_graphs_are_kept_for_one_mini_batch_unless_checkpointing(
+    stage_dirs, tmp_path, monkeypatch, checkpointing
+):
+    """The rollout runs in eval mode, where gradient checkpointing is off: a kept graph would hold every activation."""
+    kept = []
+    collect = ppo.collect_rollout
+
+    def watch(*args, **kwargs):
+        kept.append((kwargs["keep_value_graph"], kwargs["keep_policy_graph"]))
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "collect_rollout", watch)
+    cfg = ppo_config(
+        stage_dirs,
+        tmp_path,
+        rollout_batch_size=4,
+        mini_batch_size=4,
+        total_episodes=4,
+        eval_prompts=0,  # the held-out check's own rollouts keep nothing
+        gradient_checkpointing=checkpointing,
+    )
+    ppo.train(cfg)
+    assert kept == [(not checkpointing, not checkpointing)]
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """accelerate keeps one mixed-precision setting per process; a bf16 run needs it unset before and after."""
