@@ -86,7 +86,11 @@ class PPOConfig:
     )
     total_episodes: int = _help("Prompts to sample in total (episodes).", default=64)
     rollout_batch_size: int = _help("Prompts per PPO update per process.", default=8)
-    mini_batch_size: int = _help("Sequences per gradient step inside an update.", default=8)
+    mini_batch_size: int = _help(
+        "Sequences per gradient step inside an update. Equal to rollout_batch_size, the first step reuses the "
+        "rollout's critic (and, under bf16/fp16, policy) passes: one forward fewer each, both graphs held until then.",
+        default=8,
+    )
     ppo_epochs: int = _help("Passes over each rollout batch.", default=1)
     max_new_tokens: int = _help("Longest response.", default=48)
     max_prompt_length: int = _help("Longer prompts are truncated from the left.", default=256)
