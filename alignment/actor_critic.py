@@ -211,8 +211,7 @@ class ActorCritic(torch.nn.Module):
         Returns ``(B, T)`` response ids and, with ``with_logits``, their ``(B, T, V)`` raw sampling logits
         (else None: a rollout that recomputes its log-probs need not keep a vocabulary row per token).
         """
-        causal_lm = self.model.get_base_model()
-        with use_adapter(self.model, POLICY), self.autocast(), head_weight(causal_lm, self.generation_head):
+        with use_adapter(self.model, POLICY), self.autocast(), head_weight(self._lm_head, self.generation_head):
             cache = generation_cache(self.model, prompt_ids, prompt_mask, generation_config, self.padding_free)
             out = self.model.generate(
                 input_ids=prompt_ids,

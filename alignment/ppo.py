@@ -253,7 +253,7 @@ def collect_rollout(
         raw,
         has_eos,
         values_graph if keep_value_graph else None,
-        logprobs_graph if keep_policy_graph and recompute_logprobs else None,
+        logprobs_graph if keep_policy_graph else None,
         entropy,
     )
 

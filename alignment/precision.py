@@ -85,15 +85,14 @@ def tied_head_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor |
 
 
 @contextlib.contextmanager
-def head_weight(model: torch.nn.Module, weight: torch.Tensor | None) -> Iterator[None]:
-    """Run ``model``'s output embedding with ``weight`` (None: as it is) inside the block; the tie is restored after.
+def head_weight(head: torch.nn.Module, weight: torch.Tensor | None) -> Iterator[None]:
+    """Run the output embedding ``head`` with ``weight`` (None: as it is) inside the block; the tie is restored after.
 
     Only for passes under autocast to ``weight``'s dtype and without grad: the product is then the same.
     """
     if weight is None:
         yield
         return
-    head = model.get_output_embeddings()
     tied = head.weight
     head.weight = torch.nn.Parameter(weight, requires_grad=False)
     try:

@@ -87,11 +87,11 @@ def test_tied_head_copy_gives_autocasts_logits_exactly_and_the_tie_comes_back(ma
     assert copy is not None and copy.dtype == torch.bfloat16
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cast_each_call = model(input_ids=ids).logits
-        with head_weight(base, copy):
+        with head_weight(base.get_output_embeddings(), copy):
             assert base.get_output_embeddings().weight.dtype == torch.bfloat16
             with_copy = model(input_ids=ids).logits
     assert torch.equal(with_copy, cast_each_call)
-    with pytest.raises(RuntimeError), head_weight(base, copy):
+    with pytest.raises(RuntimeError), head_weight(base.get_output_embeddings(), copy):
         raise RuntimeError("a failed generation")
     embeddings = base.get_input_embeddings().weight
     assert base.get_output_embeddings().weight is embeddings and embeddings.dtype == torch.float32
