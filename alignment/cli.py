@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from alignment.config import ConfigError
+from alignment.core.config import ConfigError
 from data_schemas.errors import RecordError
 
 STAGES = {

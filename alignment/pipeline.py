@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.config import Config, ConfigError, build_config, load_yaml
-from alignment.run import is_done, package_versions
-from alignment.tracking import write_json_atomic
+from alignment.core.config import Config, ConfigError, build_config, load_yaml
+from alignment.core.run import is_done, package_versions
+from alignment.core.tracking import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _stage_keys(stage: str) -> set[str]:
 
 
 def pipeline_bool_keys() -> set[str]:
-    from alignment.config import bool_keys_of
+    from alignment.core.config import bool_keys_of
 
     return set().union(*(bool_keys_of(_stage_module(stage).CONFIG_TYPES) for stage in STAGES))
 

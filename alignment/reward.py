@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.losses import ranked_groups_loss
-from alignment.run import mark_done, start_run
-from alignment.tracking import write_json_atomic
-from alignment.trainer import LoopSpec, evaluate_loss, train_loop
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.run import mark_done, start_run
+from alignment.core.tracking import write_json_atomic
+from alignment.rl.losses import ranked_groups_loss
+from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def score_head(model: torch.nn.Module) -> torch.nn.Module | None:
     transformers' decoder ``*ForSequenceClassification`` classes apply ``score`` to every position
     and then read the last token; encoders (BERT's ``classifier``) pool differently and cannot be packed.
     """
-    from alignment.models import unwrap_transformers_model
+    from alignment.modeling.load import unwrap_transformers_model
 
     return getattr(unwrap_transformers_model(model), "score", None)
 
@@ -63,7 +63,7 @@ def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[st
     The model is still called as a whole (so DDP's hooks run); its pooled output reads one token per
     packed row and is ignored. The head's per-position output is taken with a forward hook instead.
     """
-    from alignment.varlen_attention import varlen_kwargs
+    from alignment.modeling.attention import varlen_kwargs
 
     captured: list[torch.Tensor] = []
     extra = varlen_kwargs(batch["cu_seq_lens"].to(device)) if "cu_seq_lens" in batch else {}
@@ -90,7 +90,7 @@ def reward_loop_spec(
 ) -> LoopSpec:
     """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding,
     in one row without filler with ``flat_rows`` (``varlen_attention.supports_flat_packing``)."""
-    from alignment.collate import RewardCollator
+    from alignment.data.collate import RewardCollator
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -125,7 +125,7 @@ def reward_loop_spec(
 
 def summarize_eval(result: dict[str, float]) -> dict[str, float]:
     """Accuracy with a Wilson 95% interval, loss, and the reward mean/std over the evaluated responses."""
-    from alignment.eval_stats import proportion_confidence_interval
+    from alignment.core.stats import proportion_confidence_interval
 
     n_pairs = int(result["n_pairs"])
     accuracy, low, high = proportion_confidence_interval(result["n_correct"], n_pairs) if n_pairs else (math.nan,) * 3
@@ -145,9 +145,9 @@ def summarize_eval(result: dict[str, float]) -> dict[str, float]:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a reward model; returns the metrics written to ``metrics.json``."""
-    from alignment.data import load_records
-    from alignment.models import disable_dropout, load_reward_model, load_tokenizer, save_stage_model
-    from alignment.varlen_attention import supports_flat_packing
+    from alignment.data.load import load_records
+    from alignment.modeling.attention import supports_flat_packing
+    from alignment.modeling.load import disable_dropout, load_reward_model, load_tokenizer, save_stage_model
 
     with start_run(cfg, "reward") as run:
         tokenizer = load_tokenizer(cfg.model)

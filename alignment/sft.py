@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.losses import sft_token_loss
-from alignment.run import mark_done, start_run
-from alignment.trainer import LoopSpec, evaluate_loss, train_loop
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.run import mark_done, start_run
+from alignment.rl.losses import sft_token_loss
+from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, S
 
 def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) -> tuple[list, Counter, int]:
     """Render records; returns (examples, rejected counts by reason, number truncated)."""
-    from alignment.collate import RejectedExample, render_sft_example
+    from alignment.data.collate import RejectedExample, render_sft_example
 
     examples, rejected, truncated = [], Counter(), 0
     for record in records:
@@ -55,7 +55,7 @@ def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The LM head (output embeddings) of a causal LM under any DDP/peft wrapper, or None."""
-    from alignment.models import unwrap_transformers_model
+    from alignment.modeling.load import unwrap_transformers_model
 
     hf_model = unwrap_transformers_model(model)
     return hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
@@ -74,8 +74,8 @@ def sft_loop_spec(
     A forward pre-hook hands the head the hidden states of the target positions only, so the
     model is still called as a whole (DDP's hooks run) and the result is exact.
     """
-    from alignment.collate import IGNORE_INDEX, SFTCollator, count_tokens
-    from alignment.varlen_attention import varlen_kwargs
+    from alignment.data.collate import IGNORE_INDEX, SFTCollator, count_tokens
+    from alignment.modeling.attention import varlen_kwargs
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -116,9 +116,9 @@ def sft_loop_spec(
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run SFT; returns the metrics written to ``metrics.json``."""
-    from alignment.data import load_records
-    from alignment.models import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
-    from alignment.varlen_attention import supports_flat_packing
+    from alignment.data.load import load_records
+    from alignment.modeling.attention import supports_flat_packing
+    from alignment.modeling.load import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
 
     with start_run(cfg, "sft") as run:
         tokenizer = load_tokenizer(cfg.model)

@@ -25,8 +25,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alignment.config import ConfigError, load_yaml, parse_config
-from alignment.run import is_done
+from alignment.core.config import ConfigError, load_yaml, parse_config
+from alignment.core.run import is_done
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run_sweep(path: str, extra_argv: list[str] | None = None) -> dict[str, Any]:
 
     ``extra_argv`` (``--key value`` pairs) is applied to every PPO run, e.g. ``--total_episodes 32`` for a quick sweep.
     """
-    from alignment import evaluate, ppo
+    from alignment import evaluate, ppo  # the stage packages' entry points
 
     recipe = load_sweep(path)
     root = Path(recipe.get("output_dir") or "runs/sweep")

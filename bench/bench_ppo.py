@@ -1,4 +1,4 @@
-"""PPO throughput and memory: our ``alignment.ppo.train`` vs trl 1.12's ``PPOTrainer`` on 64 HH-RLHF prompts.
+"""PPO throughput and memory: our ``alignment.ppo.stage.train`` vs trl 1.12's ``PPOTrainer`` on 64 HH-RLHF prompts.
 
     python bench/bench_ppo.py                 # ours, fp32, the peer's settings (peer-baseline.md section 3)
     python bench/bench_ppo.py --peer          # trl.experimental.ppo.PPOTrainer 1.12 in bench/.venv-trl112
@@ -13,7 +13,7 @@ ones that ``bench_sft.py`` / ``bench_reward.py`` wrote (``bench/work/latest/``),
 own subprocesses (so that their memory does not count here). Layouts:
 
 - ours: one base model carrying the SFT adapter (reference), a policy adapter (copy of SFT), the reward adapter
-  with its head, and a value adapter + head initialised from the reward model (``alignment/adapters.py``);
+  with its head, and a value adapter + head initialised from the reward model (``alignment/ppo/adapters.py``);
 - peer: trl's documented peft path: merged SFT model + a fresh LoRA (policy; reference = adapter disabled), a full
   reward model, and a full value model initialised from the reward model and trained in full (quirks Q2, Q3).
 
@@ -115,9 +115,9 @@ def ppo_sizes(quick: bool) -> dict[str, int]:
 def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[str, Any]:
     import torch
 
-    import alignment.ppo as ppo
-    from alignment.actor_critic import ActorCritic
-    from alignment.config import build_config
+    import alignment.ppo.stage as ppo
+    from alignment.core.config import build_config
+    from alignment.ppo.actor_critic import ActorCritic
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -511,7 +511,7 @@ def run_peer_stage(stage: str, extra: list[str]) -> dict[str, Any]:
     """Run ``bench/peer_trl112.py --stage <stage>`` in the trl 1.12 venv; return (and re-emit) its result."""
     import subprocess
 
-    from alignment.embedded import embedded_model_dir
+    from alignment.modeling.embedded import embedded_model_dir
 
     python = ensure_peer_venv()
     command = [str(python), str(BENCH_DIR / "peer_trl112.py"), "--stage", stage]

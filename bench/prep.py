@@ -28,7 +28,7 @@ harmless-base *test* split, the peer read the whole split (2,312 records; its el
 exceed 1,500). So the pools are drawn the same way from a smaller source: the same kind of examples (the eligible
 shares agree within 1 point), not the same records, and token totals differ a little; compare per-token rates.
 
-Output formats (what ``alignment.data.load_records`` reads; the trl 1.12 script converts them):
+Output formats (what ``alignment.data.load.load_records`` reads; the trl 1.12 script converts them):
 
 - ``sft.jsonl``: ``{"messages": [...], "source_row": i}`` (openai_messages -> Demonstration)
 - ``rm_*.jsonl``: ``{"prompt": [...messages], "chosen": str, "rejected": str, "source_row": i}`` (preference)
@@ -76,7 +76,7 @@ def parse_transcript(text: str) -> list[dict[str, str]] | None:
 def load_tokenizer():
     from transformers import AutoTokenizer
 
-    from alignment.embedded import embedded_model_dir
+    from alignment.modeling.embedded import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(str(embedded_model_dir(MODEL_NAME)))
 

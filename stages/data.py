@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from alignment.config import ConfigError, DataConfig, ModelConfig, parse_config
+from alignment.core.config import ConfigError, DataConfig, ModelConfig, parse_config
 from data_schemas.errors import RecordError
 
 CONFIG_TYPES = (ModelConfig, DataConfig)
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) < 2 or argv[0] != "inspect" or argv[1].startswith("--"):
         raise ConfigError(f"expected `inspect SOURCE`\n{USAGE}")
     cfg = parse_config(CONFIG_TYPES, argv[2:], prog="alignment data inspect SOURCE")
-    from alignment.inspect_data import format_report, inspect_source
-    from alignment.models import load_tokenizer
+    from alignment.data.inspect import format_report, inspect_source
+    from alignment.modeling.load import load_tokenizer
 
     data_cfg = dataclasses.replace(cfg.data, dataset_name=argv[1])
     try:

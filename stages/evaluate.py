@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment import evaluate
-from alignment.config import parse_config
+import alignment.evaluate.stage as evaluate
+from alignment.core.config import parse_config
 
 CONFIG_TYPES = evaluate.CONFIG_TYPES
 

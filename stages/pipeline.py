@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from alignment.config import ConfigError, parse_overrides, split_config_arg
+from alignment.core.config import ConfigError, parse_overrides, split_config_arg
 from alignment.pipeline import pipeline_bool_keys, run_pipeline
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from alignment import ppo
-from alignment.config import parse_config
+import alignment.ppo.stage as ppo
+from alignment.core.config import parse_config
 
 CONFIG_TYPES = ppo.CONFIG_TYPES
 

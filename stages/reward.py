@@ -6,7 +6,7 @@ import json
 import sys
 
 from alignment import reward
-from alignment.config import parse_config
+from alignment.core.config import parse_config
 
 CONFIG_TYPES = reward.CONFIG_TYPES
 

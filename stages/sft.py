@@ -9,7 +9,7 @@ import json
 import sys
 
 from alignment import sft
-from alignment.config import parse_config
+from alignment.core.config import parse_config
 
 CONFIG_TYPES = sft.CONFIG_TYPES
 

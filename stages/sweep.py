@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from alignment.config import ConfigError, split_config_arg
+from alignment.core.config import ConfigError, split_config_arg
 from alignment.sweep import run_sweep
 
 

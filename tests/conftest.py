@@ -52,7 +52,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded default's cached safetensors directory (built from its GGUF on first use, ~40 s)."""
-    from alignment.embedded import embedded_model_dir
+    from alignment.modeling.embedded import embedded_model_dir
 
     return embedded_model_dir()
 
@@ -60,8 +60,8 @@ def embedded_dir() -> Path:
 @pytest.fixture(scope="session")
 def embedded_tokenizer(embedded_dir):
     """The embedded default's tokenizer as stages see it: ChatML template, pad ``<|endoftext|>`` != eos."""
-    from alignment.config import ModelConfig
-    from alignment.models import load_tokenizer
+    from alignment.core.config import ModelConfig
+    from alignment.modeling.load import load_tokenizer
 
     return load_tokenizer(ModelConfig())
 

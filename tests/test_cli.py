@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from alignment.cli import STAGES, main
-from alignment.config import ConfigError, TrainConfig, parse_config
+from alignment.core.config import ConfigError, TrainConfig, parse_config
 from tests.conftest import REPO_ROOT
 
 TRAINING_STAGES = ("sft", "reward", "ppo", "evaluate")  # the commands whose options come from CONFIG_TYPES
@@ -215,7 +215,15 @@ report["cache_created"] = os.path.exists(os.environ["ALIGNMENT_CACHE"])
 sys.stdout.write("PROBE " + json.dumps(report))
 """
 # Importing any of these would mean a stage loads models or data (or plots) at import time.
-WORK_MODULES = ["alignment.models", "alignment.embedded", "alignment.data", "datasets", "gguf", "matplotlib", "trl"]
+WORK_MODULES = [
+    "alignment.modeling.load",
+    "alignment.modeling.embedded",
+    "alignment.data.load",
+    "datasets",
+    "gguf",
+    "matplotlib",
+    "trl",
+]
 # Quantization / adapter libraries only training needs; `alignment sft --help` should not pay for them.
 TRAINING_ONLY_MODULES = ["peft", "bitsandbytes"]
 STAGE_SCRIPTS = sorted(p.stem for p in (REPO_ROOT / "stages").glob("*.py") if p.stem != "__init__")

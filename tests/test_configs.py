@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.config import (
+from alignment.core.config import (
     ConfigError,
     LoraConfig,
     ModelConfig,
@@ -135,7 +135,8 @@ def test_pipeline_recipe_parses_into_every_stage(path, monkeypatch):
 @pytest.mark.parametrize("path", [p for p in RECIPES if recipe_kind(p) == "sweep"], ids=rel)
 def test_sweep_recipe_parses_every_grid_point_and_the_evaluation(path, monkeypatch):
     """Mirrors the argv that ``alignment.sweep.run_sweep`` builds, without training anything."""
-    from alignment import evaluate, ppo
+    import alignment.evaluate.stage as evaluate
+    import alignment.ppo.stage as ppo
     from alignment.sweep import grid_points, load_sweep
 
     monkeypatch.chdir(REPO_ROOT)
@@ -174,7 +175,7 @@ MODEL_RECIPES = [p for p in RECIPES if recipe_kind(p) == "model"]
 
 @pytest.mark.parametrize("path", MODEL_RECIPES, ids=rel)
 def test_model_recipe_combines_with_the_sft_recipe(path):
-    from alignment.models import bnb_config, resolve_model_source
+    from alignment.modeling.load import bnb_config, resolve_model_source
 
     model_data, model_lines = load_yaml(path)
     stray = sorted(set(model_data) - field_names(*MODEL_KEY_TYPES))

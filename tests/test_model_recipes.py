@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig, Qwen2Config
 
-from alignment.config import Config, build_config, load_yaml
+from alignment.core.config import Config, build_config, load_yaml
 from tests.conftest import REPO_ROOT, assert_params_changed, trainable_snapshot
 
 MODEL_RECIPES = sorted((REPO_ROOT / "configs" / "models").glob("*.yaml"))
@@ -163,7 +163,7 @@ def assert_padding_free_loss_equals_padded_loss(model, cfg: Config, tokenizer) -
     Rows ("rows"): transformers turns the restarts into a block-diagonal mask. One flat row ("flat"):
     the loader switched the family to ``sdpa_varlen``, which attends within the given boundaries.
     """
-    from alignment.varlen_attention import supports_flat_packing
+    from alignment.modeling.attention import supports_flat_packing
 
     assert supports_flat_packing(model), "every recipe family should run varlen SDPA"
     losses = {}
@@ -191,7 +191,7 @@ def test_every_recipe_is_covered():
 
 @pytest.mark.parametrize(("path", "load_in_8bit"), CASES)
 def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bit, recipe_model_dir):
-    from alignment.models import load_causal_lm, load_tokenizer
+    from alignment.modeling.load import load_causal_lm, load_tokenizer
 
     cfg = recipe_config(path, recipe_model_dir(path), load_in_8bit)
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
@@ -230,8 +230,8 @@ BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_temp
 
 @pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
 def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir):
-    from alignment.config import ModelConfig
-    from alignment.models import ModelLoadError, load_tokenizer
+    from alignment.core.config import ModelConfig
+    from alignment.modeling.load import ModelLoadError, load_tokenizer
 
     model_dir = recipe_model_dir(path)
     with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
@@ -272,9 +272,9 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
     """<|im_start|>/<|im_end|> start as the same mean row; LoRA alone would never train them apart."""
     from peft import PeftModel
 
-    from alignment.adapters import POLICY, SFT, copy_adapter, use_adapter
-    from alignment.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.models import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.modeling.load import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+    from alignment.ppo.adapters import POLICY, SFT, copy_adapter, use_adapter
 
     cfg = recipe_config(path, recipe_model_dir(path))
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
@@ -342,8 +342,9 @@ def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, r
     """The three stages chained on a family that needed ChatML tokens: PPO's adapters carry their trained rows."""
     from safetensors.torch import load_file
 
-    from alignment import ppo, reward, sft
-    from alignment.tracking import read_log
+    import alignment.ppo.stage as ppo
+    from alignment import reward, sft
+    from alignment.core.tracking import read_log
 
     common = {
         "model_name_or_path": str(recipe_model_dir(path)),
@@ -398,9 +399,9 @@ def test_generation_from_a_packed_prefill_and_a_preallocated_cache_equals_plain_
     from peft import get_peft_model
     from transformers import GenerationConfig
 
-    from alignment.config import LoraConfig
-    from alignment.generation import PreallocatedLayer, generation_cache
-    from alignment.models import load_causal_lm, load_tokenizer, peft_lora_config
+    from alignment.core.config import LoraConfig
+    from alignment.modeling.generation import PreallocatedLayer, generation_cache
+    from alignment.modeling.load import load_causal_lm, load_tokenizer, peft_lora_config
 
     cfg = recipe_config(path, recipe_model_dir(path))
     tokenizer = load_tokenizer(cfg.model, padding_side="left")

@@ -28,17 +28,23 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("sft", "reward", "ppo")
-LOOP_FUNCTION = {"sft": "train_loop", "reward": "train_loop", "ppo": "ppo_loop"}
+# (module whose train() looks the loop up, loop name)
+LOOP_FUNCTION = {
+    "sft": ("alignment.sft", "train_loop"),
+    "reward": ("alignment.reward", "train_loop"),
+    "ppo": ("alignment.ppo.stage", "ppo_loop"),
+}
 
 
-def _install_dump_hook(stage_module: Any, stage: str, dump_dir: Path) -> None:
+def _install_dump_hook(stage: str, dump_dir: Path) -> None:
     """Wrap the stage's loop so each rank records its logged rows and, afterwards, its trainable parameters."""
     from safetensors.torch import save_file
 
-    from alignment.checkpointing import trainable_state_dict
+    from alignment.core.checkpointing import trainable_state_dict
 
-    name = LOOP_FUNCTION[stage]
-    original = getattr(stage_module, name)
+    module_name, name = LOOP_FUNCTION[stage]
+    loop_module = importlib.import_module(module_name)
+    original = getattr(loop_module, name)
 
     @functools.wraps(original)
     def loop_with_dump(run: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -62,7 +68,7 @@ def _install_dump_hook(stage_module: Any, stage: str, dump_dir: Path) -> None:
         (out / f"rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         return result
 
-    setattr(stage_module, name, loop_with_dump)
+    setattr(loop_module, name, loop_with_dump)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,11 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dump-dir", type=Path, default=None, help="where every rank writes its parameters and rows")
     args = parser.parse_args(argv)
 
-    from alignment.config import build_config
+    from alignment.core.config import build_config
 
     stage_module = importlib.import_module(f"alignment.{args.stage}")
     if args.dump_dir is not None:
-        _install_dump_hook(stage_module, args.stage, args.dump_dir)
+        _install_dump_hook(args.stage, args.dump_dir)
     runs = json.loads(args.values)
     for values in runs if isinstance(runs, list) else [runs]:
         stage_module.train(build_config(stage_module.CONFIG_TYPES, values))

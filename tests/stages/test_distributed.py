@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignment import reward, sft
-from alignment.config import build_config
-from alignment.tracking import read_log
+from alignment.core.config import build_config
+from alignment.core.tracking import read_log
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")
 TORCHRUN_TIMEOUT_S = 600

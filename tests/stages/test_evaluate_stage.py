@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment import evaluate as evaluate_mod
+import alignment.evaluate.stage as evaluate_mod
 from stages import evaluate as stage
 
 XSTEST_ROWS = (
@@ -117,7 +117,7 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
 
 
 def _run(argv: list[str], out: Path) -> dict:
-    from alignment.config import parse_config
+    from alignment.core.config import parse_config
 
     evaluate_mod.evaluate(parse_config(evaluate_mod.CONFIG_TYPES, argv))
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -125,10 +125,10 @@ def _run(argv: list[str], out: Path) -> dict:
 
 def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir: Path) -> None:
     """KL needs log pi(y_t) recomputed exactly as sampled: left padding, positions and temperature must line up."""
-    from alignment.collate import PromptCollator
-    from alignment.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.models import load_causal_lm, load_tokenizer
-    from alignment.rl_math import first_eos_mask, logprobs_from_logits
+    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.data.collate import PromptCollator
+    from alignment.modeling.load import load_causal_lm, load_tokenizer
+    from alignment.rl.rl_math import first_eos_mask, logprobs_from_logits
     from data_schemas.records import Message, Prompt
 
     model_cfg = ModelConfig(model_name_or_path=str(tiny_llama_dir))

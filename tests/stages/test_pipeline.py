@@ -7,10 +7,10 @@ import json
 import pytest
 import yaml
 
-from alignment import ppo
-from alignment.checkpointing import TrainingInterrupted
+import alignment.ppo.stage as ppo
+from alignment.core.checkpointing import TrainingInterrupted
+from alignment.core.tracking import read_log
 from alignment.pipeline import load_pipeline, run_pipeline
-from alignment.tracking import read_log
 from tests.helpers import interrupt_after
 
 

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
-from alignment import ppo, reward, sft
-from alignment.actor_critic import SequenceBatch
-from alignment.checkpointing import TrainingInterrupted, newest_checkpoint
-from alignment.config import build_config
-from alignment.rl_math import first_eos_mask, logprobs_from_logits
-from alignment.tracking import read_log
+import alignment.ppo.stage as ppo
+from alignment import reward, sft
+from alignment.core.checkpointing import TrainingInterrupted, newest_checkpoint
+from alignment.core.config import build_config
+from alignment.core.tracking import read_log
+from alignment.ppo.actor_critic import SequenceBatch
+from alignment.rl.rl_math import first_eos_mask, logprobs_from_logits
 from tests.helpers import interrupt_after
 
 FAST = {"per_device_train_batch_size": 4, "save_steps": 0, "max_length": 128}
@@ -60,8 +61,8 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     cfg = ppo_config(stage_dirs, tmp_path)
     ac, tokenizer, shared = ppo.build_actor_critic(cfg)
     assert shared is not None, "the reward model shares the base, so it must ride on it as an adapter"
-    from alignment.collate import PromptCollator
-    from alignment.data import load_records
+    from alignment.data.collate import PromptCollator
+    from alignment.data.load import load_records
 
     prompts = load_records(cfg.data, "prompt").records[:3]
     encoded = PromptCollator(tokenizer, 64)(prompts)
@@ -84,7 +85,7 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     assert (policy - reference)[valid].abs().max() < 1e-5  # KL = 0 at step 0: policy starts as the SFT adapter
     assert (sampled - policy)[valid].abs().max() < 1e-4  # the distribution sampled is the one optimised
     # The reference is the SFT adapter, not the bare base: disabling adapters gives other log-probs.
-    from alignment.adapters import use_adapter
+    from alignment.ppo.adapters import use_adapter
 
     with torch.no_grad(), use_adapter(ac.model, None):
         bare = ac._lm_head(ac._response_hidden(batch, response_ids.shape[1])).float()
@@ -93,8 +94,8 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
 
 def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     """Packing the sequences (prompts of different lengths, responses cut at different EOS) changes no output."""
-    from alignment.actor_critic import pack_sequences
-    from alignment.collate import PromptCollator
+    from alignment.data.collate import PromptCollator
+    from alignment.ppo.actor_critic import pack_sequences
     from data_schemas.records import Message, Prompt
 
     cfg = ppo_config(stage_dirs, tmp_path)
@@ -129,9 +130,9 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
 def test_update_through_the_kept_rollout_graphs_equals_recomputing_them(stage_dirs, tmp_path, monkeypatch):
     """One mini-batch, one epoch: back-propagating through the rollout's critic and (recomputed) policy passes gives
     the same step with one pass fewer each."""
-    from alignment.actor_critic import ActorCritic
-    from alignment.data import load_records
-    from alignment.rl_math import gae_advantages, kl_shaped_rewards, masked_whiten
+    from alignment.data.load import load_records
+    from alignment.ppo.actor_critic import ActorCritic
+    from alignment.rl.rl_math import gae_advantages, kl_shaped_rewards, masked_whiten
 
     cfg = ppo_config(stage_dirs, tmp_path, rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1)
     ac, tokenizer, shared = ppo.build_actor_critic(cfg)
@@ -301,8 +302,8 @@ def test_short_run_trains_only_policy_and_value_and_writes_outputs(stage_dirs, t
         assert key in rows[-1]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "DONE").is_file()
     # Policy snapshots at each checkpoint load back as policies (evaluation's over-optimisation curve).
-    from alignment.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.models import load_causal_lm
+    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.modeling.load import load_causal_lm
 
     snapshot = tmp_path / "snapshots" / "step-1"
     assert load_causal_lm(ModelConfig(model_name_or_path=str(snapshot)), LoraConfig(), QuantConfig(), trainable=False)

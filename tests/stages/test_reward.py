@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from alignment import reward
-from alignment.config import build_config
-from alignment.scoring import load_reward_scorer
+from alignment.core.config import build_config
+from alignment.modeling.scoring import load_reward_scorer
 from data_schemas.records import Comparison, Message
 
 
@@ -89,8 +89,8 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
 
 def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_dir, tiny_bert_dir, tmp_path):
     """Padding-free reward batches (several responses per row) change no reward, loss or gradient."""
-    from alignment.data import load_records
-    from alignment.models import load_reward_model, load_tokenizer
+    from alignment.data.load import load_records
+    from alignment.modeling.load import load_reward_model, load_tokenizer
 
     cfg = reward_config(tiny_llama_dir, tmp_path, max_samples=40)
     records = load_records(cfg.data, "comparison").records
@@ -127,7 +127,7 @@ def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_di
 
 
 def test_loss_falls_on_a_learnable_signal(tiny_llama_dir, tmp_path):
-    from alignment.tracking import read_log
+    from alignment.core.tracking import read_log
 
     reward.train(
         reward_config(tiny_llama_dir, tmp_path, max_samples=8, eval_split_size=0, max_steps=12, learning_rate=3e-3)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from alignment import sft
-from alignment.config import build_config
-from alignment.models import load_causal_lm
-from alignment.tracking import read_log
+from alignment.core.config import build_config
+from alignment.core.tracking import read_log
+from alignment.modeling.load import load_causal_lm
 from tests.helpers import interrupt_after
 
 
@@ -66,8 +66,8 @@ def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path)
 
 @pytest.mark.parametrize("padding_free", [True, False])
 def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_llama_dir, tmp_path, padding_free):
-    from alignment.data import load_records
-    from alignment.models import load_tokenizer
+    from alignment.data.load import load_records
+    from alignment.modeling.load import load_tokenizer
 
     cfg = sft_config(tiny_llama_dir, tmp_path)
     tokenizer = load_tokenizer(cfg.model)
@@ -91,9 +91,9 @@ def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_l
 
 def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, tmp_path):
     """One row without filler and per-sequence attention (``sdpa_varlen``) computes what padding does."""
-    from alignment.data import load_records
-    from alignment.models import load_tokenizer
-    from alignment.varlen_attention import SDPA_VARLEN, supports_flat_packing
+    from alignment.data.load import load_records
+    from alignment.modeling.attention import SDPA_VARLEN, supports_flat_packing
+    from alignment.modeling.load import load_tokenizer
 
     cfg = sft_config(tiny_llama_dir, tmp_path)
     tokenizer = load_tokenizer(cfg.model)
@@ -155,8 +155,8 @@ def test_quantized_lora_completes_steps(tiny_llama_dir, tmp_path, quant):
 
 
 def test_resume_after_kill_continues_from_the_checkpoint(tiny_llama_dir, tmp_path, monkeypatch):
-    import alignment.trainer as trainer_module
-    from alignment.checkpointing import TrainingInterrupted
+    import alignment.training.loop as trainer_module
+    from alignment.core.checkpointing import TrainingInterrupted
 
     reference = sft.train(sft_config(tiny_llama_dir, tmp_path / "ref", max_steps=6, save_steps=2, learning_rate=1e-3))
 

@@ -1,4 +1,4 @@
-"""alignment.collate: assistant-only SFT labels for several templates, packing, reward groups, prompts."""
+"""alignment.data.collate: assistant-only SFT labels for several templates, packing, reward groups, prompts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from alignment.collate import (
+from alignment.data.collate import (
     IGNORE_INDEX,
     ChatTemplateError,
     PromptCollator,
@@ -335,7 +335,7 @@ def test_flat_packing_with_varlen_sdpa_equals_each_example_alone_and_leaks_witho
     templates, tiny_llama_factory, monkeypatch
 ):
     """One row, no filler: ``sdpa_varlen`` attends within ``cu_seq_lens``; plain SDPA on the same row would leak."""
-    from alignment.varlen_attention import SDPA_VARLEN, use_varlen_sdpa, varlen_kwargs
+    from alignment.modeling.attention import SDPA_VARLEN, use_varlen_sdpa, varlen_kwargs
 
     tokenizer = templates["chatml"]
     hi = Demonstration((Message("user", "Say hi"), Message("assistant", "Hi!")))
@@ -349,7 +349,7 @@ def test_flat_packing_with_varlen_sdpa_equals_each_example_alone_and_leaks_witho
 
     model = tiny_llama_factory("sdpa")
     assert use_varlen_sdpa(model) and model.config._attn_implementation == SDPA_VARLEN
-    import alignment.varlen_attention as varlen
+    import alignment.modeling.attention as varlen
 
     calls = []
     sdpa = varlen.F.scaled_dot_product_attention

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # Reports the minor page faults of each step.
 PROBE = """
 import json, resource, sys, torch
-from alignment.cpu_memory import keep_freed_memory_for_reuse
+from alignment.core.cpu_memory import keep_freed_memory_for_reuse
 tuned = keep_freed_memory_for_reuse() if sys.argv[1] == "tuned" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

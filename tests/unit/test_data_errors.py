@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.config import DataConfig
-from alignment.data import load_records, load_records_from_path
+from alignment.core.config import DataConfig
+from alignment.data.load import load_records, load_records_from_path
 from data_schemas import RecordError, detect_format
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "Hi!"}
@@ -237,7 +237,7 @@ def test_skip_counts_invalid_records_by_reason(tmp_path, caplog):
         json.dumps(HH_GOOD),
     ]
     path = write_lines(tmp_path / "pairs.jsonl", lines)
-    with caplog.at_level(logging.WARNING, logger="alignment.data"):
+    with caplog.at_level(logging.WARNING, logger="alignment.data.load"):
         record_set = load_records_from_path(path, "comparison", invalid="skip")
     assert len(record_set.records) == 2 and record_set.rows_read == 9
     assert dict(record_set.skipped.by_reason) == {
@@ -260,7 +260,7 @@ def test_a_malformed_line_mid_file_is_not_called_truncated(tmp_path):
 
 
 def test_data_inspect_needs_a_source():
-    from alignment.config import ConfigError
+    from alignment.core.config import ConfigError
     from stages import data as data_stage
 
     with pytest.raises(ConfigError, match="expected `inspect SOURCE`"):

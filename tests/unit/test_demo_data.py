@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from alignment.config import DataConfig
-from alignment.data import load_records
-from alignment.demo_data import build_demo_data
-from alignment.refusal import PhraseRefusalDetector
+from alignment.core.config import DataConfig
+from alignment.data.demo import build_demo_data
+from alignment.data.load import load_records
+from alignment.evaluate.refusal import PhraseRefusalDetector
 from data_schemas.records import Comparison, Demonstration, Prompt, make_messages
 
 DEMO_DIR = Path(build_demo_data.__file__).resolve().parent
 README = DEMO_DIR / "README.md"
 
-# The counts documented in alignment/demo_data/README.md (categories, then the total).
+# The counts documented in alignment/data/demo/README.md (categories, then the total).
 EXPECTED_COUNTS = {
     "demonstrations.jsonl": {"harmful": 32, "helpful": 104, "safe": 24, "total": 160},
     "comparisons.jsonl": {"harmless": 75, "helpful": 169, "overrefusal": 76, "total": 320, "k3": 30},
@@ -162,7 +162,7 @@ def test_generator_reproduces_the_committed_files(tmp_path):
     assert summary == EXPECTED_COUNTS
     for name in build_demo_data.FILES:
         assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), (
-            f"{name} differs from the generator's output; run `python -m alignment.demo_data.build_demo_data`"
+            f"{name} differs from the generator's output; run `python -m alignment.data.demo.build_demo_data`"
         )
 
 

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DistributedType
 
-from alignment import ppo, reward, sft
-from alignment.config import build_config
-from alignment.distributed import UnsupportedDistributedSetup, check_distributed_support, sharding_backend
-from alignment.run import make_accelerator
+import alignment.ppo.stage as ppo
+from alignment import reward, sft
+from alignment.core.config import build_config
+from alignment.core.distributed import UnsupportedDistributedSetup, check_distributed_support, sharding_backend
+from alignment.core.run import make_accelerator
 from tests.conftest import REPO_ROOT
 
 

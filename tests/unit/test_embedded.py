@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import alignment.embedded as embedded
-from alignment.config import LoraConfig, ModelConfig, QuantConfig
-from alignment.embedded import EmbeddedModelError, embedded_gguf_path, embedded_model_dir
-from alignment.models import load_causal_lm, load_tokenizer, resolve_model_source
+import alignment.modeling.embedded as embedded
+from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+from alignment.modeling.embedded import EmbeddedModelError, embedded_gguf_path, embedded_model_dir
+from alignment.modeling.load import load_causal_lm, load_tokenizer, resolve_model_source
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CACHE_FILES = (

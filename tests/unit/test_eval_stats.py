@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignment.eval_stats import (
+from alignment.core.stats import (
     mean_confidence_interval,
     pareto_front,
     proportion_confidence_interval,

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from matplotlib import image as mpimg
 
-from alignment.config import ConfigError, build_config
-from alignment.evaluate import (
+from alignment.core.config import ConfigError, build_config
+from alignment.evaluate.refusal import PhraseRefusalDetector
+from alignment.evaluate.report import write_plots, write_report
+from alignment.evaluate.stage import (
     CONFIG_TYPES,
     EvalPrompt,
     EvaluateConfig,
@@ -31,8 +33,6 @@ from alignment.evaluate import (
     resolve_reward_names,
     save_generations,
 )
-from alignment.refusal import PhraseRefusalDetector
-from alignment.report import write_plots, write_report
 from data_schemas.records import Message, Prompt
 
 REFUSAL = "I cannot help with that request."
@@ -233,9 +233,9 @@ class FakePPOConfig:  # the keys the sweep test sets; the real PPO module is too
 
 def test_sweep_trains_each_grid_point_once_then_evaluates_them_together(tmp_path: Path, monkeypatch) -> None:
     import alignment
-    from alignment import evaluate as evaluate_mod
+    import alignment.evaluate as evaluate_mod
     from alignment import sweep
-    from alignment.config import TrainConfig
+    from alignment.core.config import TrainConfig
 
     trained, evaluated = [], []
     fake_ppo = types.SimpleNamespace(CONFIG_TYPES=(TrainConfig, FakePPOConfig), train=lambda cfg: trained.append(cfg))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from alignment import data as data_module
-from alignment.config import DataConfig
-from alignment.data import load_records, load_records_from_path
+import alignment.data.load as data_module
+from alignment.core.config import DataConfig
+from alignment.data.load import load_records, load_records_from_path
 from data_schemas import FORMATS, Comparison, Demonstration, Message, Prompt, RecordError, detect_format
 from data_schemas.alpaca import alpaca_records
 from data_schemas.hh_rlhf import hh_rlhf_records, parse_transcript
@@ -383,6 +383,6 @@ def test_eval_dataset_and_sample_caps(tmp_path):
 
 def test_load_logs_a_summary(tmp_path, caplog):
     path = write_jsonl(tmp_path / "data.jsonl", ALPACA_ROWS[:2])
-    with caplog.at_level(logging.INFO, logger="alignment.data"):
+    with caplog.at_level(logging.INFO, logger="alignment.data.load"):
         load_records_from_path(path, "demonstration")
     assert "2 demonstration records (format alpaca)" in caplog.text

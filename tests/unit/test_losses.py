@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alignment.losses import (
+from alignment.rl.losses import (
     pairwise_ranking_loss,
     ranked_group_loss,
     ranked_groups_loss,

@@ -14,9 +14,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import alignment.models as models
-from alignment.config import LoraConfig, ModelConfig, QuantConfig
-from alignment.models import (
+import alignment.modeling.load as models
+from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+from alignment.modeling.load import (
     ModelLoadError,
     count_parameters,
     ensure_pad_token,

@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
-from alignment import precision
-from alignment.precision import (
+import alignment.core.precision as precision
+from alignment.core.precision import (
     autocast_dtype,
     head_weight,
     store_frozen_weights_in,
@@ -126,7 +126,7 @@ def test_autocast_dtype_reads_accelerates_setting():
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_has_fast", lambda dtype: False)
-    with caplog.at_level(logging.WARNING, logger="alignment.precision"):
+    with caplog.at_level(logging.WARNING, logger="alignment.core.precision"):
         assert warn_if_slow_on_cpu("bf16", torch.device("cpu"))
     assert "without native bf16" in caplog.text and "bf16: false" in caplog.text
     assert not warn_if_slow_on_cpu("no", torch.device("cpu"))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.refusal import PhraseRefusalDetector, RefusalDetector, agreement, normalize_response, refusal_rate
+from alignment.evaluate.refusal import (
+    PhraseRefusalDetector,
+    RefusalDetector,
+    agreement,
+    normalize_response,
+    refusal_rate,
+)
 
 REFUSALS = [
     "I can't help with that request.",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignment.rl_math import (
+from alignment.rl.rl_math import (
     AdaptiveKLController,
     FixedKLController,
     LagrangeMultiplier,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.data import load_records_from_path, read_rows
-from alignment.inspect_data import format_report, inspect_source, length_stats
+from alignment.data.inspect import format_report, inspect_source, length_stats
+from alignment.data.load import load_records_from_path, read_rows
 from data_schemas import RecordError, detect_format
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -248,7 +248,7 @@ def test_inspect_counts_tokens_as_the_template_renders(tmp_path, word_tokenizer)
 
 
 def test_inspect_demo_reads_one_built_in_file_per_kind(tmp_path, monkeypatch, word_tokenizer):
-    from alignment import data as data_module
+    import alignment.data.load as data_module
 
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     files = {
@@ -285,14 +285,14 @@ def test_data_inspect_stage_prints_the_report(monkeypatch, capsys, word_tokenize
     from stages import data as data_stage
 
     seen = []
-    fake_models = types.ModuleType("alignment.models")
+    fake_models = types.ModuleType("alignment.modeling.load")
 
     def load_tokenizer(model_cfg):
         seen.append(model_cfg.model_name_or_path)
         return word_tokenizer
 
     fake_models.load_tokenizer = load_tokenizer
-    monkeypatch.setitem(sys.modules, "alignment.models", fake_models)
+    monkeypatch.setitem(sys.modules, "alignment.modeling.load", fake_models)
     source = str(shared("helpfulness/vicuna-questions.jsonl"))
     data_stage.main(["inspect", source, "--model_name_or_path", "tiny", "--invalid_records", "skip"])
     out = capsys.readouterr().out

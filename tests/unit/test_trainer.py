@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from alignment.checkpointing import (
+from alignment.core.checkpointing import (
     TrainingInterrupted,
     list_checkpoints,
     load_checkpoint,
     newest_checkpoint,
     save_checkpoint,
 )
-from alignment.config import TrainConfig, build_config
-from alignment.run import start_run
-from alignment.tracking import read_log
-from alignment.trainer import LoopSpec, micro_batch_indices, train_loop
+from alignment.core.config import TrainConfig, build_config
+from alignment.core.run import start_run
+from alignment.core.tracking import read_log
+from alignment.training.loop import LoopSpec, micro_batch_indices, train_loop
 from tests.helpers import interrupt_after
 
 
@@ -111,7 +111,7 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, monkeypatch):
     reference_rows = read_log(tmp_path / "reference")
 
     # Interrupt after step 7: the loop must save checkpoint-7 and stop.
-    import alignment.trainer as trainer_module
+    import alignment.training.loop as trainer_module
 
     monkeypatch.setattr(trainer_module, "GracefulInterrupt", interrupt_after(7))
     with pytest.raises(TrainingInterrupted):

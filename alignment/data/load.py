@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from alignment.config import DataConfig
+from alignment.core.config import DataConfig
+from alignment.data.demo import DEMO_DIR
 from data_schemas.errors import RecordError, SkipReport
 from data_schemas.formats import FORMATS, KINDS, Format, check_kind, detect_format, get_format
 from data_schemas.records import Record
 
 logger = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 DEMO_FILES = {"demonstration": "demonstrations.jsonl", "comparison": "comparisons.jsonl", "prompt": "prompts.jsonl"}
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 POLICIES = ("raise", "skip")

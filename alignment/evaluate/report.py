@@ -1,7 +1,7 @@
 """Evaluation report: ``report.md`` (metric tables with confidence intervals, sample generations side by side) and
 the plots ``tradeoff.png``, ``refusals.png`` and ``overoptimization.png``.
 
-Input is the ``results`` dict built by :func:`alignment.evaluate.aggregate` (plus settings), so the report can be
+Input is the ``results`` dict built by :func:`alignment.evaluate.stage.aggregate` (plus settings), so the report can be
 re-rendered from ``results.json`` and the saved generations without a model. Plots use matplotlib's Agg canvas
 directly (``Figure`` + ``FigureCanvasAgg``), never pyplot, so no GUI backend or global figure state is touched.
 """
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alignment.refusal import RefusalDetector
+from alignment.evaluate.refusal import RefusalDetector
 
 if TYPE_CHECKING:
-    from alignment.evaluate import PolicyOutputs
+    from alignment.evaluate.stage import PolicyOutputs
 
 logger = logging.getLogger(__name__)
 

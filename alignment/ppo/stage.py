@@ -21,17 +21,19 @@ from typing import Any
 
 import torch
 
-from alignment.actor_critic import ActorCritic, SequenceBatch
-from alignment.checkpointing import (
+from alignment.core.checkpointing import (
     GracefulInterrupt,
     TrainingInterrupted,
     load_checkpoint,
     newest_checkpoint,
     save_checkpoint,
 )
-from alignment.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
-from alignment.rl_math import (
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
+from alignment.core.run import Run, mark_done, start_run
+from alignment.core.tracking import progress
+from alignment.ppo.actor_critic import ActorCritic, SequenceBatch
+from alignment.rl.rl_math import (
     AdaptiveKLController,
     FixedKLController,
     LagrangeMultiplier,
@@ -44,9 +46,7 @@ from alignment.rl_math import (
     masked_mean,
     masked_whiten,
 )
-from alignment.run import Run, mark_done, start_run
-from alignment.tracking import progress
-from alignment.trainer import adamw, local_shard, micro_batch_indices, reduce_sum
+from alignment.training.loop import adamw, local_shard, micro_batch_indices, reduce_sum
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def collect_rollout(
     (see :func:`recomputes_rollout_logprobs`). ``keep_policy_graph`` keeps that pass's graph the same way
     (dropout is off, so it is the pass the first mini-batch would run: same weights, inputs and precision).
     """
-    from alignment.collate import PromptCollator
+    from alignment.data.collate import PromptCollator
 
     encoded = PromptCollator(tokenizer, max_prompt_length=cfg.max_prompt_length)(prompts)
     prompt_ids, prompt_mask = encoded["input_ids"].to(ac.device), encoded["attention_mask"].to(ac.device)
@@ -219,7 +219,7 @@ def collect_rollout(
     response_mask, has_eos = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)
     _ensure_one_token(response_mask)
     batch = SequenceBatch.build(prompt_ids, prompt_mask, response_ids, response_mask)
-    from alignment.rl_math import logprobs_from_logits
+    from alignment.rl.rl_math import logprobs_from_logits
 
     logprobs_graph = entropy = None
     if recompute_logprobs:
@@ -419,7 +419,7 @@ class CombinedReward:
 
 
 def build_rewards(cfg: Config, ac: ActorCritic, shared_scorer) -> CombinedReward:
-    from alignment.scoring import load_reward_scorer
+    from alignment.modeling.scoring import load_reward_scorer
 
     ppo = cfg.ppo
     scorers, shared_index = [], None
@@ -465,7 +465,15 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
 
     from peft import PeftModel, get_peft_model
 
-    from alignment.adapters import (
+    from alignment.modeling.load import (
+        disable_dropout,
+        load_causal_lm,
+        load_tokenizer,
+        peft_lora_config,
+        trainable_token_targets,
+    )
+    from alignment.modeling.scoring import RewardStats
+    from alignment.ppo.adapters import (
         POLICY,
         REWARD,
         SFT,
@@ -475,14 +483,6 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         copy_adapter,
         scalar_head,
     )
-    from alignment.models import (
-        disable_dropout,
-        load_causal_lm,
-        load_tokenizer,
-        peft_lora_config,
-        trainable_token_targets,
-    )
-    from alignment.scoring import RewardStats
 
     def fresh_lora():  # a new config object per adapter: peft keeps (and edits) the one it is given
         return peft_lora_config(cfg.lora, "CAUSAL_LM", trainable_token_targets(base, "CAUSAL_LM"))
@@ -611,7 +611,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """Run PPO; returns the metrics written to ``metrics.json``."""
     ppo, train_cfg = cfg.ppo, cfg.train
     validate_sampling(ppo)
-    from alignment.data import load_records
+    from alignment.data.load import load_records
 
     with start_run(cfg, "ppo") as run:
         records = load_records(cfg.data, "prompt", seed=train_cfg.seed)
@@ -867,7 +867,7 @@ def _save_policy(ac: ActorCritic, tokenizer, output_dir: Path, cfg: Config) -> N
     import json
     import shutil
 
-    from alignment.adapters import POLICY
+    from alignment.ppo.adapters import POLICY
 
     output_dir.mkdir(parents=True, exist_ok=True)
     adapter_dir = output_dir / "adapter"

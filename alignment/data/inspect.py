@@ -2,7 +2,7 @@
 
 Reports the detected format, how many records of each kind it gives, the invalid records by
 reason, token-length statistics of the records as the model will see them (rendered with the
-tokenizer's chat template, as :mod:`alignment.collate` renders them) and two rendered examples.
+tokenizer's chat template, as :mod:`alignment.data.collate` renders them) and two rendered examples.
 The lengths tell you what ``max_length`` truncates before a run spends hours on it.
 """
 
@@ -15,9 +15,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from alignment.collate import has_chat_template, render_prompt
-from alignment.config import DataConfig
-from alignment.data import DETECTION_ROWS, load_records, read_rows, resolve_format, resolve_source
+from alignment.core.config import DataConfig
+from alignment.data.collate import has_chat_template, render_prompt
+from alignment.data.load import DETECTION_ROWS, load_records, read_rows, resolve_format, resolve_source
 from data_schemas.formats import KINDS
 from data_schemas.records import Comparison, Demonstration, Message, Record
 

@@ -5,7 +5,7 @@ What it measures, per policy, on one labelled prompt list (DESIGN.md section 4 i
 - the mean score of each reward model, overall and on helpful / harmful / safe prompts, with a t-interval;
 - the win rate against a reference policy per reward model, paired per prompt, ties counted half (Wilson interval);
 - the refusal rate on harmful prompts (labels ``harmful``, ``unsafe``) and the over-refusal rate on safe ones
-  (``safe``, ``benign``), judged by a :class:`~alignment.refusal.RefusalDetector` (XSTest, Röttger et al. 2024);
+  (``safe``, ``benign``), judged by a :class:`~alignment.evaluate.refusal.RefusalDetector` (XSTest, Röttger et al. 2024);
 - the KL to the reference on the policy's own samples, ``sum_t log pi(y_t) - log pi_ref(y_t)`` by teacher forcing,
   the Monte-Carlo estimate of KL(pi || pi_ref) that the PPO penalty uses (Ziegler et al. 2019, eq. 2);
 - the mean response length and the share of responses cut at ``max_new_tokens`` (no EOS).
@@ -19,7 +19,7 @@ the prompts and the sampling settings): sampling dominates the cost, and swappin
 not re-sample. Policies are loaded one at a time and freed; the reference stays loaded because every KL needs it.
 
 The pure part (:func:`summarize_policy`, :func:`aggregate`, :func:`tradeoff_points`, :func:`overoptimization_curve`)
-works on :class:`PolicyOutputs` and needs no model; :mod:`alignment.report` turns the result into Markdown and PNGs.
+works on :class:`PolicyOutputs` and needs no model; :mod:`alignment.evaluate.report` turns the result into Markdown and PNGs.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ from typing import Any
 
 import torch
 
-from alignment.config import Config, ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.eval_stats import mean_confidence_interval, pareto_front, proportion_confidence_interval, win_rate
-from alignment.refusal import PhraseRefusalDetector, RefusalDetector, agreement
-from alignment.tracking import progress, write_json_atomic
+from alignment.core.config import Config, ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.stats import mean_confidence_interval, pareto_front, proportion_confidence_interval, win_rate
+from alignment.core.tracking import progress, write_json_atomic
+from alignment.data.demo import DEMO_DIR
+from alignment.evaluate.refusal import PhraseRefusalDetector, RefusalDetector, agreement
 from data_schemas.records import Message, Prompt
 
 logger = logging.getLogger(__name__)
 
-DEMO_EVAL_PROMPTS = Path(__file__).resolve().parent / "demo_data" / "eval_prompts.jsonl"
+DEMO_EVAL_PROMPTS = DEMO_DIR / "eval_prompts.jsonl"
 HELPFUL_LABELS = ("helpful",)
 HARMFUL_LABELS = ("harmful", "unsafe")
 SAFE_LABELS = ("safe", "benign")
@@ -234,7 +235,7 @@ def make_detector(name: str) -> RefusalDetector:
 
 def load_prompt_sets(paths: Sequence[str], max_per_label: int, seed: int, invalid: str = "raise") -> list[EvalPrompt]:
     """Read every prompt set; keep at most ``max_per_label`` prompts per label (a seeded sample, in file order)."""
-    from alignment.data import load_records_from_path
+    from alignment.data.load import load_records_from_path
 
     prompts: list[EvalPrompt] = []
     for path in paths:
@@ -277,7 +278,7 @@ def policy_fingerprint(path: str) -> list[Any]:
 
     The base under a stage dir's adapter is identified by ``base_model.json`` only (its own files are not checked).
     """
-    from alignment.embedded import embedded_gguf_path, is_embedded
+    from alignment.modeling.embedded import embedded_gguf_path, is_embedded
 
     p = Path(path).expanduser()
     if not p.exists() and is_embedded(path):
@@ -362,7 +363,7 @@ def _policy_model_cfg(model_cfg: ModelConfig, path: str) -> ModelConfig:
 
 def load_policy(cfg: Config, spec: PolicySpec, device: torch.device) -> tuple[Any, Any]:
     """A frozen policy in eval mode without dropout, and its left-padding tokenizer."""
-    from alignment.models import load_causal_lm, load_tokenizer
+    from alignment.modeling.load import load_causal_lm, load_tokenizer
 
     model_cfg = _policy_model_cfg(cfg.model, spec.path)
     tokenizer = load_tokenizer(model_cfg, padding_side="left")
@@ -413,9 +414,9 @@ def generate_responses(
 
     The RNG is re-seeded with ``settings["seed"]`` first, so every policy draws from the same random stream.
     """
-    from alignment.collate import PromptCollator
-    from alignment.generation import generation_cache
-    from alignment.rl_math import first_eos_mask
+    from alignment.data.collate import PromptCollator
+    from alignment.modeling.generation import generation_cache
+    from alignment.rl.rl_math import first_eos_mask
 
     collator = PromptCollator(tokenizer, settings["max_prompt_length"])
     eos_ids = stop_token_ids(model, tokenizer)
@@ -471,7 +472,7 @@ def response_logprob_sums(
     Sequences are ``[left-padded prompt | right-padded response]``; positions follow the attention mask
     (``cumsum - 1``) as in ``generate``. Only the logits of the T + 1 last positions are computed.
     """
-    from alignment.rl_math import logprobs_from_logits
+    from alignment.rl.rl_math import logprobs_from_logits
 
     device = next(model.parameters()).device
     input_ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
@@ -500,7 +501,7 @@ def sequence_kl(
     temperature (log-probs use that temperature, trl#1017). With greedy decoding (temperature 0) the responses are not
     samples and the number is only the log-ratio of the greedy responses (computed at temperature 1).
     """
-    from alignment.collate import PromptCollator
+    from alignment.data.collate import PromptCollator
 
     temperature = settings["temperature"] if settings["temperature"] > 0 else 1.0
     collator = PromptCollator(tokenizer, settings["max_prompt_length"])
@@ -632,7 +633,7 @@ def score_outputs(
     wanted: Callable[[PolicyOutputs, str], bool] = lambda out, name: True,
 ) -> None:
     """Fill ``outputs[i].rewards[name]`` with raw scores, loading one reward model at a time."""
-    from alignment.scoring import load_reward_scorer
+    from alignment.modeling.scoring import load_reward_scorer
 
     for path, name in zip(cfg.evaluate.reward_model_paths, reward_names):
         targets = [out for out in outputs if wanted(out, name)]
@@ -882,7 +883,7 @@ def plan_evaluation(cfg: Config) -> EvaluationPlan:
 
 def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: torch.device) -> dict[str, Any]:
     """Generate, score, aggregate; write results.json, report.md and the plots into ``output_dir``."""
-    from alignment.report import write_plots, write_report
+    from alignment.evaluate.report import write_plots, write_report
 
     ev = cfg.evaluate
     prompts = load_prompt_sets(ev.prompt_sets, ev.max_prompts_per_label, cfg.train.seed, cfg.data.invalid_records)
@@ -912,7 +913,7 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     """The evaluation stage: returns the headline metrics (also in ``metrics.json``); writes ``DONE`` last."""
-    from alignment.run import DONE_FILE, mark_done, start_run
+    from alignment.core.run import DONE_FILE, mark_done, start_run
 
     plan = plan_evaluation(cfg)
     with start_run(cfg, "evaluate") as run:

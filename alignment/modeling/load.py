@@ -2,7 +2,7 @@
 
 Sources (:func:`resolve_model_source`), tried in this order:
 
-- ``embedded``: the name of a model that ships in a pip package (:mod:`alignment.embedded`), the
+- ``embedded``: the name of a model that ships in a pip package (:mod:`alignment.modeling.embedded`), the
   default ``smollm2-135m-instruct``; de-quantized once and cached as safetensors.
 - ``gguf``: a ``.gguf`` file; de-quantized by transformers once and cached like the default.
 - ``stage_dir``: the output directory of an earlier stage (CONTRIBUTING.md, "Stage output
@@ -49,9 +49,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from alignment.config import LoraConfig, ModelConfig, QuantConfig
-from alignment.embedded import cache_root, embedded_model_dir, gguf_cache_dir, is_embedded
-from alignment.varlen_attention import use_varlen_sdpa
+from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+from alignment.modeling.attention import use_varlen_sdpa
+from alignment.modeling.embedded import cache_root, embedded_model_dir, gguf_cache_dir, is_embedded
 
 logger = logging.getLogger(__name__)
 

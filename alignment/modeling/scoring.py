@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from alignment.collate import render_reward_texts, tokenize_reward_texts
+from alignment.data.collate import render_reward_texts, tokenize_reward_texts
 from data_schemas.records import Message
 
 logger = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ def load_reward_scorer(
     device: torch.device | str | None = None,
 ) -> RewardScorer:
     """A scorer for a reward stage output directory (or any sequence-classification model)."""
-    from alignment.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.models import disable_dropout, load_reward_model, load_tokenizer
+    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.modeling.load import disable_dropout, load_reward_model, load_tokenizer
 
     model_cfg = ModelConfig(model_name_or_path=str(model_dir))
     tokenizer = load_tokenizer(model_cfg)

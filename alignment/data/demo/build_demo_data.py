@@ -25,7 +25,7 @@ a harmful request is deliberately vague.
 
 Regenerate the committed files with::
 
-    python -m alignment.demo_data.build_demo_data
+    python -m alignment.data.demo.build_demo_data
 
 This module depends on nothing else in the project, so it runs standalone.
 """

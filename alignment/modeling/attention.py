@@ -111,7 +111,7 @@ def use_varlen_sdpa(model: torch.nn.Module) -> bool:
 
 def supports_flat_packing(model: torch.nn.Module) -> bool:
     """Whether packed batches for ``model`` (possibly peft/DDP-wrapped) may be one flat row with boundaries."""
-    from alignment.models import unwrap_transformers_model
+    from alignment.modeling.load import unwrap_transformers_model
 
     config = getattr(unwrap_transformers_model(model), "config", None)
     return getattr(config, "_attn_implementation", None) in VARLEN_IMPLEMENTATIONS

@@ -28,7 +28,7 @@ from typing import Any
 
 from accelerate.utils import DistributedType
 
-from alignment.config import Config
+from alignment.core.config import Config
 
 DOCS = {
     "bnb_fsdp_qlora": "https://huggingface.co/docs/bitsandbytes/fsdp_qlora",

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from alignment.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
-from alignment.collate import pack_token_rows
-from alignment.generation import generation_cache
-from alignment.precision import head_weight
-from alignment.rl_math import entropy_from_logits, logprobs_from_logits
-from alignment.varlen_attention import supports_flat_packing, varlen_kwargs
+from alignment.core.precision import head_weight
+from alignment.data.collate import pack_token_rows
+from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
+from alignment.modeling.generation import generation_cache
+from alignment.ppo.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
+from alignment.rl.rl_math import entropy_from_logits, logprobs_from_logits
 
 if TYPE_CHECKING:
     from peft import PeftModel

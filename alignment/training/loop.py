@@ -27,15 +27,15 @@ from typing import Any
 
 import torch
 
-from alignment.checkpointing import (
+from alignment.core.checkpointing import (
     GracefulInterrupt,
     TrainingInterrupted,
     load_checkpoint,
     newest_checkpoint,
     save_checkpoint,
 )
-from alignment.run import Run
-from alignment.tracking import progress
+from alignment.core.run import Run
+from alignment.core.tracking import progress
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Shared machinery every stage uses: config, run directories, logging, checkpoints, precision, statistics."""

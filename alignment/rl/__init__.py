@@ -1,0 +1,1 @@
+"""Pure RL and ranking math: tensors in, tensors out, each formula tested against hand computation."""

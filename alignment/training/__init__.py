@@ -1,0 +1,1 @@
+"""The supervised training loop shared by SFT and reward, and its batching helpers."""
