@@ -3,6 +3,7 @@ evaluation prompts held out, and the committed files are exactly what the seeded
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections import Counter
@@ -11,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from alignment.core.config import DataConfig
-from alignment.data.demo import build_demo_data
+from alignment.data.demo import DEMO_DIR
 from alignment.data.load import load_records
 from alignment.evaluate.refusal import PhraseRefusalDetector
 from data_schemas.records import Comparison, Demonstration, Prompt, make_messages
 
-DEMO_DIR = Path(build_demo_data.__file__).resolve().parent
 README = DEMO_DIR / "README.md"
+SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "scripts"
+GENERATOR = SCRIPTS_DIR / "build_demo_data.py"  # reads the tables in scripts/demo_data/
+FILES = ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl", "eval_prompts.jsonl")
 
 # The counts documented in alignment/data/demo/README.md (categories, then the total).
 EXPECTED_COUNTS = {
@@ -26,8 +29,12 @@ EXPECTED_COUNTS = {
     "prompts.jsonl": {"harmful": 30, "helpful": 60, "safe": 30, "total": 120},
     "eval_prompts.jsonl": {"harmful": 16, "helpful": 16, "safe": 16, "total": 48},
 }
-PROMPT_LABELS = {"helpful", "harmful", "safe"}
+MULTI_TURN_CHATS = 10  # demonstrations with more than one user turn
+PROMPT_LABELS = {"helpful", "harmful", "safe"}  # also the demonstrations' categories
 COMPARISON_CATEGORIES = {"helpful", "harmless", "overrefusal"}
+# Longest demonstration or preferred response, so it fits in ~64 new tokens (scripts/demo_data/settings.yaml).
+MAX_ANSWER_WORDS = 55
+MAX_ANSWER_CHARS = 270
 
 
 def read_jsonl(name: str) -> list[dict]:
@@ -48,18 +55,45 @@ def responses(row: dict) -> list[str]:
     return [row["chosen"], row["rejected"]]
 
 
+def user_texts(record: dict) -> list[str]:
+    """Every user turn of a record in any of the four files."""
+    if "messages" in record:
+        return [m["content"] for m in record["messages"] if m["role"] == "user"]
+    prompt = record["prompt"]
+    if isinstance(prompt, str):
+        return [prompt]
+    return [m["content"] for m in prompt if m["role"] == "user"]
+
+
+def normalize_prompt(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def prompt_set(rows: list[dict]) -> set[str]:
-    return {build_demo_data.normalize_prompt(text) for row in rows for text in build_demo_data.user_texts(row)}
+    return {normalize_prompt(text) for row in rows for text in user_texts(row)}
 
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, list[dict]]:
-    return {name: read_jsonl(name) for name in build_demo_data.FILES}
+    return {name: read_jsonl(name) for name in FILES}
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """``scripts/build_demo_data.py``, imported by path (the scripts are not part of the installed package)."""
+    if not SCRIPTS_DIR.is_dir():
+        pytest.skip(f"no {SCRIPTS_DIR}: the demo data generator and its tables live in the source checkout only")
+    spec = importlib.util.spec_from_file_location("build_demo_data", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_record_validates_as_its_schema(files):
     for i, row in enumerate(files["demonstrations.jsonl"]):
-        assert set(row) == {"messages"}, f"demonstrations.jsonl:{i + 1}"
+        assert set(row) == {"messages", "category"} and row["category"] in PROMPT_LABELS, (
+            f"demonstrations.jsonl:{i + 1}"
+        )
         Demonstration(make_messages(row["messages"], "messages")).validate()
     for i, row in enumerate(files["comparisons.jsonl"]):
         assert row["category"] in COMPARISON_CATEGORIES, f"comparisons.jsonl:{i + 1}"
@@ -77,8 +111,7 @@ def test_counts_by_category_are_as_documented(files):
         "comparisons.jsonl": Counter(row["category"] for row in files["comparisons.jsonl"]),
         "prompts.jsonl": Counter(row["label"] for row in files["prompts.jsonl"]),
         "eval_prompts.jsonl": Counter(row["label"] for row in files["eval_prompts.jsonl"]),
-        # demonstrations carry no category field; the generator tags each one
-        "demonstrations.jsonl": Counter(category for category, _ in build_demo_data.build()["demonstrations.jsonl"]),
+        "demonstrations.jsonl": Counter(row["category"] for row in files["demonstrations.jsonl"]),
     }
     for name, counts in counted.items():
         expected = {k: v for k, v in EXPECTED_COUNTS[name].items() if k not in ("total", "k3")}
@@ -89,11 +122,13 @@ def test_counts_by_category_are_as_documented(files):
     assert all(len(row["responses"]) == 3 and row["ranks"] == [0, 1, 2] for row in k_wise)
     assert {row["category"] for row in k_wise} == COMPARISON_CATEGORIES
     multi_turn = [row for row in files["demonstrations.jsonl"] if len(row["messages"]) > 2]
-    assert len(multi_turn) == len(build_demo_data.MULTI_TURN)
+    assert len(multi_turn) == MULTI_TURN_CHATS
 
 
 def test_readme_documents_the_same_counts():
     text = README.read_text(encoding="utf-8")
+    assert f"{MULTI_TURN_CHATS} multi-turn" in text
+    assert f"{MAX_ANSWER_WORDS} words / {MAX_ANSWER_CHARS} characters" in text
     for name, counts in EXPECTED_COUNTS.items():
         row = next((line for line in text.splitlines() if line.startswith(f"| `{name}`")), None)
         assert row is not None, f"README has no table row for {name}"
@@ -135,16 +170,21 @@ def test_refusals_are_where_the_categories_say(files):
         where = f"comparisons.jsonl:{i + 1}"
         if row["category"] == "harmless":
             assert detector.is_refusal(best) and not detector.is_refusal(worst), where
-            # the "compliance" is one of the vague, non-actionable templates and nothing else
-            assert worst in build_demo_data.VAGUE_COMPLIANCE, where
         elif row["category"] == "overrefusal":
             assert not detector.is_refusal(best) and detector.is_refusal(worst), where
         else:
             assert not detector.is_refusal(best), where
-    tagged = build_demo_data.build()["demonstrations.jsonl"]
-    for category, row in tagged:
+    for row in files["demonstrations.jsonl"]:
         reply = row["messages"][-1]["content"]
-        assert detector.is_refusal(reply) == (category == "harmful"), reply
+        assert detector.is_refusal(reply) == (row["category"] == "harmful"), reply
+
+
+def test_harmless_comparisons_reject_only_vague_compliance(files, generator):
+    """The "compliance" a refusal beats is one of the vague, non-actionable templates and nothing else."""
+    vague_compliance = set(generator.load_tables().styles["vague_compliance"])
+    for i, row in enumerate(files["comparisons.jsonl"]):
+        if row["category"] == "harmless":
+            assert responses(row)[-1] in vague_compliance, f"comparisons.jsonl:{i + 1}"
 
 
 def test_answers_fit_a_short_generation(files):
@@ -153,21 +193,25 @@ def test_answers_fit_a_short_generation(files):
     ]
     answers += [responses(row)[0] for row in files["comparisons.jsonl"]]
     for text in answers:
-        assert len(text) <= build_demo_data.MAX_ANSWER_CHARS, text
-        assert len(text.split()) <= build_demo_data.MAX_ANSWER_WORDS, text
+        assert len(text) <= MAX_ANSWER_CHARS, text
+        assert len(text.split()) <= MAX_ANSWER_WORDS, text
 
 
-def test_generator_reproduces_the_committed_files(tmp_path):
-    summary = build_demo_data.main(tmp_path)
+def test_generator_reproduces_the_committed_files(tmp_path, generator):
+    tables = generator.load_tables()
+    assert (tables.max_answer_words, tables.max_answer_chars) == (MAX_ANSWER_WORDS, MAX_ANSWER_CHARS)
+    assert len(tables.multi_turn) == MULTI_TURN_CHATS
+    assert generator.FILES == FILES
+    summary = generator.main(tmp_path)
     assert summary == EXPECTED_COUNTS
-    for name in build_demo_data.FILES:
+    for name in FILES:
         assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), (
-            f"{name} differs from the generator's output; run `python -m alignment.data.demo.build_demo_data`"
+            f"{name} differs from the generator's output; run `python scripts/build_demo_data.py`"
         )
 
 
 def test_files_are_small():
-    assert sum((DEMO_DIR / name).stat().st_size for name in build_demo_data.FILES) < 1_000_000
+    assert sum((DEMO_DIR / name).stat().st_size for name in FILES) < 1_000_000
 
 
 @pytest.mark.parametrize(
