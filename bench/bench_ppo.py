@@ -1,6 +1,6 @@
 """PPO throughput and memory: our ``alignment.ppo.stage.train`` vs trl 1.12's ``PPOTrainer`` on 64 HH-RLHF prompts.
 
-    python bench/bench_ppo.py                 # ours, fp32, the peer's settings (peer-baseline.md section 3)
+    python bench/bench_ppo.py                 # ours, fp32 (settings: bench/README.md, "Workload and settings")
     python bench/bench_ppo.py --peer          # trl.experimental.ppo.PPOTrainer 1.12 in bench/.venv-trl112
     python bench/bench_ppo.py --quick         # 16 prompts, 2 updates, 8-token responses: a smoke test
 
@@ -15,7 +15,8 @@ own subprocesses (so that their memory does not count here). Layouts:
 - ours: one base model carrying the SFT adapter (reference), a policy adapter (copy of SFT), the reward adapter
   with its head, and a value adapter + head initialised from the reward model (``alignment/ppo/adapters.py``);
 - peer: trl's documented peft path: merged SFT model + a fresh LoRA (policy; reference = adapter disabled), a full
-  reward model, and a full value model initialised from the reward model and trained in full (quirks Q2, Q3).
+  reward model, and a full value model initialised from the reward model and trained in full, so 3 full fp32
+  models in memory (bench/README.md, "Where trl 1.12 differs").
 
 Figures: ``episodes_per_s`` = episodes / wall time of the PPO loop (our ``ppo_loop``, trl's ``trainer.train()``);
 ``valid_generated_tokens_per_s`` (up to and including the first ``<|im_end|>``) end to end, and

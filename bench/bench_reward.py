@@ -1,6 +1,6 @@
 """Reward-model throughput: our ``alignment.reward.train`` vs trl 1.12's ``RewardTrainer`` on 128 HH-RLHF pairs.
 
-    python bench/bench_reward.py              # ours, fp32, the peer's settings (peer-baseline.md section 3)
+    python bench/bench_reward.py              # ours, fp32 (settings: bench/README.md, "Workload and settings")
     python bench/bench_reward.py --peer       # trl 1.12 RewardTrainer in bench/.venv-trl112
     python bench/bench_reward.py --quick      # 8 pairs: a smoke test
 

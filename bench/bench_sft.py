@@ -1,6 +1,6 @@
 """SFT throughput: our ``alignment.sft.train`` vs trl 1.12's ``SFTTrainer`` on the same 64 HH-RLHF demonstrations.
 
-    python bench/bench_sft.py                 # ours, fp32, the peer's settings (peer-baseline.md section 3)
+    python bench/bench_sft.py                 # ours, fp32 (settings: bench/README.md, "Workload and settings")
     python bench/bench_sft.py --peer          # trl 1.12 SFTTrainer in bench/.venv-trl112 (built on first use)
     python bench/bench_sft.py --quick         # 8 examples: a smoke test
 

@@ -1,8 +1,8 @@
 """Shared benchmark helpers: machine description, measured matmul peak, peak memory, FLOP estimates, CPU contention.
 
-Everything here is measurement plumbing for ``bench/bench_*.py`` and ``bench/run_all.py`` (issue #8); nothing in
-the library imports it. The definitions match ``../shared/peer-baseline.md`` sections 1 and 4 so that our figures
-and the peer's (trl 1.12) are computed the same way:
+Everything here is measurement plumbing for ``bench/bench_*.py`` and ``bench/run_all.py``; nothing in the library
+imports it. Both sides (ours and the peer, trl 1.12) are measured by this code, with the definitions written down in
+bench/README.md, "How we measure":
 
 - throughput = items / wall time of the training call (our ``train_loop`` / ``ppo_loop``; trl's ``trainer.train()``),
   model loading, tokenization, evaluation and saving excluded;
@@ -10,7 +10,7 @@ and the peer's (trl 1.12) are computed the same way:
   ``torch.cuda.max_memory_allocated`` on a GPU;
 - contention = CPU time the rest of the machine used during the training window (``other_cpu_s``): busy time from
   ``/proc/stat`` minus this process's own CPU time; a run is *uncontended* when ``other_cpu_s`` is at most 2 % of
-  its own CPU time (the peer's rule).
+  its own CPU time.
 
 FLOP model (stated, not measured; attention score/value products and elementwise work are left out, which for
 these <= 256-token sequences on a 576-wide model under-counts by a few percent):
@@ -50,9 +50,10 @@ HH_HARMLESS = DATA_DIR / "hh-rlhf" / "harmless-base-part1.jsonl.gz"
 PEER_VENV = BENCH_DIR / ".venv-trl112"
 MODEL_NAME = "smollm2-135m-instruct"
 RESULT_PREFIX = "BENCH_RESULT "  # the one stdout line each bench process prints, followed by JSON
-CONTENDED_SHARE = 0.02  # other CPU time > 2 % of our own CPU time -> contended (peer-baseline.md section 1)
+CONTENDED_SHARE = 0.02  # other CPU time > 2 % of our own CPU time -> contended (bench/README.md, "How we measure")
 
-# The peer's settings (peer-baseline.md section 3): one place, used by ours and by the trl 1.12 script.
+# The workload's settings (bench/README.md, "Workload and settings"): one place, used by ours and by the trl 1.12
+# script.
 SFT_SETTINGS = {"examples": 64, "batch_size": 8, "epochs": 1, "max_length": 256, "learning_rate": 2e-4}
 RM_SETTINGS = {"pairs": 128, "eval_pairs": 200, "batch_size": 8, "epochs": 1, "max_length": 256, "learning_rate": 1e-4}
 PPO_SETTINGS = {
@@ -277,7 +278,7 @@ class CpuWindow:
 
 @contextlib.contextmanager
 def cpu_window() -> Iterator[CpuWindow]:
-    """Time a block and measure the other CPU load during it (the peer's ``other_cpu_s``).
+    """Time a block and measure the other CPU load during it (``other_cpu_s``; bench/README.md, "How we measure").
 
     ``other_cpu_s`` = machine busy CPU time (``/proc/stat``) - this process's CPU time (``getrusage``, self +
     waited-for children), clamped at 0 (the two clocks tick differently, so small negatives are noise).
@@ -326,7 +327,7 @@ def parse_results(stdout: str) -> list[dict[str, Any]]:
 
 
 def steady_state(step_seconds: list[float], items_per_step: list[float]) -> float | None:
-    """Items per second excluding the first step (warm-up), as the peer's ``steady_state_*``."""
+    """Items per second excluding the first step (warm-up): the ``steady_state_*`` figures."""
     if len(step_seconds) < 2:
         return None
     return sum(items_per_step[1:]) / sum(step_seconds[1:])
@@ -429,7 +430,7 @@ class StepClock:
     """Wall-clock time of each optimizer step, from torch's global optimizer step hooks.
 
     ``start()`` marks the beginning of the training window; the duration of step k is the time since the previous
-    step ended (so it includes data collation, forward and backward of that step), as the peer's per-step times.
+    step ended (so it includes data collation, forward and backward of that step).
     ``optimizer_s`` sums the time spent inside ``optimizer.step()`` itself.
     """
 

@@ -1,23 +1,25 @@
-"""The peer baseline: trl 1.12's SFTTrainer, RewardTrainer and PPOTrainer on the benchmark pools.
+"""The peer: trl 1.12's SFTTrainer, RewardTrainer and PPOTrainer on the benchmark pools.
 
 Runs inside ``bench/.venv-trl112`` (made by ``bench/common.py:ensure_peer_venv``; never in the project's own
-environment) and is started by ``bench/bench_{sft,reward,ppo}.py --peer``. It reproduces the setup of
-``../shared/peer-baseline.md`` section 3: seed 42 (``transformers.set_seed``), fp32 weights and compute
-(``bf16=False, fp16=False``), gradient checkpointing off, ``use_cpu`` (unless a GPU is present), no dataloader
-workers, ``report_to="none"``, no checkpoints; ``LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-target_modules="all-linear", bias="none")``; pad token ``<|endoftext|>`` (id 0) everywhere (quirk Q4).
+environment) and is started by ``bench/bench_{sft,reward,ppo}.py --peer``. Its setup (bench/README.md, "Workload
+and settings"): seed 42 (``transformers.set_seed``), fp32 weights and compute (``bf16=False, fp16=False``),
+gradient checkpointing off, ``use_cpu`` (unless a GPU is present), no dataloader workers, ``report_to="none"``, no
+checkpoints; ``LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", bias="none")``; pad
+token ``<|endoftext|>`` (id 0) everywhere, because PPOTrainer masks every ``pad_token_id`` and SmolLM2's default pad
+is ``<|im_end|>`` (bench/README.md, "Where trl 1.12 differs").
 
 - ``--stage sft``: SFTTrainer on a conversational prompt-completion dataset (completion-only loss), max_length
   256, batch 8, 1 epoch, lr 2e-4 linear, fused AdamW; saves the adapter and the merged model (``sft_merged``).
 - ``--stage reward``: RewardTrainer on pre-tokenized ``chosen_ids``/``rejected_ids`` (chat template, trailing
-  ``\\n`` after the final ``<|im_end|>`` removed, quirk Q5), batch 8 pairs, lr 1e-4; then a no-grad held-out loop
-  (batch 8 pairs, right padding with id 0, the model's own last-non-pad pooling); merges to ``rm_merged``.
+  ``\\n`` after the final ``<|im_end|>`` removed, so the reward is read at ``<|im_end|>`` as in PPO), batch 8
+  pairs, lr 1e-4; then a no-grad held-out loop (batch 8 pairs, right padding with id 0, the model's own
+  last-non-pad pooling); merges to ``rm_merged``.
 - ``--stage ppo``: ``trl.experimental.ppo.PPOTrainer`` laid out as trl's ``examples/scripts/ppo/ppo.py``: policy =
   merged SFT model + ``peft_config`` (reference = adapter disabled), reward and value models loaded from
   ``rm_merged`` (value trained in full), ``stop_token="eos"``, ``missing_eos_penalty=1.0``,
   ``num_sample_generations=0``, 1 PPO epoch, 1 minibatch.
 
-Timing wraps trl's functions from outside (trl logs no timings), as the peer did. Prints one ``BENCH_RESULT``.
+Timing wraps trl's functions from outside (trl logs no timings). Prints one ``BENCH_RESULT``.
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ def common_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class CountingCollator:
-    """Wraps a trainer's collator: non-pad, padded and loss tokens of every batch it produced (peer-baseline section 4)."""
+    """Wraps a trainer's collator: non-pad, padded and loss tokens of every batch it produced.
+
+    Which tokens count: bench/README.md, "How we measure".
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -199,7 +204,10 @@ def run_sft(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def reward_ids(tokenizer, prompt: list[dict], reply: str) -> list[int]:
-    """The conversation through the chat template, without the ``\\n`` after the final ``<|im_end|>`` (Q5)."""
+    """The conversation through the chat template, without the ``\\n`` after the final ``<|im_end|>``.
+
+    PPO reads the reward at ``<|im_end|>`` (the last non-pad token), so the reward model is trained to score there.
+    """
     messages = [*prompt, {"role": "assistant", "content": reply}]
     ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
     if ids and tokenizer.decode(ids[-1:]) == "\n":
@@ -479,7 +487,7 @@ def run_ppo(args: argparse.Namespace) -> dict[str, Any]:
         sft_dir=args.sft_dir,
         reward_dir=args.reward_dir,
         output_dir=args.output_dir,
-        bf16_note="PPOTrainer 1.12 builds its Accelerator without mixed precision: --bf16 has no effect (Q9)",
+        bf16_note="PPOTrainer 1.12 builds its Accelerator without mixed precision: --bf16 has no effect",
     )
     flops = result.pop("_model_flops")
     return finalize(result, window, flops, args.bf16, not args.no_peak, T_PROCESS)

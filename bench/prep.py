@@ -1,9 +1,9 @@
-"""Build the benchmark's data pools from HH-RLHF harmless-base, the way ../shared/peer-baseline.md section 3 does.
+"""Build the benchmark's data pools from HH-RLHF harmless-base, by the reference measurement's rules.
 
     python bench/prep.py            # writes bench/work/{sft,rm_train,rm_eval,ppo_prompts,ppo_eval_prompts}.jsonl
                                     # + bench/work/quick/ (the --quick subsets) + bench/work/pools.json (manifest)
 
-Method (the peer's, re-implemented: its script is not available):
+Method (the reference measurement's, re-implemented; bench/README.md, "Data"):
 
 1. each transcript is split on ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` into user/assistant messages; a row
    whose turns do not alternate user/assistant, has an empty turn, or does not end with the assistant is dropped;
@@ -23,10 +23,11 @@ Method (the peer's, re-implemented: its script is not available):
    ppo_eval_prompts      8    same (only so trl's PPOTrainer has an eval set; never used)
    ====================  ===  ==========================================================================
 
-Difference from the peer, stated in pools.json: ``../shared/data`` holds the first 1,500 records of the
-harmless-base *test* split, the peer read the whole split (2,312 records; its eligible counts 1,774 / 1,650 / 1,800
-exceed 1,500). So the pools are drawn the same way from a smaller source: the same kind of examples (the eligible
-shares agree within 1 point), not the same records, and token totals differ a little; compare per-token rates.
+Difference from the reference measurement, stated in pools.json: ``../shared/data`` holds the first 1,500 records
+of the harmless-base *test* split, the reference read the whole split (2,312 records; its eligible counts
+1,774 / 1,650 / 1,800 exceed 1,500). So the pools are drawn the same way from a smaller source: the same kind of
+examples (the eligible shares agree within 1 point), not the same records, and token totals differ a little; compare
+per-token rates.
 
 Output formats (what ``alignment.data.load.load_records`` reads; the trl 1.12 script converts them):
 
@@ -155,7 +156,7 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
 
 
 def token_totals(pools: dict[str, list[dict]], tokenizer) -> dict[str, int]:
-    """Template token totals (what a trainer sees before padding): a check against the peer's 8,982 / 33,465."""
+    """Template token totals (what a trainer sees before padding): a check against the reference's 8,982 / 33,465."""
     sft = sum(chat_length(tokenizer, r["messages"]) for r in pools["sft"])
     rm = sum(
         chat_length(tokenizer, [*r["prompt"], {"role": "assistant", "content": r[k]}]) - 1  # minus the trailing "\n"

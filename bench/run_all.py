@@ -1,4 +1,4 @@
-"""Run the whole benchmark (issue #8): prep, then each stage ours and trl 1.12 interleaved, one process per run.
+"""Run the whole benchmark: prep, then each stage ours and trl 1.12 interleaved, one process per run.
 
     python bench/run_all.py --repeats 3             # the measurement (about 1.5 h per repeat on a 2-core CPU)
     python bench/run_all.py --quick --repeats 1     # smoke test of every path (tiny sizes; about 30 min)
@@ -20,7 +20,8 @@ of our/peer ratios:
 - machine-peak share: model FLOPs / train time / measured GEMM peak of the run's dtype (bf16 under --bf16, for
   both sides: the machine's peak there), per side (see common.py for the model); the fp32-peak share is also kept.
 
-Targets (issue #8): PPO >= 2x episodes/s at <= 0.6x peak memory; SFT and reward >= 1.3x throughput.
+The benchmark's targets (bench/README.md, "Targets and reference figures"): PPO >= 2x episodes/s at <= 0.6x peak
+memory; SFT and reward >= 1.3x throughput.
 """
 
 from __future__ import annotations
