@@ -1,7 +1,9 @@
-"""``alignment <stage> [--config recipe.yaml] [--key value ...]``: dispatch to the stage scripts.
+"""``alignment <command> [--config recipe.yaml] [--key value ...]``: the one entry point.
 
-No logic lives here (trl's ``cli/commands`` shape): each subcommand calls ``stages.<name>.main``,
-the same function ``python stages/<name>.py`` runs, and user-facing errors become one line.
+Each command is a library module with ``main(argv) -> result`` (parse the config, run, return what it
+produced) and ``summary_text(result) -> str`` (what the user reads when it ends). This module imports the
+command's module, runs it, prints the summary and turns user-facing errors into one line with exit code 2.
+``python stages/<command>.py ...`` calls :func:`run_command` too, so both ways behave the same.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import sys
 from alignment.core.config import ConfigError
 from data_schemas.errors import RecordError
 
-STAGES = {
-    "sft": "supervised fine-tuning on demonstrations",
-    "reward": "train (or --eval_only evaluate) a pairwise reward model",
-    "ppo": "optimise the SFT policy against reward models with a KL penalty",
-    "evaluate": "helpfulness / harmlessness report for several policies",
-    "pipeline": "run SFT -> reward -> PPO -> evaluate in one command",
-    "sweep": "PPO over a grid of reward weights or KL coefficients, evaluated together",
-    "data": "inspect a dataset before training (`alignment data inspect SOURCE`)",
+# command -> (library module with main() and summary_text(), one-line description)
+COMMANDS = {
+    "sft": ("alignment.sft", "supervised fine-tuning on demonstrations"),
+    "reward": ("alignment.reward", "train (or --eval_only evaluate) a pairwise reward model"),
+    "ppo": ("alignment.ppo", "optimise the SFT policy against reward models with a KL penalty"),
+    "evaluate": ("alignment.evaluate", "helpfulness / harmlessness report for several policies"),
+    "pipeline": ("alignment.pipeline", "run SFT -> reward -> PPO -> evaluate in one command"),
+    "sweep": ("alignment.sweep", "PPO over a grid of reward weights or KL coefficients, evaluated together"),
+    "data": ("alignment.inspect_data", "inspect a dataset before training (`alignment data inspect SOURCE`)"),
 }
+STAGES = {name: description for name, (_, description) in COMMANDS.items()}
 
 
 def usage() -> str:
@@ -30,25 +34,33 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in STAGES:
-        print(f"alignment: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    stage = importlib.import_module(f"stages.{command}")
+def run_command(command: str, argv: list[str]) -> int:
+    """Run one command; returns the process exit code (0, 2 for bad input, 130 when interrupted)."""
+    module = importlib.import_module(COMMANDS[command][0])
     try:
-        stage.main(rest)
+        result = module.main(argv)
     except (ConfigError, RecordError, FileNotFoundError) as e:
         print(f"alignment {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"alignment {command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
+    text = module.summary_text(result)
+    if text:
+        print(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"alignment: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return run_command(command, rest)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ Reports the detected format, how many records of each kind it gives, the invalid
 reason, token-length statistics of the records as the model will see them (rendered with the
 tokenizer's chat template, as :mod:`alignment.data.collate` renders them) and two rendered examples.
 The lengths tell you what ``max_length`` truncates before a run spends hours on it.
+
+Usage: ``alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records skip]``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import dataclasses
 import itertools
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from alignment.core.config import DataConfig
-from alignment.data.collate import has_chat_template, render_prompt
+from alignment.core.config import ConfigError, DataConfig, ModelConfig, parse_config
+from alignment.data.chat_template import has_chat_template, render_prompt
 from alignment.data.load import DETECTION_ROWS, load_records, read_rows, resolve_format, resolve_source
+from data_schemas.errors import RecordError
 from data_schemas.formats import KINDS
 from data_schemas.records import Comparison, Demonstration, Message, Record
 
@@ -148,3 +152,36 @@ def format_report(report: dict[str, Any]) -> str:
         for i, example in enumerate(info["examples"], start=1):
             lines += [f"  example {i}:", *("    " + line for line in example.splitlines())]
     return "\n".join(lines)
+
+
+CONFIG_TYPES = (ModelConfig, DataConfig)
+USAGE = "usage: alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records skip]"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``alignment data inspect SOURCE [--key value ...]``; returns the report (see :func:`inspect_source`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE + "\n")
+        raise SystemExit(0)
+    if len(argv) < 2 or argv[0] != "inspect" or argv[1].startswith("--"):
+        raise ConfigError(f"expected `inspect SOURCE`\n{USAGE}")
+    cfg = parse_config(CONFIG_TYPES, argv[2:], prog="alignment data inspect SOURCE")
+    from alignment.modeling.tokenizer import load_tokenizer  # imports transformers: not at --help
+
+    data_cfg = dataclasses.replace(cfg.data, dataset_name=argv[1])
+    try:
+        return inspect_source(
+            argv[1],
+            load_tokenizer(cfg.model),
+            cfg.data.dataset_format,
+            invalid=cfg.data.invalid_records,
+            data_cfg=data_cfg,
+        )
+    except RecordError:
+        raise
+    except ValueError as e:  # unknown format, a kind the format cannot give: user input, not a crash
+        raise ConfigError(str(e)) from None
+
+
+summary_text = format_report  # what ``alignment data inspect`` prints

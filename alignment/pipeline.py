@@ -6,6 +6,10 @@ A pipeline recipe has shared top-level keys (``model_name_or_path``, LoRA, quant
 only; a key given on the command line overrides the shared value everywhere
 (``--model_name_or_path Qwen/Qwen2.5-0.5B-Instruct`` swaps the base model of the whole run).
 
+Usage: ``alignment pipeline --config configs/quickstart.yaml [--config configs/models/MODEL.yaml]
+[--model_name_or_path ID] [--output_dir DIR] [--key value ...]``. A second ``--config`` (a model-family recipe:
+flat model keys) applies to every stage; flags override both.
+
 Each stage writes to ``<output_dir>/<stage>``; ``run_pipeline`` alone decides which output feeds
 which input (the SFT adapter is PPO's policy and reference, the reward model is PPO's reward and
 critic init, and evaluation compares base, SFT and PPO). A stage whose ``DONE`` marker exists is
@@ -15,13 +19,24 @@ skipped on re-run; an unfinished one resumes from its newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from alignment.core.config import Config, ConfigError, build_config, load_yaml
+from alignment.core.config import (
+    Config,
+    ConfigError,
+    bool_keys_of,
+    build_config,
+    load_yaml,
+    parse_overrides,
+    split_config_arg,
+)
 from alignment.core.run import is_done, package_versions
 from alignment.core.tracking import write_json_atomic
 
@@ -39,8 +54,6 @@ def _stage_keys(stage: str) -> set[str]:
 
 
 def pipeline_bool_keys() -> set[str]:
-    from alignment.core.config import bool_keys_of
-
     return set().union(*(bool_keys_of(_stage_module(stage).CONFIG_TYPES) for stage in STAGES))
 
 
@@ -69,8 +82,6 @@ def split_recipe(
             else override_sources.get(key, f"command line (--{key})")
         )
         if key not in known_anywhere:
-            import difflib
-
             close = difflib.get_close_matches(key, sorted(known_anywhere), n=1)
             raise ConfigError(f"{location}: unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
         for stage in STAGES:
@@ -156,7 +167,48 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
 
 
 def _read_metrics(output_dir: Path) -> dict[str, Any]:
-    import json
-
     path = output_dir / "metrics.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def parse_arguments(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """(the ``--config`` files in order, the command-line overrides); ``--help`` prints the usage and exits."""
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(__doc__ + "\n")
+        raise SystemExit(0)
+    paths, rest = split_config_arg(argv)
+    if not paths:
+        raise ConfigError("alignment pipeline needs --config (e.g. configs/quickstart.yaml)")
+    return paths, parse_overrides(rest, pipeline_bool_keys())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``alignment pipeline``: run (or resume) every stage of the recipe; returns the summary."""
+    paths, overrides = parse_arguments(list(sys.argv[1:] if argv is None else argv))
+    return run_pipeline(paths, overrides)
+
+
+SUMMARY_KEYS = {
+    "sft": ("eval_loss_before", "eval_loss", "train_tokens_per_second"),
+    "reward": ("eval_accuracy", "eval_accuracy_ci_low", "eval_accuracy_ci_high", "num_pairs"),
+    "ppo": ("heldout_reward_before", "heldout_reward_after", "kl_last", "episodes_per_second"),
+    "evaluate": ("report",),
+}
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """A line per stage: ran or skipped, seconds, its headline metrics; then where the report is."""
+    lines = ["", "=" * 72, f"pipeline finished: {summary['run_dir']}"]
+    for stage, info in summary["stages"].items():
+        metrics = info["metrics"]
+        shown = ", ".join(
+            f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}"
+            for k in SUMMARY_KEYS.get(stage, ())
+            if k in metrics
+        )
+        lines.append(f"  {stage:<9} {info['status']:<26} {info['seconds']:>7.1f}s  {shown}")
+    report = summary["stages"].get("evaluate", {}).get("output_dir")
+    if report:
+        lines.append(f"\nreport: {report}/report.md  (plots: tradeoff.png, refusals.png)")
+    lines.append("=" * 72)
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ scored in one forward so the group is not over-fitted pair by pair. An optional 
 The model is any ``AutoModelForSequenceClassification`` with one label: a causal LM (the base or
 the SFT output, with a fresh scalar head) or an encoder such as BERT or DeBERTa. Reward statistics
 over a reference set are saved beside it (``reward_stats.json``) for PPO and evaluation to
-normalise with. Uses the shared loop (``trainer.py``) because trl's ``RewardTrainer`` cannot feed
+normalise with. Uses the shared loop (``alignment.training.loop``) because trl's ``RewardTrainer`` cannot feed
 K-response groups.
 """
 
@@ -21,9 +21,14 @@ from typing import Any
 
 import torch
 
-from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
-from alignment.core.tracking import write_json_atomic
+from alignment.core.stats import proportion_confidence_interval
+from alignment.core.tracking import metrics_text, write_json_atomic
+from alignment.data.collate import RewardCollator
+from alignment.data.load import load_records
+from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
+from alignment.modeling.module_utils import disable_dropout, unwrap_transformers_model
 from alignment.rl.losses import ranked_groups_loss
 from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
 
@@ -52,7 +57,6 @@ def score_head(model: torch.nn.Module) -> torch.nn.Module | None:
     transformers' decoder ``*ForSequenceClassification`` classes apply ``score`` to every position
     and then read the last token; encoders (BERT's ``classifier``) pool differently and cannot be packed.
     """
-    from alignment.modeling.load import unwrap_transformers_model
 
     return getattr(unwrap_transformers_model(model), "score", None)
 
@@ -63,7 +67,6 @@ def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[st
     The model is still called as a whole (so DDP's hooks run); its pooled output reads one token per
     packed row and is ignored. The head's per-position output is taken with a forward hook instead.
     """
-    from alignment.modeling.attention import varlen_kwargs
 
     captured: list[torch.Tensor] = []
     extra = varlen_kwargs(batch["cu_seq_lens"].to(device)) if "cu_seq_lens" in batch else {}
@@ -89,8 +92,7 @@ def reward_loop_spec(
     flat_rows: bool = False,
 ) -> LoopSpec:
     """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding,
-    in one row without filler with ``flat_rows`` (``varlen_attention.supports_flat_packing``)."""
-    from alignment.data.collate import RewardCollator
+    in one row without filler with ``flat_rows`` (``alignment.modeling.attention.supports_flat_packing``)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -125,7 +127,6 @@ def reward_loop_spec(
 
 def summarize_eval(result: dict[str, float]) -> dict[str, float]:
     """Accuracy with a Wilson 95% interval, loss, and the reward mean/std over the evaluated responses."""
-    from alignment.core.stats import proportion_confidence_interval
 
     n_pairs = int(result["n_pairs"])
     accuracy, low, high = proportion_confidence_interval(result["n_correct"], n_pairs) if n_pairs else (math.nan,) * 3
@@ -145,9 +146,9 @@ def summarize_eval(result: dict[str, float]) -> dict[str, float]:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a reward model; returns the metrics written to ``metrics.json``."""
-    from alignment.data.load import load_records
-    from alignment.modeling.attention import supports_flat_packing
-    from alignment.modeling.load import disable_dropout, load_reward_model, load_tokenizer, save_stage_model
+    from alignment.modeling.load import load_reward_model
+    from alignment.modeling.stage_dir import save_stage_model
+    from alignment.modeling.tokenizer import load_tokenizer
 
     with start_run(cfg, "reward") as run:
         tokenizer = load_tokenizer(cfg.model)
@@ -203,3 +204,11 @@ def train(cfg: Config) -> dict[str, Any]:
 def _pairs_per_second(result) -> float:
     pairs_seen = sum(row.get("train/n_pairs", 0.0) for row in result.history)
     return pairs_seen / result.train_seconds if result.train_seconds else 0.0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``alignment reward``: the recipe (``--config``) and flags parsed, then :func:`train`; returns its metrics."""
+    return train(parse_config(CONFIG_TYPES, argv, prog="alignment reward"))
+
+
+summary_text = metrics_text  # what ``alignment reward`` prints when it ends

@@ -1,22 +1,28 @@
 """SFT stage: fine-tune a causal LM on demonstrations, with the loss on assistant tokens only.
 
-Uses the shared loop in ``trainer.py`` rather than ``trl.SFTTrainer`` (the reasons are in that
+Uses the shared loop in ``alignment.training.loop`` rather than ``trl.SFTTrainer`` (the reasons are in that
 module's docstring: one checkpoint/resume/Ctrl-C path for every stage, exact token-mean loss
 across accumulation and processes, padding-free batches). The chat template renders every
-demonstration and ``collate.render_sft_example`` labels exactly the assistant turns.
+demonstration and ``alignment.data.collate.render_sft_example`` labels exactly the assistant turns.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
+from alignment.core.tracking import metrics_text
+from alignment.data.collate import IGNORE_INDEX, RejectedExample, SFTCollator, count_tokens, render_sft_example
+from alignment.data.load import load_records
+from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
+from alignment.modeling.module_utils import unwrap_transformers_model
 from alignment.rl.losses import sft_token_loss
 from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
 
@@ -37,7 +43,6 @@ CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, S
 
 def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) -> tuple[list, Counter, int]:
     """Render records; returns (examples, rejected counts by reason, number truncated)."""
-    from alignment.data.collate import RejectedExample, render_sft_example
 
     examples, rejected, truncated = [], Counter(), 0
     for record in records:
@@ -55,7 +60,6 @@ def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The LM head (output embeddings) of a causal LM under any DDP/peft wrapper, or None."""
-    from alignment.modeling.load import unwrap_transformers_model
 
     hf_model = unwrap_transformers_model(model)
     return hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
@@ -67,15 +71,13 @@ def sft_loop_spec(
     """Loss and batching. With ``head`` (see :func:`output_head`) the LM head runs only where a label is predicted.
 
     ``flat_rows``: pack each batch into one row without filler (the model's attention must take
-    sequence boundaries: ``varlen_attention.supports_flat_packing``).
+    sequence boundaries: ``alignment.modeling.attention.supports_flat_packing``).
 
     Most positions are prompt (the peer workload: 1,816 target tokens of 8,982), and the
     vocabulary projection plus its fp32 cross-entropy cost about a fifth of a 135M model's step.
     A forward pre-hook hands the head the hidden states of the target positions only, so the
     model is still called as a whole (DDP's hooks run) and the result is exact.
     """
-    from alignment.data.collate import IGNORE_INDEX, SFTCollator, count_tokens
-    from alignment.modeling.attention import varlen_kwargs
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -116,9 +118,10 @@ def sft_loop_spec(
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run SFT; returns the metrics written to ``metrics.json``."""
-    from alignment.data.load import load_records
-    from alignment.modeling.attention import supports_flat_packing
-    from alignment.modeling.load import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+    from alignment.modeling.export import merge_and_export
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.stage_dir import save_stage_model
+    from alignment.modeling.tokenizer import load_tokenizer
 
     with start_run(cfg, "sft") as run:
         tokenizer = load_tokenizer(cfg.model)
@@ -166,6 +169,12 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _ppl(loss: float) -> float:
-    import math
-
     return math.exp(min(loss, 50.0))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``alignment sft``: the recipe (``--config``) and flags parsed, then :func:`train`; returns its metrics."""
+    return train(parse_config(CONFIG_TYPES, argv, prog="alignment sft"))
+
+
+summary_text = metrics_text  # what ``alignment sft`` prints when it ends

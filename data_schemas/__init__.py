@@ -1,12 +1,10 @@
 """Typed records (Demonstration, Comparison, Prompt), their errors, and the source-format adapters.
 
-``load_records`` lives in :mod:`alignment.data.load` (it needs the config types) and is re-exported
-lazily here, so ``import data_schemas`` stays free of the training stack and of import cycles.
+This package imports nothing from ``alignment``: it is the bottom layer. Reading files and Hub datasets into
+these records is :func:`alignment.data.load.load_records`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from data_schemas.errors import RecordError, SkipReport
 from data_schemas.formats import FORMATS, KINDS, Format, detect_format, get_format
@@ -25,14 +23,5 @@ __all__ = [
     "SkipReport",
     "detect_format",
     "get_format",
-    "load_records",
     "make_messages",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "load_records":
-        from alignment.data.load import load_records
-
-        return load_records
-    raise AttributeError(f"module 'data_schemas' has no attribute {name!r}")

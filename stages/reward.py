@@ -1,22 +1,11 @@
-"""Reward model stage: pairwise ranking on comparisons (--eval_only evaluates any reward model). Usage: alignment reward --config configs/reward.yaml [--key value ...]   (or python stages/reward.py ...)"""
+"""Reward model stage: pairwise ranking on comparisons (``--eval_only true`` evaluates any reward model).
 
-from __future__ import annotations
+Usage: python stages/reward.py --config RECIPE.yaml [--key value ...]   (the same as ``alignment reward``; ``--help`` lists the options)
+"""
 
-import json
 import sys
 
-from alignment import reward
-from alignment.core.config import parse_config
-
-CONFIG_TYPES = reward.CONFIG_TYPES
-
-
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(CONFIG_TYPES, argv, prog="alignment reward")
-    metrics = reward.train(cfg)
-    print(json.dumps(metrics, indent=2))
-    return metrics
-
+from alignment.cli import run_command
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command("reward", sys.argv[1:]))

@@ -1,25 +1,11 @@
-"""SFT stage: fine-tune a causal LM on demonstrations (loss on assistant tokens only).
+"""SFT stage: fine-tune a causal LM on demonstrations, with the loss on the assistant tokens only.
 
-Usage: alignment sft --config configs/sft.yaml [--key value ...]   (or python stages/sft.py ...)
+Usage: python stages/sft.py --config RECIPE.yaml [--key value ...]   (the same as ``alignment sft``; ``--help`` lists the options)
 """
 
-from __future__ import annotations
-
-import json
 import sys
 
-from alignment import sft
-from alignment.core.config import parse_config
-
-CONFIG_TYPES = sft.CONFIG_TYPES
-
-
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(CONFIG_TYPES, argv, prog="alignment sft")
-    metrics = sft.train(cfg)
-    print(json.dumps(metrics, indent=2))
-    return metrics
-
+from alignment.cli import run_command
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command("sft", sys.argv[1:]))

@@ -61,7 +61,7 @@ def embedded_dir() -> Path:
 def embedded_tokenizer(embedded_dir):
     """The embedded default's tokenizer as stages see it: ChatML template, pad ``<|endoftext|>`` != eos."""
     from alignment.core.config import ModelConfig
-    from alignment.modeling.load import load_tokenizer
+    from alignment.modeling.tokenizer import load_tokenizer
 
     return load_tokenizer(ModelConfig())
 

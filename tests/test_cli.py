@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.cli import STAGES, main
+from alignment.cli import COMMANDS, STAGES, main
 from alignment.core.config import ConfigError, TrainConfig, parse_config
 from tests.conftest import REPO_ROOT
 
@@ -150,8 +150,7 @@ FLAG_FORMS = {
 def _parse(command: str, flags: list[str], tmp_path: Path):
     if command == "sft":
         return parse_config(importlib.import_module("alignment.sft").CONFIG_TYPES, flags).flat()
-    from alignment.pipeline import load_pipeline
-    from stages.pipeline import parse_arguments
+    from alignment.pipeline import load_pipeline, parse_arguments
 
     recipe = tmp_path / "pipeline.yaml"
     recipe.write_text("sft: {dataset_name: demo}\n", encoding="utf-8")
@@ -203,7 +202,7 @@ threads_before = threading.active_count()
 report = {"seconds": {}, "modules": {}}
 for name in sys.argv[1:]:
     start = time.perf_counter()
-    __import__("stages." + name)
+    __import__(json.loads(os.environ["COMMAND_MODULES"])[name])
     report["seconds"][name] = round(time.perf_counter() - start, 2)
     report["modules"][name] = sorted(m for m in json.loads(os.environ["WATCHED"]) if m in sys.modules)
 torch = sys.modules.get("torch")
@@ -214,11 +213,14 @@ report["new_threads"] = threading.active_count() - threads_before
 report["cache_created"] = os.path.exists(os.environ["ALIGNMENT_CACHE"])
 sys.stdout.write("PROBE " + json.dumps(report))
 """
-# Importing any of these would mean a stage loads models or data (or plots) at import time.
+# Importing any of these would mean a command loads models or data (or plots) at import time. (The data reader,
+# alignment.data.load, is not among them: the data command imports it, and it reads nothing until called; the
+# Hub loader it calls, datasets, is.)
 WORK_MODULES = [
     "alignment.modeling.load",
+    "alignment.modeling.tokenizer",
+    "alignment.modeling.sources",
     "alignment.modeling.embedded",
-    "alignment.data.load",
     "datasets",
     "gguf",
     "matplotlib",
@@ -241,7 +243,10 @@ def started(tmp_path_factory):
         "probe": [sys.executable, "-c", IMPORT_PROBE, *IMPORT_ORDER],
     }.items():
         cwd = tmp_path_factory.mktemp(name)
-        env = subprocess_env(cwd) | {"WATCHED": json.dumps(WORK_MODULES + TRAINING_ONLY_MODULES)}
+        env = subprocess_env(cwd) | {
+            "WATCHED": json.dumps(WORK_MODULES + TRAINING_ONLY_MODULES),
+            "COMMAND_MODULES": json.dumps({name: module for name, (module, _) in COMMANDS.items()}),
+        }
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         jobs[name] = (subprocess.Popen(argv, cwd=cwd, env=env, **pipes), cwd)
     yield jobs
@@ -283,9 +288,11 @@ def test_importing_stages_has_no_side_effects(import_probe):
     assert import_probe["new_files"] == [] and not import_probe["cache_created"]
     assert import_probe["new_root_handlers"] == 0, "a stage configured logging at import"
     assert import_probe["new_threads"] == 0 and not import_probe["cuda_initialized"]
-    for stage, modules in import_probe["modules"].items():
+    for command, modules in import_probe["modules"].items():
         loaded = sorted(set(modules) & set(WORK_MODULES))
-        assert not loaded, f"importing stages.{stage} imported {loaded}: loading belongs in train(), not at import"
+        assert not loaded, (
+            f"importing the {command} command imported {loaded}: loading belongs in main(), not at import"
+        )
 
 
 def test_importing_stages_is_fast(import_probe):
@@ -321,8 +328,7 @@ def test_library_never_imports_stages():
 
 
 def test_later_config_files_override_earlier_ones_and_flags_override_both(tmp_path):
-    from alignment.pipeline import load_pipeline
-    from stages.pipeline import parse_arguments
+    from alignment.pipeline import load_pipeline, parse_arguments
 
     stage = tmp_path / "sft.yaml"
     stage.write_text("dataset_name: demo\nlora_r: 4\nlearning_rate: 1.0e-4\n", encoding="utf-8")

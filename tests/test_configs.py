@@ -134,34 +134,23 @@ def test_pipeline_recipe_parses_into_every_stage(path, monkeypatch):
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if recipe_kind(p) == "sweep"], ids=rel)
 def test_sweep_recipe_parses_every_grid_point_and_the_evaluation(path, monkeypatch):
-    """Mirrors the argv that ``alignment.sweep.run_sweep`` builds, without training anything."""
-    import alignment.evaluate.stage as evaluate
-    import alignment.ppo.stage as ppo
-    from alignment.sweep import grid_points, load_sweep
+    """The configs ``alignment.sweep.run_sweep`` trains and evaluates, built without training anything."""
+    from alignment.sweep import evaluation_config, load_sweep, ppo_configs
 
     monkeypatch.chdir(REPO_ROOT)
     recipe = load_sweep(rel(path))
-    shared = [t for k, v in (recipe.get("ppo_overrides") or {}).items() for t in (f"--{k}", flag_value(v))]
-    points = grid_points(recipe["grid"])
-    for name, argv in points:
-        cfg = parse_config(ppo.CONFIG_TYPES, ["--config", recipe["ppo_config"], *shared, *argv, "--output_dir", name])
+    points = ppo_configs(recipe, rel(path))
+    assert len({out for _, out, _ in points}) == len(points) > 1, f"{rel(path)}: grid points share a directory"
+    for name, out, cfg in points:
+        flat = cfg.flat()
         for key, values in recipe["grid"].items():
-            assert any(_same(cfg.flat()[key], v) for v in values), f"{rel(path)} point {name}: {key}"
-        assert_applied(cfg.flat(), recipe.get("ppo_overrides") or {}, f"{rel(path)} point {name}")
-    names = [*(recipe.get("include_policies") or {}), *(n for n, _ in points)]
-    eval_argv = [
-        "--config",
-        recipe["evaluate_config"],
-        "--policy_names",
-        ",".join(names),
-        "--reference_policy",
-        names[0],
-    ]
-    assert parse_config(evaluate.CONFIG_TYPES, eval_argv).evaluate.policy_names == names
-
-
-def flag_value(value) -> str:
-    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            assert any(_same(flat[key], v) for v in values), f"{rel(path)} point {name}: {key}"
+        assert_applied(flat, recipe.get("ppo_overrides") or {}, f"{rel(path)} point {name}")
+        assert flat["output_dir"] == str(out) and flat["resume"] is True
+    names = [*(recipe.get("include_policies") or {}), *(n for n, _, _ in points)]
+    paths = [*(recipe.get("include_policies") or {}).values(), *(str(out) for _, out, _ in points)]
+    ev = evaluation_config(recipe, names, paths).evaluate
+    assert ev.policy_names == names and ev.reference_policy == names[0]
 
 
 def _same(got, value) -> bool:
@@ -175,7 +164,8 @@ MODEL_RECIPES = [p for p in RECIPES if recipe_kind(p) == "model"]
 
 @pytest.mark.parametrize("path", MODEL_RECIPES, ids=rel)
 def test_model_recipe_combines_with_the_sft_recipe(path):
-    from alignment.modeling.load import bnb_config, resolve_model_source
+    from alignment.modeling.quantization import bnb_config
+    from alignment.modeling.sources import resolve_model_source
 
     model_data, model_lines = load_yaml(path)
     stray = sorted(set(model_data) - field_names(*MODEL_KEY_TYPES))
@@ -234,7 +224,7 @@ def test_model_recipe_usage_commands_parse_and_reproduce_the_recipe(path, monkey
     for argv in commands:
         assert argv[0] == "alignment"
         if argv[1] == "pipeline":
-            from stages.pipeline import parse_arguments
+            from alignment.pipeline import parse_arguments
 
             recipes, overrides = parse_arguments(argv[2:])
             assert str(rel(path)) in recipes[1:], f"{rel(path)}: the pipeline command layers this recipe"

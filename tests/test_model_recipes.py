@@ -191,7 +191,8 @@ def test_every_recipe_is_covered():
 
 @pytest.mark.parametrize(("path", "load_in_8bit"), CASES)
 def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bit, recipe_model_dir):
-    from alignment.modeling.load import load_causal_lm, load_tokenizer
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.tokenizer import load_tokenizer
 
     cfg = recipe_config(path, recipe_model_dir(path), load_in_8bit)
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
@@ -231,7 +232,8 @@ BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_temp
 @pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
 def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir):
     from alignment.core.config import ModelConfig
-    from alignment.modeling.load import ModelLoadError, load_tokenizer
+    from alignment.modeling.sources import ModelLoadError
+    from alignment.modeling.tokenizer import load_tokenizer
 
     model_dir = recipe_model_dir(path)
     with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
@@ -273,7 +275,10 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
     from peft import PeftModel
 
     from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.modeling.load import load_causal_lm, load_tokenizer, merge_and_export, save_stage_model
+    from alignment.modeling.export import merge_and_export
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.stage_dir import save_stage_model
+    from alignment.modeling.tokenizer import load_tokenizer
     from alignment.ppo.adapters import POLICY, SFT, copy_adapter, use_adapter
 
     cfg = recipe_config(path, recipe_model_dir(path))
@@ -342,9 +347,10 @@ def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, r
     """The three stages chained on a family that needed ChatML tokens: PPO's adapters carry their trained rows."""
     from safetensors.torch import load_file
 
-    import alignment.ppo.stage as ppo
+    import alignment.ppo as ppo
     from alignment import reward, sft
     from alignment.core.tracking import read_log
+    from alignment.ppo.policy import build_actor_critic
 
     common = {
         "model_name_or_path": str(recipe_model_dir(path)),
@@ -381,7 +387,7 @@ def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, r
             "eval_prompts": 2,
         },
     )
-    ac, _, _ = ppo.build_actor_critic(ppo_cfg)
+    ac, _, _ = build_actor_critic(ppo_cfg)
     trainable = {n for n, p in ac.model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if "trainable_tokens_delta" in n}, "policy/value token rows must train"
     assert all(n.split(".")[-1] in ("policy", "value") or ".policy." in n or ".value." in n for n in trainable)
@@ -401,7 +407,9 @@ def test_generation_from_a_packed_prefill_and_a_preallocated_cache_equals_plain_
 
     from alignment.core.config import LoraConfig
     from alignment.modeling.generation import PreallocatedLayer, generation_cache
-    from alignment.modeling.load import load_causal_lm, load_tokenizer, peft_lora_config
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.lora import peft_lora_config
+    from alignment.modeling.tokenizer import load_tokenizer
 
     cfg = recipe_config(path, recipe_model_dir(path))
     tokenizer = load_tokenizer(cfg.model, padding_side="left")

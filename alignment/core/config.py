@@ -353,6 +353,18 @@ def parse_config(config_types: tuple[type, ...], argv: list[str] | None = None, 
         sys.stdout.write(format_help(config_types, prog) + "\n")
         raise SystemExit(0)
     config_paths, argv = split_config_arg(argv)
+    flags = _argv_to_pairs(argv, bool_keys_of(config_types))
+    return layered_config(config_types, config_paths, [(k, v, f"command line (--{k})") for k, v in flags])
+
+
+def layered_config(
+    config_types: tuple[type, ...], config_paths: list[str], overrides: list[tuple[str, Any, str]]
+) -> Config:
+    """The YAML files in order (a later file's keys win), then ``overrides`` as ``(key, value, where written)``.
+
+    The one way a stage's config is assembled from files plus overrides: the command line passes its flags here,
+    a sweep its grid point, and errors name the file and line, or the override's source, of the bad value.
+    """
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
     for config_path in config_paths:
@@ -360,9 +372,9 @@ def parse_config(config_types: tuple[type, ...], argv: list[str] | None = None, 
         for key, value in data.items():
             values[key] = value
             where[key] = f"{config_path}:{lines.get(key, '?')}"
-    for key, value in _argv_to_pairs(argv, bool_keys_of(config_types)):
+    for key, value, source in overrides:
         values[key] = value
-        where[key] = f"command line (--{key})"
+        where[key] = source
     return build_config(config_types, values, where)
 
 

@@ -123,3 +123,19 @@ def warn_if_slow_on_cpu(mixed_precision: str, device: torch.device) -> bool:
         torch.backends.cpu.get_cpu_capability(),
     )
     return True
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto': fp32 on CPU; bf16 on a GPU that has it, else fp32 (fp16 training needs loss scaling)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    aliases = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    key = aliases.get(name, name)
+    if key not in _DTYPES:
+        raise ValueError(f"dtype: expected auto, bf16, fp16 or fp32, got {name!r}")
+    return _DTYPES[key]

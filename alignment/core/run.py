@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 
 from alignment.core.config import Config, save_config
 from alignment.core.cpu_memory import keep_freed_memory_for_reuse
+from alignment.core.distributed import check_distributed_support
 from alignment.core.precision import warn_if_slow_on_cpu
 from alignment.core.tracking import MetricLogger, write_json_atomic
 
@@ -93,7 +94,6 @@ def start_run(cfg: Config, stage: str) -> Iterator[Run]:
     train = cfg.train
     output_dir = Path(train.output_dir)
     accelerator = make_accelerator(cpu=train.cpu, bf16=train.bf16)
-    from alignment.core.distributed import check_distributed_support
 
     check_distributed_support(cfg, accelerator)  # before anything is written or loaded
     if accelerator.is_main_process:

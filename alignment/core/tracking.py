@@ -41,6 +41,11 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """A stage's final metrics as the command line shows them: indented JSON."""
+    return json.dumps(metrics, indent=2, default=_jsonable)
+
+
 class MetricLogger:
     """Append one JSON object per logged step to ``<output_dir>/log.jsonl`` and fan out to trackers."""
 

@@ -13,24 +13,6 @@ What
   forward (InstructGPT, Ouyang et al. 2022, sec. 3.5).
 - :func:`render_prompt` / :class:`PromptCollator` build left-padded prompt batches for generation.
 
-Why not trl's ``DataCollatorForCompletionOnlyLM`` or ``assistant_only_loss`` / ``return_assistant_tokens_mask``
-------------------------------------------------------------------------------------------------------------
-``return_assistant_tokens_mask`` (what trl's ``assistant_only_loss`` uses) only works for templates
-that wrap assistant text in ``{% generation %}`` blocks, which most models' templates lack (SmolLM2's
-does not). ``DataCollatorForCompletionOnlyLM`` (gone from trl 1.x) needs hand-written response and
-instruction marker strings per model and searches for their *token* sequences, which fails when the
-marker's tokens merge differently with the text around them. Instead we find assistant spans by *incremental
-rendering*: ``apply_chat_template(messages[:i], add_generation_prompt=True)`` ends where assistant
-turn ``i`` starts and ``apply_chat_template(messages[:i + 1])`` ends after it; both must be string
-prefixes of the whole rendering ("prefix-stable" template, else :class:`ChatTemplateError`). The
-whole conversation is tokenized once and character spans are mapped to tokens with the offset
-mapping (or, for tokenizers without offsets, by tokenizing prefixes and checking the prefix
-property). This works for any prefix-stable template: ChatML, Zephyr, Llama-2/3, Gemma, ...
-
-The end of the learned span is the last special token after the content (the end-of-turn token,
-e.g. ``<|im_end|>``, ``<|eot_id|>``, ``</s>``); what follows it (the ``\\n`` separating turns) is
-scaffolding. A template whose turns end without a special token learns the content only.
-
 Truncation policy (SFT)
 -----------------------
 The *prompt* is everything before the first learned token. If it alone is ``>= max_length`` the
@@ -40,10 +22,8 @@ example left with no learned token is rejected with ``"no_target_tokens"``. Rewa
 batches truncate from the LEFT instead (keeping a leading BOS/CLS token), because the reward is
 read at the response's end-of-turn token and generation continues from the prompt's end.
 
-Tokenization: templated text already contains the special tokens the template wants, so it is
-tokenized with ``add_special_tokens=False`` (as ``apply_chat_template(tokenize=True)`` does);
-the plain-text fallback (tokenizers without a template, e.g. BERT reward models) lets the
-tokenizer add its own ([CLS] ... [SEP]).
+Chat-template rendering and the search for assistant spans live in :mod:`alignment.data.chat_template`;
+packing rows without padding in :mod:`alignment.data.packing`.
 """
 
 from __future__ import annotations
@@ -55,15 +35,19 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from alignment.data.chat_template import (
+    ChatTemplateError,
+    assistant_char_spans,
+    has_chat_template,
+    message_dicts,
+    render_prompt,
+    render_reward_texts,
+)
+from alignment.data.packing import pack_token_rows
 from data_schemas.errors import RecordError
-from data_schemas.records import Comparison, Demonstration, Message, Prompt
+from data_schemas.records import Comparison, Demonstration, Prompt
 
 IGNORE_INDEX = -100
-PLAIN_TEXT_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
-class ChatTemplateError(ValueError):
-    """The tokenizer's chat template cannot be used to locate assistant turns."""
 
 
 @dataclass(frozen=True)
@@ -115,83 +99,6 @@ class TokenCounts(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- rendering helpers
-
-
-def _message_dicts(messages: Sequence[Message] | Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    return [m.to_dict() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    if not has_chat_template(tokenizer):
-        raise ChatTemplateError(
-            f"{type(tokenizer).__name__} has no chat template; set one (a tokenizer with a template, or "
-            "tokenizer.chat_template) to train a chat model"
-        )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    if not isinstance(text, str):
-        raise ChatTemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
-    return text
-
-
-def _render_plain_text(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    """The fallback for tokenizers without a template: ``User: ...\\n\\nAssistant: ...``."""
-    parts = [f"{PLAIN_TEXT_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages]
-    if add_generation_prompt:
-        parts.append(f"{PLAIN_TEXT_ROLE_NAMES['assistant']}:")
-    return "\n\n".join(parts)
-
-
-def _special_token_strings(tokenizer: Any) -> set[str]:
-    specials = set(getattr(tokenizer, "all_special_tokens", []))
-    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    specials.update(t.content for t in decoder.values() if getattr(t, "special", False))
-    return {s for s in specials if s}
-
-
-def _require_prefix(full: str, prefix: str, num_messages: int, generation_prompt: bool) -> int:
-    if full.startswith(prefix):
-        return len(prefix)
-    differ_at = next((k for k, (a, b) in enumerate(zip(full, prefix)) if a != b), min(len(full), len(prefix)))
-    what = "with the generation prompt " if generation_prompt else ""
-    raise ChatTemplateError(
-        f"the chat template is not prefix-stable: rendering the first {num_messages} messages {what}is not a "
-        f"prefix of the whole conversation (they differ at character {differ_at}: "
-        f"{prefix[differ_at : differ_at + 40]!r} vs {full[differ_at : differ_at + 40]!r}). Templates that rewrite "
-        "earlier turns (e.g. drop past reasoning) or lack a generation prompt are not supported"
-    )
-
-
-def _end_of_turn(segment: str, content: str, message_index: int, specials: set[str]) -> int:
-    """Length of ``segment`` (assistant turn as rendered) that is learned: content + end-of-turn token."""
-    stripped = content.strip()
-    at = segment.find(stripped)
-    if at < 0 or segment[:at].strip():
-        raise ChatTemplateError(
-            f"assistant message {message_index}: the rendered turn does not start with the message content "
-            f"(got {segment[:60]!r}); the template's add_generation_prompt must emit the whole assistant header"
-        )
-    content_end = at + len(stripped)
-    tail = segment[content_end:]
-    ends = [tail.rfind(s) + len(s) for s in specials if s in tail]
-    return content_end + (max(ends) if ends else len(tail.rstrip()))
-
-
-def _assistant_char_spans(
-    tokenizer: Any, messages: list[dict[str, str]], turn_indices: Sequence[int]
-) -> tuple[str, list[tuple[int, int]]]:
-    """The whole rendering and, per assistant turn, the ``[start, end)`` characters that are learned."""
-    full = _render(tokenizer, messages, add_generation_prompt=False)
-    specials = _special_token_strings(tokenizer)
-    spans = []
-    for i in turn_indices:
-        start = _require_prefix(full, _render(tokenizer, messages[:i], True), i, generation_prompt=True)
-        stop = _require_prefix(full, _render(tokenizer, messages[: i + 1], False), i + 1, generation_prompt=False)
-        spans.append((start, start + _end_of_turn(full[start:stop], messages[i]["content"], i, specials)))
-    return full, spans
 
 
 # ----------------------------------------------------------------------------- tokenization helpers
@@ -251,77 +158,6 @@ def _attention_mask(rows: Sequence[Sequence[int]], side: Literal["left", "right"
     return _pad_rows([[1] * len(r) for r in rows], 0, side)
 
 
-def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
-    """First-fit-decreasing assignment of sequences to rows no longer than the longest sequence.
-
-    Capping rows at the longest sequence keeps attention (quadratic in the row length) no dearer
-    than in the padded layout, while the linear layers -- most of the work -- skip the padding.
-    """
-    capacity = max(lengths)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
-        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
-        if row is None:
-            rows.append([])
-            room.append(capacity)
-            row = len(rows) - 1
-        rows[row].append(i)
-        room[row] -= lengths[i]
-    return rows
-
-
-class PackedTokens(NamedTuple):
-    """``input_ids``/``position_ids`` ``(R, L)``; ``starts`` ``(N,)``: flat index (into R * L) of each sequence's first token.
-
-    ``cu_seq_lens`` ``(N + 1,)`` int32: the sequences' boundaries in a flat row (``flat=True``), else None.
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    starts: torch.Tensor
-    cu_seq_lens: torch.Tensor | None = None
-
-
-def pack_token_rows(
-    sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0, flat: bool = False
-) -> PackedTokens:
-    """Sequences packed several to a row (:func:`pack_rows`), positions restarting at 0 for each.
-
-    Call the model with these ``position_ids``, NO attention mask and ``use_cache=False``:
-    transformers then builds a block-diagonal causal mask from the restarts
-    (``masking_utils.find_packed_sequence_indices``), so no token sees another sequence. The filler
-    at a row's end continues the last sequence's positions: it forms no block of its own and, coming
-    after every real token of the row, is seen by none of them (causal attention). Decoder-only models only.
-
-    ``flat=True``: all sequences in ONE row, in order, with no filler, and ``cu_seq_lens``; for models
-    whose attention takes the boundaries (``varlen_attention``): pass ``varlen_kwargs(cu_seq_lens)``
-    to the model as well.
-    """
-    sequences = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
-    lengths = [int(s.numel()) for s in sequences]
-    device = sequences[0].device
-    if flat:
-        bounds = torch.tensor([0, *lengths], dtype=torch.int32, device=device).cumsum(0, dtype=torch.int32)
-        position_ids = torch.cat([torch.arange(n, device=device) for n in lengths])
-        return PackedTokens(torch.cat(sequences).unsqueeze(0), position_ids.unsqueeze(0), bounds[:-1].long(), bounds)
-    rows = pack_rows(lengths)
-    capacity = max(lengths)
-    input_ids = torch.full((len(rows), capacity), pad_value, dtype=torch.long, device=device)
-    position_ids = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
-    starts = [0] * len(sequences)
-    for r, members in enumerate(rows):
-        offset = 0
-        for i in members:
-            input_ids[r, offset : offset + lengths[i]] = sequences[i]
-            position_ids[r, offset : offset + lengths[i]] = torch.arange(lengths[i], device=device)
-            starts[i] = r * capacity + offset
-            offset += lengths[i]
-        if offset < capacity:
-            position_ids[r, offset:] = lengths[members[-1]] + torch.arange(capacity - offset, device=device)
-    return PackedTokens(input_ids, position_ids, torch.tensor(starts, dtype=torch.long, device=device))
-
-
 def _encode_left_truncated(
     tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool
 ) -> tuple[list[list[int]], int]:
@@ -355,7 +191,7 @@ def render_sft_example(
     """
     if train_on not in ("all", "last"):
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
-    messages = _message_dicts(demo.messages)
+    messages = message_dicts(demo.messages)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last":
         turns = turns[-1:]
@@ -363,7 +199,7 @@ def render_sft_example(
         return RejectedExample("no_target_tokens", "no assistant turn to learn from", demo.source_id)
     if all(m["role"] == "system" for m in messages[: turns[0]]):
         return RejectedExample("no_prompt", "the first assistant turn answers no user message", demo.source_id)
-    text, char_spans = _assistant_char_spans(tokenizer, messages, turns)
+    text, char_spans = assistant_char_spans(tokenizer, messages, turns)
     input_ids, bounds = _tokenize_with_boundaries(tokenizer, text, [b for span in char_spans for b in span])
     return _truncate_sft(input_ids, list(zip(bounds[0::2], bounds[1::2])), max_length, demo.source_id)
 
@@ -453,20 +289,6 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
 # ----------------------------------------------------------------------------- reward
 
 
-def render_reward_texts(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:
-    """The prompt + ``response`` as the reward model reads it.
-
-    With a chat template: the template's own rendering, cut right after the assistant's
-    end-of-turn token (no trailing newline), so the last token -- where the reward is read -- is
-    the end-of-turn token. Without one: ``"User: ...\\n\\nAssistant: <response>"``.
-    """
-    messages = [*_message_dicts(prompt_messages), {"role": "assistant", "content": response}]
-    if not has_chat_template(tokenizer):
-        return _render_plain_text(messages, add_generation_prompt=False)
-    text, [(_, end)] = _assistant_char_spans(tokenizer, messages, [len(messages) - 1])
-    return text[:end]
-
-
 class RewardCollator:
     """Batches :class:`Comparison` s: all K responses of each record, flattened to N = sum of K rows.
 
@@ -541,14 +363,6 @@ def tokenize_reward_texts(tokenizer: Any, texts: Sequence[str], max_length: int)
 
 
 # ----------------------------------------------------------------------------- prompts
-
-
-def render_prompt(tokenizer: Any, prompt_messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """The prompt as the policy sees it before answering (chat template, or ``"User: ...\\n\\nAssistant:"``)."""
-    messages = _message_dicts(prompt_messages)
-    if not has_chat_template(tokenizer):
-        return _render_plain_text(messages, add_generation_prompt)
-    return _render(tokenizer, messages, add_generation_prompt)
 
 
 class PromptCollator:

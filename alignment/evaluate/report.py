@@ -1,8 +1,8 @@
 """Evaluation report: ``report.md`` (metric tables with confidence intervals, sample generations side by side) and
 the plots ``tradeoff.png``, ``refusals.png`` and ``overoptimization.png``.
 
-Input is the ``results`` dict built by :func:`alignment.evaluate.stage.aggregate` (plus settings), so the report can be
-re-rendered from ``results.json`` and the saved generations without a model. Plots use matplotlib's Agg canvas
+Input is the ``results`` dict built by :func:`alignment.evaluate.metrics.aggregate` (plus settings), so the report
+can be re-rendered from ``results.json`` and the saved generations without a model. Plots use matplotlib's Agg canvas
 directly (``Figure`` + ``FigureCanvasAgg``), never pyplot, so no GUI backend or global figure state is touched.
 """
 
@@ -12,15 +12,13 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from alignment.evaluate.records import PolicyOutputs
 from alignment.evaluate.refusal import RefusalDetector
-
-if TYPE_CHECKING:
-    from alignment.evaluate.stage import PolicyOutputs
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Padding-free batches put several sequences in a row with ``position_ids`` restarting at 0. Plain SDPA
 sees that as one long sequence, so transformers builds a block-diagonal mask and every row costs
 L^2 attention whatever its blocks; rows were therefore capped at the longest sequence
-(``collate.pack_rows``), and their ends hold filler that every linear layer computes (17 % of the
+(``alignment.data.packing.pack_rows``), and their ends hold filler that every linear layer computes (17 % of the
 positions in the SFT benchmark's batches). flash-attention's varlen kernels take the boundaries
 instead (``cu_seq_lens_q``/``_k``, the kwargs trl's ``DataCollatorWithFlattening`` passes through
 ``model(**batch)``); this module gives SDPA the same interface, registered with transformers'
@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from alignment.modeling.module_utils import unwrap_transformers_model
 
 SDPA_VARLEN = "sdpa_varlen"
 # Attention implementations that honour ``cu_seq_lens_q``/``_k``: packed batches may be one flat row.
@@ -111,7 +113,6 @@ def use_varlen_sdpa(model: torch.nn.Module) -> bool:
 
 def supports_flat_packing(model: torch.nn.Module) -> bool:
     """Whether packed batches for ``model`` (possibly peft/DDP-wrapped) may be one flat row with boundaries."""
-    from alignment.modeling.load import unwrap_transformers_model
 
     config = getattr(unwrap_transformers_model(model), "config", None)
     return getattr(config, "_attn_implementation", None) in VARLEN_IMPLEMENTATIONS

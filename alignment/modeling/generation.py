@@ -24,8 +24,9 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from alignment.data.collate import pack_token_rows
+from alignment.data.packing import pack_token_rows
 from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
+from alignment.modeling.module_utils import unwrap_transformers_model
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -83,7 +84,6 @@ def generation_cache(
     will sample already active. With ``packed_prefill`` and a varlen-attention model, the cache already
     holds every prompt token but the last (left-padded prompts only).
     """
-    from alignment.modeling.load import unwrap_transformers_model
 
     max_new_tokens = generation_config.max_new_tokens
     one_per_prompt = (generation_config.num_beams or 1) == 1 and (generation_config.num_return_sequences or 1) == 1

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from alignment.data.collate import render_reward_texts, tokenize_reward_texts
+from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+from alignment.data.chat_template import render_reward_texts
+from alignment.data.collate import tokenize_reward_texts
+from alignment.modeling.load import load_reward_model
+from alignment.modeling.module_utils import disable_dropout
+from alignment.modeling.tokenizer import load_tokenizer
 from data_schemas.records import Message
 
 logger = logging.getLogger(__name__)
@@ -105,8 +110,6 @@ def load_reward_scorer(
     device: torch.device | str | None = None,
 ) -> RewardScorer:
     """A scorer for a reward stage output directory (or any sequence-classification model)."""
-    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
-    from alignment.modeling.load import disable_dropout, load_reward_model, load_tokenizer
 
     model_cfg = ModelConfig(model_name_or_path=str(model_dir))
     tokenizer = load_tokenizer(model_cfg)

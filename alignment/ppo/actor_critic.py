@@ -3,7 +3,7 @@
 All roles run the same backbone with a different LoRA adapter active (see ``adapters.py``).
 Log-probs are computed from the hidden states of the response positions only, so the
 full-vocabulary logits of the prompt are never materialised (trl 1.12 computed them for the
-whole prompt + response, its memory hot spot Q11).
+whole prompt + response, the largest activation of its PPO step).
 
 Sequences are ``[left-padded prompt | response | right padding]``. Positions follow the
 attention mask (``cumsum - 1``), exactly as ``generate`` assigns them with left padding, so the
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from alignment.core.precision import head_weight
-from alignment.data.collate import pack_token_rows
+from alignment.data.packing import pack_token_rows
 from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
 from alignment.modeling.generation import generation_cache
 from alignment.ppo.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
-from alignment.rl.rl_math import entropy_from_logits, logprobs_from_logits
+from alignment.rl.logprobs import entropy_from_logits, logprobs_from_logits
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -77,7 +77,7 @@ class SequenceBatch:
 
 @dataclass
 class PackedRows:
-    """Sequences packed several to a row (``collate.pack_token_rows``). ``input_ids``/``position_ids``: ``(R, L)``;
+    """Sequences packed several to a row (``alignment.data.packing.pack_token_rows``). ``input_ids``/``position_ids``: ``(R, L)``;
     ``cu_seq_lens``: the boundaries when all sequences are in one flat row (varlen attention), else None.
 
     ``response_index`` ``(B, T)``: flat index (into ``R * L``) of the hidden state that predicts

@@ -1,7 +1,7 @@
 """One frozen base model carrying every PPO role as a LoRA adapter.
 
 PPO needs four networks: the policy, the reference (frozen SFT policy), the reward model and
-the critic. trl 1.12 held three or four full copies (its quirk Q3). With LoRA they differ only in
+the critic. trl 1.12's PPOTrainer held three or four full model copies. With LoRA they differ only in
 small adapters, so one base (fp32, bf16, 8-bit or 4-bit) carries:
 
 - ``sft``: the SFT adapter, frozen. It is the reference: disabling adapters would give the
@@ -97,7 +97,7 @@ def add_adapter_from(model: PeftModel, name: str, adapter_dir: str | Path, train
     Works across task types: the LoRA weights of a sequence-classification reward model sit on
     the same backbone modules as a causal LM's (``model.layers.*``), so they load onto the policy's
     base; the scalar head is returned for the caller to hold. Trained rows of added tokens
-    (peft trainable tokens, see ``models.trainable_token_targets``) come along.
+    (peft trainable tokens, see ``alignment.modeling.lora.trainable_token_targets``) come along.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import set_peft_model_state_dict

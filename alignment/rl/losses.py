@@ -1,6 +1,6 @@
 """Supervised losses: SFT next-token cross-entropy and reward-model ranking losses.
 
-All losses are computed in fp32 (DESIGN.md checklist item 16). Counts are returned as 0-d long tensors so callers can
+All losses are computed in fp32: bf16 log-sigmoids lose the small margins a ranking loss is made of. Counts are returned as 0-d long tensors so callers can
 sum them over accumulation steps and ``all_reduce`` them across processes before dividing.
 """
 

@@ -1,158 +1,25 @@
-"""Pure tensor math for PPO-RLHF: logprobs, masking, KL, reward shaping, GAE, clipped losses, controllers.
+"""Pure tensor math for PPO-RLHF: KL and reward shaping, GAE, clipped policy and value losses.
 
-Conventions (all functions):
+Conventions (every module of ``alignment.rl``):
 
 - ``B`` is the batch (rollouts), ``T`` the response length, ``V`` the vocabulary.
 - ``response_mask`` / ``mask`` is ``(B, T)``, bool or 0/1, and marks the *valid* response tokens: every token up to and
-  including the first EOS (see :func:`first_eos_mask`). Masked positions (padding, post-EOS) never enter a loss or a
-  statistic: values there are replaced with 0 through ``torch.where`` *before* any arithmetic, so even ``inf``/``nan``
-  at a masked position changes neither the result nor the gradient.
-- Everything is computed in fp32 (DESIGN.md checklist item 16).
+  including the first EOS (see :func:`~alignment.rl.logprobs.first_eos_mask`). Masked positions (padding, post-EOS)
+  never enter a loss or a statistic: values there are replaced with 0 through ``torch.where`` *before* any arithmetic,
+  so even ``inf``/``nan`` at a masked position changes neither the result nor the gradient.
+- Everything is computed in fp32: bf16 log-probabilities lose the small differences that ratios and KL are made of.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
+from alignment.rl.masked import masked_mean, masked_var
+
 KLEstimator = Literal["k1", "k2", "k3"]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Log-probabilities and entropy
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _scaled_fp32_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 ``logits / temperature`` with at most one new full-vocab tensor."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if logits.dtype != torch.float32:
-        # .float() already made a fresh copy, so dividing it in place is safe (ToCopy's backward does not need it).
-        scaled = logits.float()
-        return scaled.div_(temperature) if temperature != 1.0 else scaled
-    return logits / temperature if temperature != 1.0 else logits
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of ``tokens`` under ``softmax(logits / temperature)``, in fp32.
-
-    The rollout was sampled from ``softmax(logits / T)``, so the logprobs of the policy and the reference must be
-    recomputed at the same T, or the KL is biased (negative KL; trl#1017, DESIGN.md item 10; TRL ``logits /= temperature``).
-    Uses ``log p(y) = z_y - logsumexp(z)`` instead of a full ``log_softmax``: besides the fp32 scaled logits, only the
-    ``(...,)``-shaped results are kept.
-
-    Args:
-        logits: ``(..., V)`` any float dtype, already aligned with ``tokens`` (i.e. logits at position t predict token t).
-        tokens: ``(...)`` integer token ids.
-        temperature: sampling temperature T > 0.
-
-    Returns:
-        ``(...)`` fp32 log-probabilities.
-    """
-    scaled = _scaled_fp32_logits(logits, temperature)
-    token_logits = scaled.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
-    return token_logits - torch.logsumexp(scaled, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of ``softmax(logits / temperature)`` along the last axis, in fp32.
-
-    ``H = logsumexp(z) - sum_v p_v z_v`` (equivalent to ``-sum p log p``, without materialising ``log p``).
-
-    Args:
-        logits: ``(..., V)``.
-        temperature: T > 0.
-
-    Returns:
-        ``(...)`` fp32 entropies in nats.
-    """
-    scaled = _scaled_fp32_logits(logits, temperature)
-    probs = torch.softmax(scaled, dim=-1)
-    return torch.logsumexp(scaled, dim=-1) - (probs * scaled).sum(dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Masked statistics
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Sum of ``x`` over positions where ``mask`` is true; masked values never touch the arithmetic.
-
-    Args:
-        x: ``(B, T)`` (any shape broadcastable with ``mask``).
-        mask: same shape, bool or 0/1.
-        dim: reduce over this axis, or over everything when None.
-
-    Returns:
-        scalar, or ``x`` reduced over ``dim``.
-    """
-    valid = torch.where(mask.bool(), x.float(), torch.zeros((), dtype=torch.float32, device=x.device))
-    return valid.sum() if dim is None else valid.sum(dim=dim)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over valid positions (TRL ``masked_mean``; the "token-mean" of DESIGN.md item 15).
-
-    An empty mask (or an empty row with ``dim``) gives 0 rather than NaN, so one empty minibatch cannot poison a run.
-
-    Args:
-        x: ``(B, T)``.
-        mask: ``(B, T)`` bool or 0/1.
-        dim: reduce over this axis, or over everything when None.
-
-    Returns:
-        scalar, or ``x`` reduced over ``dim``.
-    """
-    count = mask.bool().sum() if dim is None else mask.bool().sum(dim=dim)
-    return masked_sum(x, mask, dim) / count.clamp(min=1)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of ``x`` over all valid positions (TRL ``masked_var``).
-
-    Args:
-        x: ``(B, T)``.
-        mask: ``(B, T)`` bool or 0/1.
-        unbiased: Bessel's correction ``n / (n - 1)``. With a single valid element this is undefined and the
-            (biased) value 0 is returned instead.
-
-    Returns:
-        scalar fp32 variance.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x.float() - mean) ** 2, mask)
-    if unbiased:
-        n = mask.bool().sum()
-        var = torch.where(n > 1, var * n / (n - 1).clamp(min=1), var)
-    return var
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Whiten ``x`` with the mean and (unbiased) variance of its valid positions only (DESIGN.md item 13).
-
-    Padding does not bias the statistics, and padded positions are 0 in the output.
-    ``shift_mean=False`` keeps the original mean (only rescales), as TRL/N-implementation-details do for rewards.
-
-    Args:
-        x: ``(B, T)``.
-        mask: ``(B, T)`` bool or 0/1.
-        shift_mean: subtract the mean (True for advantages).
-        eps: added to the variance.
-
-    Returns:
-        ``(B, T)`` fp32.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
-    whitened = (x.float() - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -169,7 +36,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KL
     - ``k2 = 0.5 (log r)^2`` (biased, low variance, >= 0);
     - ``k3 = (r - 1) - log r`` (unbiased, low variance, >= 0).
 
-    Keep k1 inside the reward; k2/k3 are for a separate KL loss term (DESIGN.md item 5).
+    Keep k1 inside the reward; k2/k3 are for a separate KL loss term (a k2/k3 term in the reward has no unbiased per-token meaning).
 
     Args:
         logprobs: ``(B, T)`` log pi(y_t) of the sampled tokens.
@@ -217,7 +84,7 @@ def kl_shaped_rewards(
 
     Ziegler et al. 2019 (arXiv:1909.08593) eq. 2 / InstructGPT (arXiv:2203.02155) eq. 2: ``R = r_phi - beta KL``, with the
     KL spread per token and the sequence-level score at the end (N-implementation-details ``rewards[:, -1] += scores``,
-    but at the last *valid* index so right-padded rows score at their EOS; DESIGN.md item 5).
+    but at the last *valid* index so right-padded rows score at their EOS).
 
     Args:
         scores: ``(B,)`` RM scores (already normalised/clipped/EOS-penalised by the caller).
@@ -255,14 +122,14 @@ def gae_advantages(
     """Generalized Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438, eq. 16), as a reverse scan.
 
     ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}``. Masked positions are terminal: the
-    value and advantage "after" the last valid token are 0 (TRL's ``padding_mask_p1`` subtlety, DESIGN.md item 8), and
+    value and advantage "after" the last valid token are 0 (TRL's ``padding_mask_p1`` subtlety), and
     a masked hole also cuts the scan. Computed without gradient (advantages and returns are regression targets).
 
     Args:
         rewards: ``(B, T)`` per-token rewards (e.g. from :func:`kl_shaped_rewards`).
         values: ``(B, T)`` value estimates V(s_t) from the rollout.
         response_mask: ``(B, T)`` valid tokens.
-        gamma: discount (1.0 for RLHF, DESIGN.md item 12).
+        gamma: discount (1.0 for RLHF: one episode is one response, rewarded at its end).
         lam: GAE lambda (0.95).
 
     Returns:
@@ -345,7 +212,7 @@ def clipped_value_loss(
     """Clipped value loss ``0.5 mean max((V - R)^2, (clip(V, V_old +- eps) - R)^2)`` over valid tokens.
 
     From OpenAI baselines ppo2 / N-implementation-details (Huang et al. 2022, "The 37 implementation details of PPO",
-    detail 9) as used by TRL PPO; DESIGN.md item 14.
+    detail 9) as used by TRL PPO.
 
     Args:
         values: ``(B, T)`` current value predictions (with grad).
@@ -395,132 +262,6 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def first_eos_mask(
-    response_tokens: torch.Tensor,
-    eos_token_ids: int | Sequence[int],
-    pad_token_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Valid-token mask of generated responses: 1 up to and including the first EOS, 0 after (DESIGN.md item 8).
-
-    A row without EOS (truncated at ``max_new_tokens``) is valid up to, excluding, its first ``pad_token_id`` (right
-    padding added when rollouts of different lengths are stacked); ``has_eos`` is False for it so the caller can apply
-    the missing-EOS penalty (TRL ``missing_eos_penalty``). When ``pad_token_id`` is itself an EOS id, padding cannot be
-    told from an EOS and the first one counts as the EOS.
-
-    Args:
-        response_tokens: ``(B, T)`` generated token ids (prompt removed).
-        eos_token_ids: one id or several (chat models often stop on both ``eos`` and an end-of-turn token).
-        pad_token_id: the padding id, or None when rows are never padded.
-
-    Returns:
-        ``(response_mask, has_eos)``: ``(B, T)`` bool and ``(B,)`` bool.
-    """
-    eos_ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-    eos_tensor = torch.tensor(eos_ids, dtype=response_tokens.dtype, device=response_tokens.device)
-    is_eos = torch.isin(response_tokens, eos_tensor)
-    is_stop = is_eos
-    if pad_token_id is not None:
-        is_stop = is_stop | (response_tokens == pad_token_id)
-    # Tokens before the first stop token are valid; the stop token itself is valid only when it is an EOS.
-    stops_before = torch.cumsum(is_stop.int(), dim=-1) - is_stop.int()
-    before_first_stop = stops_before == 0
-    first_stop = before_first_stop & is_stop
-    response_mask = before_first_stop & (~is_stop | is_eos)
-    has_eos = (first_stop & is_eos).any(dim=-1)
-    return response_mask, has_eos
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Controllers
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class FixedKLController:
-    """Constant KL coefficient beta (TRL default 0.05; DESIGN.md item 11)."""
-
-    def __init__(self, kl_coef: float) -> None:
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        """No-op; returns beta. Same signature as :meth:`AdaptiveKLController.update`."""
-        return self.value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController:
-    """Adaptive KL coefficient of Ziegler et al. 2019 (arXiv:1909.08593, sec. 2.2).
-
-    ``e = clip(KL / target - 1, -0.2, 0.2)``, ``beta <- beta (1 + e n / horizon)``, where KL is the mean per-sequence
-    (summed over tokens) KL of the batch and ``n`` the number of samples (or steps) it covers. N-impl: init 0.15, target 6,
-    horizon 10000.
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
-        if target <= 0 or horizon <= 0:
-            raise ValueError(f"target and horizon must be > 0, got target={target}, horizon={horizon}")
-        self.value = float(init_kl_coef)
-        self.target = float(target)
-        self.horizon = float(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        """Move beta toward keeping KL at ``target``; returns the new beta."""
-        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-        self.target = float(state["target"])
-        self.horizon = float(state["horizon"])
-
-
-class LagrangeMultiplier:
-    """Lagrange multiplier lambda >= 0 for PPO-Lagrangian (Safe RLHF, Dai et al. 2023, arXiv:2310.12773, eq. 10-11).
-
-    Safe RLHF solves ``min_theta max_{lambda>=0} -J_R(theta) + lambda (J_C(theta) - d)`` and keeps ``log lambda`` as the
-    free parameter so lambda stays positive. The dual step is gradient ascent on ``lambda (J_C - d)`` w.r.t.
-    ``log lambda`` (gradient ``lambda (J_C - d)``), i.e. ``log lambda <- log lambda + lr lambda (J_C - d)``. Safe RLHF
-    applies Adam to that gradient; plain SGD here keeps the step hand-checkable. ``max_value`` caps lambda.
-    """
-
-    def __init__(
-        self, init: float = 1.0, lr: float = 0.1, threshold: float = 0.0, max_value: float | None = None
-    ) -> None:
-        if init <= 0:
-            raise ValueError(f"init must be > 0 (lambda is stored as log lambda), got {init}")
-        if max_value is not None and max_value < init:
-            raise ValueError(f"max_value ({max_value}) must be >= init ({init})")
-        self.log_lambda = math.log(init)
-        self.lr = float(lr)
-        self.threshold = float(threshold)
-        self.max_value = None if max_value is None else float(max_value)
-
-    @property
-    def value(self) -> float:
-        """Current lambda."""
-        return math.exp(self.log_lambda)
-
-    def update(self, mean_cost: float) -> float:
-        """One dual ascent step from the batch mean cost J_C; returns the new lambda."""
-        gradient = self.value * (float(mean_cost) - self.threshold)
-        self.log_lambda += self.lr * gradient
-        if self.max_value is not None:
-            self.log_lambda = min(self.log_lambda, math.log(self.max_value))
-        return self.value
-
-    def state_dict(self) -> dict[str, float | None]:
-        return {"log_lambda": self.log_lambda, "lr": self.lr, "threshold": self.threshold, "max_value": self.max_value}
-
-    def load_state_dict(self, state: dict[str, float | None]) -> None:
-        self.log_lambda = float(state["log_lambda"])  # type: ignore[arg-type]
-        self.lr = float(state["lr"])  # type: ignore[arg-type]
-        self.threshold = float(state["threshold"])  # type: ignore[arg-type]
-        self.max_value = None if state["max_value"] is None else float(state["max_value"])  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ STAGES = ("sft", "reward", "ppo")
 LOOP_FUNCTION = {
     "sft": ("alignment.sft", "train_loop"),
     "reward": ("alignment.reward", "train_loop"),
-    "ppo": ("alignment.ppo.stage", "ppo_loop"),
+    "ppo": ("alignment.ppo.loop", "ppo_loop"),
 }
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import alignment.evaluate as stage
+import alignment.evaluate.generate as generate_mod
 import alignment.evaluate.stage as evaluate_mod
-from stages import evaluate as stage
 
 XSTEST_ROWS = (
     "id,prompt,type,label,focus,note\n"
@@ -62,13 +63,13 @@ def _argv(inputs: dict[str, Path], output_dir: Path, *extra: str) -> list[str]:
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     calls: list[int] = []
-    original = getattr(evaluate_mod, name)
+    original = getattr(generate_mod, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, name, counted)
+    monkeypatch.setattr(generate_mod, name, counted)  # where policy_outputs and _Reference look it up
     return calls
 
 
@@ -82,7 +83,9 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     overopt = ["--checkpoint_dirs", f"{snapshots / 'snapshot-0'},{snapshots / 'snapshot-10'}", "--gold_reward"]
     generated = _count_calls(monkeypatch, "generate_responses")
     metrics = stage.main(_argv(eval_inputs, out, *overopt, "rm"))
-    assert "report.md" in capsys.readouterr().out and len(generated) == 4
+    summary = stage.summary_text(metrics).splitlines()
+    assert any("report.md" in line for line in summary) and len(generated) == 4
+    assert [line.split()[0] for line in summary if line.startswith(("a ", "b "))] == ["a", "b"]  # a row per policy
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {"reference_policy", "policies", "metrics", "tradeoff", "reward_models", "settings", "plots"} <= set(results)
     a, b = results["metrics"]["a"], results["metrics"]["b"]
@@ -127,8 +130,9 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     """KL needs log pi(y_t) recomputed exactly as sampled: left padding, positions and temperature must line up."""
     from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
     from alignment.data.collate import PromptCollator
-    from alignment.modeling.load import load_causal_lm, load_tokenizer
-    from alignment.rl.rl_math import first_eos_mask, logprobs_from_logits
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.tokenizer import load_tokenizer
+    from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
     from data_schemas.records import Message, Prompt
 
     model_cfg = ModelConfig(model_name_or_path=str(tiny_llama_dir))
@@ -136,7 +140,7 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     model = load_causal_lm(model_cfg, LoraConfig(), QuantConfig(), trainable=False, tokenizer=tokenizer, dropout=False)
     texts = ["Hi", "Tell me a long story about a dragon who learns to paint"]  # different lengths: left padding
     batch = PromptCollator(tokenizer, 64)([Prompt((Message("user", t),)) for t in texts])
-    eos_ids = evaluate_mod.stop_token_ids(model, tokenizer)
+    eos_ids = generate_mod.stop_token_ids(model, tokenizer)
     torch.manual_seed(0)
     out = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True, temperature=0.7, top_k=0,
@@ -146,7 +150,7 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     mask, _ = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)
     sampled = logprobs_from_logits(torch.stack(out.logits, dim=1), response_ids, 0.7)
     expected = torch.where(mask, sampled, torch.zeros_like(sampled)).sum(-1)
-    recomputed = evaluate_mod.response_logprob_sums(
+    recomputed = generate_mod.response_logprob_sums(
         model, batch["input_ids"], batch["attention_mask"], response_ids, mask, 0.7
     )
     torch.testing.assert_close(recomputed, expected, atol=1e-4, rtol=1e-4)

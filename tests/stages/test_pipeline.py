@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-import alignment.ppo.stage as ppo
+import alignment.ppo.loop as ppo_loop_module
 from alignment.core.checkpointing import TrainingInterrupted
 from alignment.core.tracking import read_log
 from alignment.pipeline import load_pipeline, run_pipeline
@@ -52,7 +52,7 @@ def test_outputs_feed_the_next_stage_and_shared_overrides_reach_every_stage(tmp_
 def test_rerun_skips_finished_stages_and_resumes_a_killed_ppo(tmp_path, tiny_llama_dir, monkeypatch):
     recipe = write_recipe(tmp_path, tiny_llama_dir)
 
-    monkeypatch.setattr(ppo, "GracefulInterrupt", interrupt_after(2))
+    monkeypatch.setattr(ppo_loop_module, "GracefulInterrupt", interrupt_after(2))
     with pytest.raises(TrainingInterrupted):
         run_pipeline(recipe)
     monkeypatch.undo()

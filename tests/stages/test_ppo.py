@@ -8,13 +8,19 @@ import math
 import pytest
 import torch
 
-import alignment.ppo.stage as ppo
+import alignment.ppo as ppo
+import alignment.ppo.config as ppo_config_module
+import alignment.ppo.loop as ppo_loop_module
+import alignment.ppo.policy as ppo_policy
+import alignment.ppo.rewards as ppo_rewards
+import alignment.ppo.rollout as ppo_rollout
+import alignment.ppo.update as ppo_update_module
 from alignment import reward, sft
 from alignment.core.checkpointing import TrainingInterrupted, newest_checkpoint
 from alignment.core.config import build_config
 from alignment.core.tracking import read_log
 from alignment.ppo.actor_critic import SequenceBatch
-from alignment.rl.rl_math import first_eos_mask, logprobs_from_logits
+from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
 from tests.helpers import interrupt_after
 
 FAST = {"per_device_train_batch_size": 4, "save_steps": 0, "max_length": 128}
@@ -59,7 +65,7 @@ def ppo_config(stage_dirs, out, **overrides):
 
 def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(stage_dirs, tmp_path):
     cfg = ppo_config(stage_dirs, tmp_path)
-    ac, tokenizer, shared = ppo.build_actor_critic(cfg)
+    ac, tokenizer, shared = ppo_policy.build_actor_critic(cfg)
     assert shared is not None, "the reward model shares the base, so it must ride on it as an adapter"
     from alignment.data.collate import PromptCollator
     from alignment.data.load import load_records
@@ -68,11 +74,14 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     encoded = PromptCollator(tokenizer, 64)(prompts)
     torch.manual_seed(0)
     response_ids, logits = ac.generate(
-        encoded["input_ids"], encoded["attention_mask"], ppo.generation_config(cfg.ppo, tokenizer)
+        encoded["input_ids"], encoded["attention_mask"], ppo_rollout.generation_config(cfg.ppo, tokenizer)
     )
     torch.manual_seed(0)  # without the sampling logits (a recomputing rollout): the same samples, nothing kept
     same_ids, no_logits = ac.generate(
-        encoded["input_ids"], encoded["attention_mask"], ppo.generation_config(cfg.ppo, tokenizer), with_logits=False
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        ppo_rollout.generation_config(cfg.ppo, tokenizer),
+        with_logits=False,
     )
     assert no_logits is None and torch.equal(same_ids, response_ids)
     mask, _ = first_eos_mask(response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -99,7 +108,7 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     from data_schemas.records import Message, Prompt
 
     cfg = ppo_config(stage_dirs, tmp_path)
-    ac, tokenizer, _ = ppo.build_actor_critic(cfg)
+    ac, tokenizer, _ = ppo_policy.build_actor_critic(cfg)
     questions = ["Hi?", "Why?", "How so?", "And then?", "Explain " + "the tides and the moon " * 12, "Tell me " * 30]
     prompts = [Prompt((Message("user", q),)) for q in questions]  # the short ones can share rows with the long ones
     encoded = PromptCollator(tokenizer, 128)(prompts)
@@ -132,11 +141,12 @@ def test_update_through_the_kept_rollout_graphs_equals_recomputing_them(stage_di
     the same step with one pass fewer each."""
     from alignment.data.load import load_records
     from alignment.ppo.actor_critic import ActorCritic
-    from alignment.rl.rl_math import gae_advantages, kl_shaped_rewards, masked_whiten
+    from alignment.rl.masked import masked_whiten
+    from alignment.rl.ppo_math import gae_advantages, kl_shaped_rewards
 
     cfg = ppo_config(stage_dirs, tmp_path, rollout_batch_size=4, mini_batch_size=4, ppo_epochs=1)
-    ac, tokenizer, shared = ppo.build_actor_critic(cfg)
-    rewards = ppo.build_rewards(cfg, ac, shared)
+    ac, tokenizer, shared = ppo_policy.build_actor_critic(cfg)
+    rewards = ppo_rewards.build_rewards(cfg, ac, shared)
     prompts = load_records(cfg.data, "prompt").records[:4]
     initial = {k: v.clone() for k, v in ac.state_dict().items()}
     calls = []
@@ -155,23 +165,20 @@ def test_update_through_the_kept_rollout_graphs_equals_recomputing_them(stage_di
         optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=1e-2)
         calls.clear()
         torch.manual_seed(0)
-        rollout = ppo.collect_rollout(
+        rollout = ppo_rollout.collect_rollout(
             ac,
             rewards,
             prompts,
             tokenizer,
             cfg.ppo,
-            0.05,
-            keep_value_graph=keep,
-            recompute_logprobs=True,
-            keep_policy_graph=keep,
+            ppo_rollout.RolloutPasses(recompute_logprobs=True, keep_policy_graph=keep, keep_value_graph=keep),
         )
         shaped, _ = kl_shaped_rewards(
             rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, 0.05
         )
         advantages, returns = gae_advantages(shaped, rollout.values, rollout.response_mask, 1.0, 0.95)
         advantages = masked_whiten(advantages, rollout.response_mask)
-        stats = ppo.ppo_update(ac, optimizer, rollout, advantages, returns, cfg.ppo, True, 1.0)
+        stats = ppo_update_module.ppo_update(ac, optimizer, rollout, advantages, returns, cfg.ppo, True, 1.0)
         assert rollout.values_graph is None and rollout.logprobs_graph is None  # nothing outlives the update
         trained = {n: p.detach().clone() for n, p in ac.named_parameters() if p.requires_grad}
         results[keep] = (trained, stats, list(calls))
@@ -192,13 +199,13 @@ def test_rollout_graphs_are_kept_for_one_mini_batch_unless_checkpointing(
 ):
     """The rollout runs in eval mode, where gradient checkpointing is off: a kept graph would hold every activation."""
     kept = []
-    collect = ppo.collect_rollout
+    collect = ppo_rollout.collect_rollout
 
-    def watch(*args, **kwargs):
-        kept.append((kwargs["keep_value_graph"], kwargs["keep_policy_graph"]))
-        return collect(*args, **kwargs)
+    def watch(ac, rewards, prompts, tokenizer, cfg, passes):
+        kept.append((passes.keep_value_graph, passes.keep_policy_graph))
+        return collect(ac, rewards, prompts, tokenizer, cfg, passes)
 
-    monkeypatch.setattr(ppo, "collect_rollout", watch)
+    monkeypatch.setattr(ppo_loop_module, "collect_rollout", watch)
     cfg = ppo_config(
         stage_dirs,
         tmp_path,
@@ -229,7 +236,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     base_weight_dtypes: set[torch.dtype] = set()
     head_weight_dtypes: set[torch.dtype] = set()
     built = []
-    build = ppo.build_actor_critic
+    build = ppo_policy.build_actor_critic
 
     def build_and_watch(cfg):
         ac, tokenizer, shared = build(cfg)
@@ -245,7 +252,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
         built.append(ac)
         return ac, tokenizer, shared
 
-    monkeypatch.setattr(ppo, "build_actor_critic", build_and_watch)
+    monkeypatch.setattr(ppo_policy, "build_actor_critic", build_and_watch)
     ppo.train(ppo_config(stage_dirs, tmp_path, bf16=True, total_episodes=4))
     assert output_dtypes[False] == {torch.bfloat16}  # generation, reference, reward
     assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
@@ -262,19 +269,23 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
 
 
 def test_rollout_logprobs_source_follows_the_precision_and_rejects_unknown_values(stage_dirs, tmp_path):
-    ac, _, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
-    assert not ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "no")  # fp32: reuse
-    assert ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "bf16")
+    ac, _, _ = ppo_policy.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    assert not ppo_rollout.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "no")  # fp32: reuse
+    assert ppo_rollout.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path).ppo, ac, "bf16")
     forced = ppo_config(stage_dirs, tmp_path, rollout_logprobs="recompute").ppo
-    assert ppo.recomputes_rollout_logprobs(forced, ac, "no")
+    assert ppo_rollout.recomputes_rollout_logprobs(forced, ac, "no")
     with pytest.raises(ValueError, match="rollout_logprobs: expected auto, generate or recompute, got 'cached'"):
-        ppo.recomputes_rollout_logprobs(ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo, ac, "no")
+        ppo_rollout.recomputes_rollout_logprobs(
+            ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo, ac, "no"
+        )
     with pytest.raises(ValueError, match="rollout_logprobs: expected auto, generate or recompute, got 'cached'"):
-        ppo.validate_sampling(ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo)  # before any loading
+        ppo_config_module.validate_sampling(
+            ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo
+        )  # before any loading
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
-    ac, tokenizer, _ = ppo.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    ac, tokenizer, _ = ppo_policy.build_actor_critic(ppo_config(stage_dirs, tmp_path))
     ids = torch.tensor([tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>")])
     batch = SequenceBatch.build(ids[:, :-3], torch.ones_like(ids[:, :-3]), ids[:, -3:], torch.ones_like(ids[:, -3:]))
     with torch.no_grad():
@@ -318,7 +329,7 @@ def test_resume_continues_with_the_same_kl_coefficient_and_data_position(stage_d
     ppo.train(ppo_config(stage_dirs, reference_dir, **adaptive))
     reference_rows = read_log(reference_dir)
 
-    monkeypatch.setattr(ppo, "GracefulInterrupt", interrupt_after(2))
+    monkeypatch.setattr(ppo_loop_module, "GracefulInterrupt", interrupt_after(2))
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(TrainingInterrupted):
         ppo.train(ppo_config(stage_dirs, resumed_dir, **adaptive))
@@ -337,6 +348,6 @@ def test_resume_continues_with_the_same_kl_coefficient_and_data_position(stage_d
 
 def test_biased_sampling_settings_are_rejected():
     with pytest.raises(ValueError, match="top_p=0.9"):
-        ppo.validate_sampling(ppo.PPOConfig(top_p=0.9))
+        ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(top_p=0.9))
     with pytest.raises(ValueError, match="repetition_penalty"):
-        ppo.validate_sampling(ppo.PPOConfig(repetition_penalty=1.1))
+        ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(repetition_penalty=1.1))

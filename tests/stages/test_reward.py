@@ -90,7 +90,8 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
 def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_dir, tiny_bert_dir, tmp_path):
     """Padding-free reward batches (several responses per row) change no reward, loss or gradient."""
     from alignment.data.load import load_records
-    from alignment.modeling.load import load_reward_model, load_tokenizer
+    from alignment.modeling.load import load_reward_model
+    from alignment.modeling.tokenizer import load_tokenizer
 
     cfg = reward_config(tiny_llama_dir, tmp_path, max_samples=40)
     records = load_records(cfg.data, "comparison").records

@@ -67,7 +67,7 @@ def test_outputs_and_metrics_follow_the_stage_contract(tiny_llama_dir, tmp_path)
 @pytest.mark.parametrize("padding_free", [True, False])
 def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_llama_dir, tmp_path, padding_free):
     from alignment.data.load import load_records
-    from alignment.modeling.load import load_tokenizer
+    from alignment.modeling.tokenizer import load_tokenizer
 
     cfg = sft_config(tiny_llama_dir, tmp_path)
     tokenizer = load_tokenizer(cfg.model)
@@ -93,7 +93,7 @@ def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, 
     """One row without filler and per-sequence attention (``sdpa_varlen``) computes what padding does."""
     from alignment.data.load import load_records
     from alignment.modeling.attention import SDPA_VARLEN, supports_flat_packing
-    from alignment.modeling.load import load_tokenizer
+    from alignment.modeling.tokenizer import load_tokenizer
 
     cfg = sft_config(tiny_llama_dir, tmp_path)
     tokenizer = load_tokenizer(cfg.model)

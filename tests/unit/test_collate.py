@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from alignment.data.chat_template import ChatTemplateError, render_prompt, render_reward_texts
 from alignment.data.collate import (
     IGNORE_INDEX,
-    ChatTemplateError,
     PromptCollator,
     RejectedExample,
     RewardCollator,
@@ -21,12 +21,10 @@ from alignment.data.collate import (
     _boundaries_by_prefix_tokenization,
     _tokenize_with_boundaries,
     count_tokens,
-    pack_token_rows,
-    render_prompt,
-    render_reward_texts,
     render_sft_example,
     tokenize_reward_texts,
 )
+from alignment.data.packing import pack_token_rows
 from data_schemas.records import Comparison, Demonstration, Message, Prompt
 from tests.helpers import tiny_llama_config
 

@@ -260,8 +260,8 @@ def test_a_malformed_line_mid_file_is_not_called_truncated(tmp_path):
 
 
 def test_data_inspect_needs_a_source():
+    import alignment.inspect_data as data_stage
     from alignment.core.config import ConfigError
-    from stages import data as data_stage
 
     with pytest.raises(ConfigError, match="expected `inspect SOURCE`"):
         data_stage.main(["inspect", "--model_name_or_path", "x"])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DistributedType
 
-import alignment.ppo.stage as ppo
+import alignment.ppo as ppo
 from alignment import reward, sft
 from alignment.core.config import build_config
 from alignment.core.distributed import UnsupportedDistributedSetup, check_distributed_support, sharding_backend

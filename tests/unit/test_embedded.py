@@ -17,7 +17,9 @@ import torch
 import alignment.modeling.embedded as embedded
 from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.modeling.embedded import EmbeddedModelError, embedded_gguf_path, embedded_model_dir
-from alignment.modeling.load import load_causal_lm, load_tokenizer, resolve_model_source
+from alignment.modeling.load import load_causal_lm
+from alignment.modeling.sources import resolve_model_source
+from alignment.modeling.tokenizer import load_tokenizer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CACHE_FILES = (

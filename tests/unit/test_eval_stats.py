@@ -1,4 +1,4 @@
-"""eval_stats against table values and hand computation."""
+"""alignment.core.stats against table values and hand computation."""
 
 from __future__ import annotations
 

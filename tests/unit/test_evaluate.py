@@ -13,26 +13,19 @@ import pytest
 from matplotlib import image as mpimg
 
 from alignment.core.config import ConfigError, build_config
-from alignment.evaluate.refusal import PhraseRefusalDetector
-from alignment.evaluate.report import write_plots, write_report
-from alignment.evaluate.stage import (
+from alignment.evaluate.config import (
     CONFIG_TYPES,
-    EvalPrompt,
     EvaluateConfig,
-    Generation,
-    PolicyOutputs,
-    aggregate,
     checkpoint_specs,
-    finite,
-    headline_metrics,
-    load_generations,
-    load_prompt_sets,
-    overoptimization_curve,
-    plan_evaluation,
     resolve_policies,
     resolve_reward_names,
-    save_generations,
 )
+from alignment.evaluate.metrics import aggregate, finite, headline_metrics, overoptimization_curve
+from alignment.evaluate.prompts import load_generations, load_prompt_sets, save_generations
+from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs
+from alignment.evaluate.refusal import PhraseRefusalDetector
+from alignment.evaluate.report import write_plots, write_report
+from alignment.evaluate.stage import plan_evaluation
 from data_schemas.records import Message, Prompt
 
 REFUSAL = "I cannot help with that request."

@@ -15,19 +15,14 @@ from tokenizers.models import WordLevel
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import alignment.modeling.load as models
+import alignment.modeling.tokenizer as tokenizer_module
 from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
-from alignment.modeling.load import (
-    ModelLoadError,
-    count_parameters,
-    ensure_pad_token,
-    load_causal_lm,
-    load_reward_model,
-    load_tokenizer,
-    merge_and_export,
-    resolve_model_source,
-    save_stage_model,
-    sync_vocab_and_special_tokens,
-)
+from alignment.modeling.export import merge_and_export
+from alignment.modeling.load import load_causal_lm, load_reward_model, sync_vocab_and_special_tokens
+from alignment.modeling.module_utils import count_parameters
+from alignment.modeling.sources import ModelLoadError, resolve_model_source
+from alignment.modeling.stage_dir import save_stage_model
+from alignment.modeling.tokenizer import ensure_pad_token, load_tokenizer
 from tests.conftest import assert_params_changed, trainable_snapshot
 
 NO_LORA = LoraConfig(use_lora=False)
@@ -114,7 +109,7 @@ def test_trust_remote_code_is_off_and_safetensors_preferred_by_default(monkeypat
         monkeypatch.setattr(cls, "from_pretrained", spy)
 
     spy_on(models.AutoModelForCausalLM, "model")
-    spy_on(models.AutoTokenizer, "tokenizer")
+    spy_on(tokenizer_module.AutoTokenizer, "tokenizer")
     load_causal_lm(cfg(tiny_llama_dir), NO_LORA, FP, trainable=False)
     assert seen["model"]["trust_remote_code"] is False and seen["tokenizer"]["trust_remote_code"] is False
     assert seen["model"]["use_safetensors"] is True

@@ -7,23 +7,16 @@ import math
 import pytest
 import torch
 
-from alignment.rl.rl_math import (
-    AdaptiveKLController,
-    FixedKLController,
-    LagrangeMultiplier,
+from alignment.rl.controllers import AdaptiveKLController, FixedKLController, LagrangeMultiplier
+from alignment.rl.logprobs import entropy_from_logits, first_eos_mask, logprobs_from_logits
+from alignment.rl.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from alignment.rl.ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
-    first_eos_mask,
     gae_advantages,
     kl_penalty,
     kl_shaped_rewards,
-    logprobs_from_logits,
-    masked_mean,
-    masked_sum,
-    masked_var,
-    masked_whiten,
 )
 
 

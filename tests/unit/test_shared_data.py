@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.data.inspect import format_report, inspect_source, length_stats
 from alignment.data.load import load_records_from_path, read_rows
+from alignment.inspect_data import format_report, inspect_source, length_stats
 from data_schemas import RecordError, detect_format
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -282,19 +282,19 @@ def test_inspect_real_file_every_kind(word_tokenizer):
 
 
 def test_data_inspect_stage_prints_the_report(monkeypatch, capsys, word_tokenizer):
-    from stages import data as data_stage
+    from alignment.cli import main as cli_main
 
     seen = []
-    fake_models = types.ModuleType("alignment.modeling.load")
+    fake_models = types.ModuleType("alignment.modeling.tokenizer")
 
     def load_tokenizer(model_cfg):
         seen.append(model_cfg.model_name_or_path)
         return word_tokenizer
 
     fake_models.load_tokenizer = load_tokenizer
-    monkeypatch.setitem(sys.modules, "alignment.modeling.load", fake_models)
+    monkeypatch.setitem(sys.modules, "alignment.modeling.tokenizer", fake_models)
     source = str(shared("helpfulness/vicuna-questions.jsonl"))
-    data_stage.main(["inspect", source, "--model_name_or_path", "tiny", "--invalid_records", "skip"])
+    assert cli_main(["data", "inspect", source, "--model_name_or_path", "tiny", "--invalid_records", "skip"]) == 0
     out = capsys.readouterr().out
     assert seen == ["tiny"]
     assert "format:  vicuna (gives: prompt)" in out and "prompt: 80 records from 80 rows" in out

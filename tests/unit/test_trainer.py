@@ -17,7 +17,8 @@ from alignment.core.checkpointing import (
 from alignment.core.config import TrainConfig, build_config
 from alignment.core.run import start_run
 from alignment.core.tracking import read_log
-from alignment.training.loop import LoopSpec, micro_batch_indices, train_loop
+from alignment.training.batching import micro_batch_indices
+from alignment.training.loop import LoopSpec, train_loop
 from tests.helpers import interrupt_after
 
 

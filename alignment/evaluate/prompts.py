@@ -1,0 +1,158 @@
+"""The evaluation's inputs and what was generated from them before: labelled prompt sets and the generation cache.
+
+Generations are saved as ``<output_dir>/generations/<policy>.jsonl``, keyed by a hash of the policy's weights, the
+prompts and the sampling settings. Sampling dominates the cost of an evaluation, so swapping or adding a reward model
+re-scores the saved responses without sampling again. The KL of a policy to the reference is saved beside them
+(``<policy>.kl.json``), keyed by both policies' generation keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alignment.core.config import Config, ModelConfig
+from alignment.core.tracking import write_json_atomic
+from alignment.data.demo import DEMO_DIR
+from alignment.data.load import load_records_from_path
+from alignment.evaluate.records import EvalPrompt, Generation, PolicySpec
+
+logger = logging.getLogger(__name__)
+
+DEMO_EVAL_PROMPTS = DEMO_DIR / "eval_prompts.jsonl"
+GENERATIONS_DIR = "generations"
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def load_prompt_sets(paths: Sequence[str], max_per_label: int, seed: int, invalid: str = "raise") -> list[EvalPrompt]:
+    """Read every prompt set; keep at most ``max_per_label`` prompts per label (a seeded sample, in file order)."""
+
+    prompts: list[EvalPrompt] = []
+    for path in paths:
+        source = str(DEMO_EVAL_PROMPTS) if path == "demo" else path
+        if path == "demo" and not DEMO_EVAL_PROMPTS.is_file():
+            raise FileNotFoundError(f"prompt_sets: the demo evaluation prompts {DEMO_EVAL_PROMPTS} are missing")
+        records = load_records_from_path(source, "prompt", invalid=invalid)
+        prompts += [EvalPrompt(r, source, records.format) for r in records.records]
+    if not prompts:
+        raise ValueError(f"prompt_sets {list(paths)} hold no prompts")
+    if max_per_label > 0:
+        prompts = _cap_per_label(prompts, max_per_label, seed)
+    counts: dict[str, int] = {}
+    for p in prompts:
+        counts[str(p.label)] = counts.get(str(p.label), 0) + 1
+    logger.info("evaluation prompts: %d (%s)", len(prompts), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return prompts
+
+
+def _cap_per_label(prompts: list[EvalPrompt], max_per_label: int, seed: int) -> list[EvalPrompt]:
+    by_label: dict[str | None, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_label.setdefault(p.label, []).append(i)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for indices in by_label.values():
+        keep.update(indices if len(indices) <= max_per_label else rng.sample(indices, max_per_label))
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+# ----------------------------------------------------------------------------------------------- cache keys
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def policy_fingerprint(path: str) -> list[Any]:
+    """What identifies a policy's weights: its path plus size and mtime of its weight and config files.
+
+    The base under a stage dir's adapter is identified by ``base_model.json`` only (its own files are not checked).
+    """
+    from alignment.modeling.embedded import embedded_gguf_path, is_embedded
+
+    p = Path(path).expanduser()
+    if not p.exists() and is_embedded(path):
+        p = embedded_gguf_path(path)  # the packaged GGUF the embedded default is built from
+    if not p.exists():
+        return [path]  # a Hub id (its revision is part of the key)
+    if p.is_file():
+        return [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+    files = [f for pattern in ("*", "adapter/*", "model/*") for f in p.glob(pattern) if f.is_file()]
+    files = [f for f in files if f.suffix in (".safetensors", ".json", ".bin", ".gguf")]
+    return [str(p.resolve())] + sorted([str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns] for f in files)
+
+
+def sampling_settings(cfg: Config) -> dict[str, Any]:
+    ev = cfg.evaluate
+    return {
+        "temperature": ev.temperature,
+        "max_new_tokens": ev.max_new_tokens,
+        "max_prompt_length": ev.max_prompt_length,
+        "generation_batch_size": ev.generation_batch_size,
+        "seed": cfg.train.seed,
+    }
+
+
+def generation_key(
+    spec: PolicySpec, prompts: Sequence[EvalPrompt], settings: dict[str, Any], model_cfg: ModelConfig
+) -> str:
+    prompt_data = [[[m.to_dict() for m in p.prompt.messages], p.label] for p in prompts]
+    model_data = {k: getattr(model_cfg, k) for k in ("dtype", "chat_template", "tokenizer_name_or_path", "revision")}
+    return _hash({"policy": policy_fingerprint(spec.path), "model": model_data, "prompts": prompt_data, **settings})
+
+
+# ----------------------------------------------------------------------------------------------- saved files
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^\w.-]", "_", name)
+
+
+def save_generations(
+    out_dir: Path, name: str, key: str, generations: Sequence[Generation], meta: dict[str, Any]
+) -> None:
+    """``<name>.jsonl`` (one row per prompt) and ``<name>.meta.json`` (the key, written last)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / _safe_filename(name)
+    tmp = stem.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for g in generations:
+            f.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
+    tmp.replace(stem.with_suffix(".jsonl"))
+    write_json_atomic(stem.with_suffix(".meta.json"), {"key": key, "num_generations": len(generations), **meta})
+
+
+def load_generations(out_dir: Path, name: str, key: str, expected: int) -> list[Generation] | None:
+    """The saved generations of ``name`` when their key matches ``key``; None otherwise."""
+    stem = out_dir / _safe_filename(name)
+    meta_path, rows_path = stem.with_suffix(".meta.json"), stem.with_suffix(".jsonl")
+    if not (meta_path.is_file() and rows_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("key") != key:
+        logger.info("%s: saved generations are for other settings or weights; generating again", name)
+        return None
+    with open(rows_path, encoding="utf-8") as f:
+        generations = [Generation.from_json(json.loads(line)) for line in f if line.strip()]
+    return generations if len(generations) == expected else None
+
+
+def _cached_kl(gen_dir: Path, name: str, key: str) -> tuple[bool, list[float] | None]:
+    """(found, per-sample KL) from ``<name>.kl.json``; a found None means "not computable" (other tokenizer)."""
+    path = gen_dir / f"{_safe_filename(name)}.kl.json"
+    if not path.is_file():
+        return False, None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return (True, data.get("kl")) if data.get("key") == key else (False, None)
+
+
+def _save_kl(gen_dir: Path, name: str, key: str, kl: list[float] | None, note: str) -> None:
+    write_json_atomic(gen_dir / f"{_safe_filename(name)}.kl.json", {"key": key, "kl": kl, "note": note})

@@ -1,0 +1,111 @@
+"""PPO's settings (``PPOConfig``) and the checks that run before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignment.core.config import DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class PPOConfig:
+    sft_model_path: str | None = _help(
+        "SFT stage output (policy init and KL reference); default: model_name_or_path.", default=None
+    )
+    reward_model_paths: list[str] = _help(
+        "Reward stage outputs (or sequence-classification models).", default_factory=list
+    )
+    reward_weights: list[float] = _help(
+        "Weight of each reward model's normalised score (default 1 each).", default_factory=list
+    )
+    cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
+    cost_threshold: float = _help("Constraint: mean normalised cost must stay below this.", default=0.0)
+    lagrange_init: float = _help("Initial Lagrange multiplier.", default=1.0)
+    lagrange_lr: float = _help("Lagrange multiplier learning rate.", default=0.05)
+    critic_init: str = _help(
+        "auto, reward (value adapter from the reward adapter) or sft (zero value head).", default="auto"
+    )
+    critic_warmup_steps: int = _help("Updates that train only the critic before the policy moves.", default=0)
+    padding_free: bool = _help(
+        "Pack sequences into rows without padding for every pass after generation (exact; skips the padding).",
+        default=True,
+    )
+    rollout_logprobs: str = _help(
+        "Source of the rollout's log-probs: generate (the sampling logits, no extra pass), recompute (a packed "
+        "no-grad policy pass, rounded as the update's forward is), or auto (recompute when the passes run in "
+        "bf16/fp16, where the two differ: KL 0.11 nats per sequence between identical policies otherwise).",
+        default="auto",
+    )
+    total_episodes: int = _help("Prompts to sample in total (episodes).", default=64)
+    rollout_batch_size: int = _help("Prompts per PPO update per process.", default=8)
+    mini_batch_size: int = _help(
+        "Sequences per gradient step inside an update. Equal to rollout_batch_size, the first step reuses the "
+        "rollout's critic (and, under bf16/fp16, policy) passes: one forward fewer each, both graphs held until then.",
+        default=8,
+    )
+    ppo_epochs: int = _help("Passes over each rollout batch.", default=1)
+    max_new_tokens: int = _help("Longest response.", default=48)
+    max_prompt_length: int = _help("Longer prompts are truncated from the left.", default=256)
+    temperature: float = _help("Sampling temperature (log-probs use the same one).", default=0.7)
+    top_k: int = _help("Must be 0: top-k sampling biases the KL estimate.", default=0)
+    top_p: float = _help("Must be 1.0: nucleus sampling biases the KL estimate.", default=1.0)
+    repetition_penalty: float = _help("Must be 1.0: it changes the sampled distribution.", default=1.0)
+    kl_coef: float = _help("KL penalty coefficient beta (initial value when adaptive).", default=0.05)
+    kl_estimator: str = _help("Per-token KL in the reward: k1 (unbiased log-ratio) or k3.", default="k1")
+    adaptive_kl: bool = _help("Adapt beta towards kl_target (Ziegler et al. 2019).", default=False)
+    kl_target: float = _help("Target per-sequence KL (nats) for the adaptive controller and the alarm.", default=6.0)
+    kl_horizon: int = _help("Adaptive controller horizon (episodes).", default=10000)
+    kl_stop_factor: float = _help("Stop when KL exceeds this multiple of kl_target.", default=10.0)
+    gamma: float = _help("GAE discount.", default=1.0)
+    lam: float = _help("GAE lambda.", default=0.95)
+    clip_eps: float = _help("PPO policy clip range.", default=0.2)
+    value_clip_eps: float = _help("Value clip range.", default=0.2)
+    vf_coef: float = _help("Value loss weight.", default=0.1)
+    value_learning_rate: float | None = _help("Critic learning rate (default: learning_rate).", default=None)
+    whiten_rewards: bool = _help("Whiten the shaped rewards before GAE.", default=False)
+    reward_clip: float = _help("Clip the combined normalised score to +-this.", default=10.0)
+    missing_eos_penalty: float = _help("Subtracted from the score of responses without EOS.", default=1.0)
+    sample_table_steps: int = _help("Write a table of prompts and responses every N updates.", default=5)
+    eval_prompts: int = _help("Held-out prompts whose fresh-sample reward is measured before and after.", default=16)
+    policy_snapshots: bool = _help(
+        "At each checkpoint also export the policy to snapshots/step-N (loadable; for the over-optimisation curve).",
+        default=True,
+    )
+
+
+CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, PPOConfig)
+
+
+def validate_sampling(cfg: PPOConfig) -> None:
+    """Reject sampling settings under which the KL and the log-prob ratio are computed on the wrong distribution."""
+    problems = []
+    if cfg.top_k != 0:
+        problems.append(f"top_k={cfg.top_k}")
+    if cfg.top_p != 1.0:
+        problems.append(f"top_p={cfg.top_p}")
+    if cfg.repetition_penalty != 1.0:
+        problems.append(f"repetition_penalty={cfg.repetition_penalty}")
+    if cfg.temperature <= 0:
+        problems.append(f"temperature={cfg.temperature} (greedy)")
+    if problems:
+        raise ValueError(
+            f"PPO sampling must be plain temperature sampling, but {', '.join(problems)} was set: the log-probs "
+            "PPO optimises and the KL penalty are computed from softmax(logits / temperature), so truncated or "
+            "penalised sampling draws from another distribution and biases both (negative KL, trl#1017)."
+        )
+    if cfg.kl_estimator not in ("k1", "k3"):
+        raise ValueError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
+    check_rollout_logprobs(cfg.rollout_logprobs)  # here too, so a typo fails before any model is loaded
+    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):
+        raise ValueError("reward_weights needs one weight per entry of reward_model_paths")
+
+
+def check_rollout_logprobs(choice: str) -> str:
+    if choice not in ("auto", "generate", "recompute"):
+        raise ValueError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
+    return choice

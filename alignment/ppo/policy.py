@@ -1,0 +1,95 @@
+"""Model assembly for PPO: one base carrying the SFT reference, policy, reward and value adapters; and its export.
+
+Why one base: policy, reference, critic and reward model would otherwise be four copies of the same
+weights. Here the frozen base is loaded once and each role is a LoRA adapter on it (:mod:`.adapters`):
+``sft`` (the frozen KL reference), ``policy`` (initialised from ``sft``, trained), ``reward`` (frozen,
+with its score head) and ``value`` (initialised from ``reward`` when the reward model shares the base,
+trained). The policy is saved in the stage-output layout (:mod:`alignment.modeling.stage_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel, get_peft_model
+
+from alignment.core.config import Config, LoraConfig
+from alignment.modeling.load import load_causal_lm
+from alignment.modeling.lora import peft_lora_config, trainable_token_targets
+from alignment.modeling.module_utils import disable_dropout
+from alignment.modeling.scoring import RewardStats
+from alignment.modeling.stage_dir import ADAPTER_DIR, save_stage_model, shares_base, stage_base
+from alignment.modeling.tokenizer import load_tokenizer
+from alignment.ppo.actor_critic import ActorCritic
+from alignment.ppo.adapters import (
+    POLICY,
+    REWARD,
+    SFT,
+    VALUE,
+    adapter_parameters,
+    add_adapter_from,
+    copy_adapter,
+    scalar_head,
+)
+from alignment.ppo.rewards import SharedScorer
+
+
+def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
+    """Load one base and put the PPO roles on it as adapters; returns (actor-critic, tokenizer, shared scorer)."""
+
+    def fresh_lora():  # a new config object per adapter: peft keeps (and edits) the one it is given
+        return peft_lora_config(cfg.lora, "CAUSAL_LM", trainable_token_targets(base, "CAUSAL_LM"))
+
+    ppo = cfg.ppo
+    base_cfg, sft_adapter = stage_base(ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)
+    policy_source = dataclasses.replace(
+        cfg.model, model_name_or_path=ppo.sft_model_path or cfg.model.model_name_or_path
+    )
+    tokenizer = load_tokenizer(policy_source, padding_side="left")
+    base = load_causal_lm(base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False)
+    base.requires_grad_(False)
+    if sft_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(sft_adapter), adapter_name=SFT, is_trainable=False)
+        copy_adapter(model, SFT, POLICY, trainable=True)
+        reference = SFT
+    else:  # full SFT weights: the base *is* the SFT policy, so "adapters off" is the reference
+        model = get_peft_model(base, fresh_lora(), adapter_name=POLICY)
+        reference = None
+    hidden = base.config.hidden_size
+    reward_head, shared_scorer = None, None
+    rm_path = ppo.reward_model_paths[0] if ppo.reward_model_paths else None
+    reward_on_base = rm_path is not None and shares_base(rm_path, base_cfg)
+    if reward_on_base:
+        head_weights = add_adapter_from(model, REWARD, Path(rm_path) / ADAPTER_DIR, trainable=False)
+        reward_head = scalar_head(hidden, head_weights, trainable=False)
+        shared_scorer = SharedScorer(Path(rm_path).name, RewardStats.load(rm_path))
+    critic_from_reward = reward_on_base and ppo.critic_init in ("auto", "reward")
+    if ppo.critic_init == "reward" and not reward_on_base:
+        raise ValueError(
+            "critic_init=reward needs a reward model trained on the policy's base (LoRA reward stage output)"
+        )
+    if critic_from_reward:
+        copy_adapter(model, REWARD, VALUE, trainable=True)
+        value_head = scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True)
+    else:
+        if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
+            copy_adapter(model, reference, VALUE, trainable=True)
+        else:
+            model.add_adapter(VALUE, fresh_lora())
+        value_head = scalar_head(hidden, None, trainable=True)
+    model.requires_grad_(False)
+    for adapter in (POLICY, VALUE):
+        for _, param in adapter_parameters(model, adapter):
+            param.requires_grad_(True)
+    disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
+    ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference, padding_free=ppo.padding_free)
+    return ac, tokenizer, shared_scorer
+
+
+def save_policy(ac: ActorCritic, tokenizer: Any, output_dir: Path, cfg: Config) -> Path:
+    """Write the policy adapter in the stage output layout (``adapter/`` on the SFT's base)."""
+    base_cfg, _ = stage_base(cfg.ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)
+    sits_on = {"model_name_or_path": base_cfg.model_name_or_path, "revision": base_cfg.revision}
+    return save_stage_model(ac.model, tokenizer, output_dir, cfg.model, adapter_name=POLICY, sits_on=sits_on)
