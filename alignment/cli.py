@@ -9,6 +9,7 @@ command's module, runs it, prints the summary and turns user-facing errors into 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from alignment.core.config import ConfigError
@@ -30,21 +31,42 @@ STAGES = {name: description for name, (_, description) in COMMANDS.items()}
 def usage() -> str:
     lines = ["usage: alignment <command> [--config recipe.yaml] [--key value ...]", "", "commands:"]
     lines += [f"  {name:<9} {text}" for name, text in STAGES.items()]
-    lines += ["", "`alignment <command> --help` lists every option of a command."]
+    lines += ["", "`alignment <command> --help` lists every option of a command; --debug shows tracebacks."]
     return "\n".join(lines)
 
 
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def run_command(command: str, argv: list[str]) -> int:
-    """Run one command; returns the process exit code (0, 2 for bad input, 130 when interrupted)."""
+    """Run one command; returns the process exit code.
+
+    0: done. 2: bad input (a setting, a record, a path, a model that cannot be found), said in one line.
+    1: the run failed (e.g. training diverged), said in one line; ``--debug`` or ``ALIGNMENT_DEBUG=1`` shows the
+    traceback instead. 130: interrupted (a checkpoint was saved where the stage could).
+    """
+    debug = "--debug" in argv or os.environ.get("ALIGNMENT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     module = importlib.import_module(COMMANDS[command][0])
     try:
         result = module.main(argv)
-    except (ConfigError, RecordError, FileNotFoundError) as e:
-        print(f"alignment {command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as e:
         print(f"alignment {command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
+    except (ConfigError, RecordError, OSError) as e:  # OSError: files and models that cannot be found or read
+        if debug:
+            raise
+        print(f"alignment {command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if debug:
+            raise
+        print(
+            f"alignment {command}: error: {type(e).__name__}: {one_line(e)} (ALIGNMENT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     text = module.summary_text(result)
     if text:
         print(text)

@@ -5,7 +5,8 @@ reason, token-length statistics of the records as the model will see them (rende
 tokenizer's chat template, as :mod:`alignment.data.collate` renders them) and two rendered examples.
 The lengths tell you what ``max_length`` truncates before a run spends hours on it.
 
-Usage: ``alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records skip]``.
+Usage: ``alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records raise]``
+(invalid records are counted by reason unless ``--invalid_records raise`` asks to stop at the first one).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 CONFIG_TYPES = (ModelConfig, DataConfig)
-USAGE = "usage: alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records skip]"
+USAGE = "usage: alignment data inspect SOURCE [--model_name_or_path X] [--dataset_format F] [--invalid_records raise]"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -169,13 +170,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_config(CONFIG_TYPES, argv[2:], prog="alignment data inspect SOURCE")
     from alignment.modeling.tokenizer import load_tokenizer  # imports transformers: not at --help
 
-    data_cfg = dataclasses.replace(cfg.data, dataset_name=argv[1])
+    # Inspecting reports every invalid record by reason unless asked to stop at the first one.
+    invalid = cfg.data.invalid_records if any(a.startswith("--invalid_records") for a in argv) else "skip"
+    data_cfg = dataclasses.replace(cfg.data, dataset_name=argv[1], invalid_records=invalid)
     try:
         return inspect_source(
             argv[1],
             load_tokenizer(cfg.model),
             cfg.data.dataset_format,
-            invalid=cfg.data.invalid_records,
+            invalid=invalid,
             data_cfg=data_cfg,
         )
     except RecordError:

@@ -37,6 +37,7 @@ from alignment.core.config import (
     parse_overrides,
     split_config_arg,
 )
+from alignment.core.identity import describe_changes, is_run_directory, read_identity, run_identity
 from alignment.core.run import is_done, package_versions
 from alignment.core.tracking import write_json_atomic
 
@@ -100,7 +101,7 @@ def wire_stage_inputs(stage: str, values: dict[str, Any], run_dir: Path, base_mo
     """Point each stage at the outputs of the stages before it (the only place this is decided)."""
     values = dict(values)
     values["output_dir"] = str(run_dir / stage)
-    values["resume"] = True
+    values["resume"] = not values.get("overwrite", False)  # an unfinished stage of the same settings resumes
     if stage == "ppo":
         values.setdefault("sft_model_path", str(run_dir / "sft"))
         values.setdefault("reward_model_paths", [str(run_dir / "reward")])
@@ -130,7 +131,7 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     overrides = {**layered, **overrides}
     values, where = split_recipe(data, lines, path, overrides, sources)
     run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
-    stages = list(data.get("stages") or STAGES)
+    stages = _stage_list(overrides.get("stages") or data.get("stages") or list(STAGES))
     base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
     configs = {}
     for stage in stages:
@@ -140,30 +141,68 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
 
 
 def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage of the recipe at ``path``; returns a summary of each stage's metrics."""
+    """Run (or resume) every stage of the recipe at ``path``; returns a summary of each stage's metrics.
+
+    A stage whose directory holds a finished run of the same identity (settings and inputs, see
+    :mod:`alignment.core.identity`) is skipped; one whose settings or inputs changed is run again from the start,
+    and with it every stage downstream (their inputs changed); an unfinished one of the same identity resumes.
+    """
     configs, run_dir, stages = load_pipeline(path, overrides or {})
+    _check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "versions.json", package_versions())
     summary: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}}
+    planned: dict[str, str] = {}  # stage output dir -> the fingerprint its run will have
     for stage in stages:
-        output_dir = Path(configs[stage].train.output_dir)
-        if is_done(output_dir):
+        cfg = configs[stage]
+        output_dir = Path(cfg.train.output_dir)
+        identity = run_identity(cfg, planned)
+        planned[str(output_dir)] = identity["fingerprint"]
+        recorded = read_identity(output_dir)
+        same = recorded is not None and recorded["fingerprint"] == identity["fingerprint"]
+        if is_done(output_dir) and same:
             logger.info("%s: already complete in %s, skipped", stage, output_dir)
-            metrics, seconds, status = _read_metrics(output_dir), 0.0, "skipped (already complete)"
-        else:
-            logger.info("%s: starting in %s", stage, output_dir)
-            start = time.perf_counter()
-            module = _stage_module(stage)
-            metrics = (module.evaluate if stage == "evaluate" else module.train)(configs[stage])
-            seconds, status = time.perf_counter() - start, "ran"
-        summary["stages"][stage] = {
-            "status": status,
-            "seconds": round(seconds, 1),
-            "output_dir": str(output_dir),
-            "metrics": metrics,
-        }
+            summary["stages"][stage] = _stage_summary("skipped (already complete)", 0.0, output_dir)
+            write_json_atomic(run_dir / "summary.json", summary)
+            continue
+        status = "ran"
+        if output_dir.is_dir() and any(output_dir.iterdir()) and not same and is_run_directory(output_dir):
+            changes = describe_changes(recorded, identity) if recorded else "written by an earlier version"
+            logger.warning("%s: settings or inputs changed since its last run (%s): running it again", stage, changes)
+            cfg.train.overwrite, status = True, "ran (settings changed)"
+        logger.info("%s: starting in %s", stage, output_dir)
+        start = time.perf_counter()
+        module = _stage_module(stage)
+        metrics = (module.evaluate if stage == "evaluate" else module.train)(cfg)
+        summary["stages"][stage] = _stage_summary(status, time.perf_counter() - start, output_dir, metrics)
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def _stage_summary(status: str, seconds: float, output_dir: Path, metrics: dict | None = None) -> dict[str, Any]:
+    metrics = _read_metrics(output_dir) if metrics is None else metrics
+    return {"status": status, "seconds": round(seconds, 1), "output_dir": str(output_dir), "metrics": metrics}
+
+
+def _stage_list(value: Any) -> list[str]:
+    """``stages`` from a recipe (a list) or the command line (``sft,reward``), checked against the known stages."""
+    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s) for s in value]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise ConfigError(f"stages: unknown {unknown or names}; choose from {', '.join(STAGES)}")
+    return names
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """A pipeline's output_dir is empty, new, or an earlier pipeline run: never someone else's folder."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if (run_dir / "versions.json").is_file() or any((run_dir / s).is_dir() for s in STAGES):
+        return
+    raise ConfigError(
+        f"output_dir {run_dir} is not empty and is not a pipeline run directory: refusing to write there. "
+        "Choose a new or empty --output_dir."
+    )
 
 
 def _read_metrics(output_dir: Path) -> dict[str, Any]:

@@ -150,7 +150,8 @@ def train(cfg: Config) -> dict[str, Any]:
     from alignment.modeling.stage_dir import save_stage_model
     from alignment.modeling.tokenizer import load_tokenizer
 
-    with start_run(cfg, "reward") as run:
+    # An evaluation alone rewrites its metrics on every run and trains nothing that a re-run could mix up.
+    with start_run(cfg, "reward", rewrites_outputs=cfg.reward.eval_only) as run:
         tokenizer = load_tokenizer(cfg.model)
         records = load_records(cfg.data, "comparison", seed=cfg.train.seed)
         model = load_reward_model(cfg.model, cfg.lora, cfg.quant, trainable=not cfg.reward.eval_only)
@@ -166,7 +167,10 @@ def train(cfg: Config) -> dict[str, Any]:
             head,
             flat_rows=head is not None and supports_flat_packing(model),
         )
-        eval_records = list(records.eval_records) if not cfg.reward.eval_only else list(records.records)
+        if cfg.reward.eval_only:  # every record is held out; max_eval_samples caps them, as for a held-out split
+            eval_records = list(records.records)[: cfg.data.max_eval_samples or None]
+        else:
+            eval_records = list(records.eval_records)
         batch_size = cfg.train.per_device_eval_batch_size
         evaluate = lambda: summarize_eval(evaluate_loss(run, model, eval_records, spec, batch_size))  # noqa: E731
         if cfg.reward.eval_only:

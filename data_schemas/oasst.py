@@ -138,6 +138,10 @@ def build_trees(messages: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         node = {**message, "replies": []}
         nodes[message_id] = node
         parent = message.get("parent_id")
+        if parent is not None and not isinstance(parent, str):
+            raise RecordError(
+                f"expected a message id or null, got {type(parent).__name__}", field="parent_id", kind="mistyped_field"
+            ).located(index=i)
         (children[parent] if parent else roots).append(node)
     for parent_id, kids in children.items():
         if parent_id in nodes:

@@ -43,6 +43,18 @@ RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 
 
+FAULT_ENV = "ALIGNMENT_FAULT"
+
+
+def fault_point(where: str, step: int) -> None:
+    """Fault injection for the crash tests: ``ALIGNMENT_FAULT=<where>:<step>`` kills this process right here.
+
+    SIGKILL, as a power cut or the kernel's OOM killer would: no handler, no cleanup. Off unless the variable is set.
+    """
+    if os.environ.get(FAULT_ENV) == f"{where}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters that training changes, detached and contiguous (safetensors needs that)."""
     return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -101,6 +113,44 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_partial_checkpoints(output_dir: str | Path) -> None:
+    """Delete the temporary folders of checkpoint writes that a crash (kill -9, power loss) cut short."""
+    root = checkpoint_root(output_dir)
+    if root.is_dir():
+        for partial in root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
+            logger.info("removing %s, left by an interrupted checkpoint write", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """Raise :class:`FloatingPointError` naming the first trainable parameter that holds NaN or inf."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+            raise FloatingPointError(f"{what}: parameter {name} is not finite (NaN or inf); lower the learning rate")
+
+
+def resume_from_newest(
+    output_dir: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint; one that cannot be read (cut short, corrupted) is skipped, loudly.
+
+    Returns its ``state.json`` dict, or None when there is no checkpoint to resume from.
+    """
+    candidates = [p for p in list_checkpoints(output_dir) if (p / STATE_FILE).is_file()]
+    for path in reversed(candidates):
+        try:
+            return load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+        except Exception as e:  # any unreadable file means: try the one before
+            logger.warning("checkpoint %s cannot be read (%s: %s); trying the one before it", path, type(e).__name__, e)
+    if candidates:
+        raise RuntimeError(f"no checkpoint in {checkpoint_root(output_dir)} can be read; start over with --overwrite")
+    return None
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -111,7 +161,12 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     save_total_limit: int = 2,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``save_total_limit``."""
+    """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``save_total_limit``.
+
+    Weights that are not finite are never saved (:class:`FloatingPointError`), so every checkpoint kept is one
+    a run can go back to.
+    """
+    check_finite(model, f"checkpoint at step {step}")
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step}"
@@ -123,6 +178,7 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+    fault_point("checkpoint_write", step)
     torch.save(_rng_state(), tmp / RNG_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **(extra or {})}, indent=2), encoding="utf-8")
     if final.exists():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import types
@@ -62,6 +63,11 @@ class LoraConfig:
         "Modules to adapt: 'all-linear' or names such as q_proj,v_proj.", default_factory=lambda: ["all-linear"]
     )
 
+    def __post_init__(self) -> None:
+        _require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}")
+        _require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}")
+        _require(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
 
 @dataclass
 class QuantConfig:
@@ -70,6 +76,15 @@ class QuantConfig:
     bnb_4bit_quant_type: str = _help("4-bit data type: nf4 or fp4.", default="nf4")
     bnb_4bit_use_double_quant: bool = _help("Quantize the 4-bit quantization constants too.", default=True)
     bnb_4bit_compute_dtype: str = _help("Compute dtype for 4-bit layers: bf16, fp16, fp32.", default="fp32")
+
+    def __post_init__(self) -> None:
+        _require(
+            not (self.load_in_8bit and self.load_in_4bit), "load_in_8bit and load_in_4bit are both set: choose one"
+        )
+        _require(
+            self.bnb_4bit_quant_type in ("nf4", "fp4"),
+            f"bnb_4bit_quant_type: nf4 or fp4, not {self.bnb_4bit_quant_type!r}",
+        )
 
 
 @dataclass
@@ -90,6 +105,16 @@ class DataConfig:
     invalid_records: str = _help(
         "On a malformed record: 'raise' (default) or 'skip' and report counts.", default="raise"
     )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.invalid_records in ("raise", "skip"),
+            f"invalid_records must be one of raise, skip, got {self.invalid_records!r}",
+        )
+        _require(self.eval_split_size >= 0, f"eval_split_size must be >= 0, got {self.eval_split_size}")
+        for key in ("max_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"{key} must be at least 1 (or unset), got {value}")
 
 
 @dataclass
@@ -112,14 +137,43 @@ class TrainConfig:
     eval_steps: int = _help("Evaluate every N steps (0: only before and after training).", default=0)
     save_steps: int = _help("Checkpoint every N steps (0: only at the end and on Ctrl-C).", default=50)
     save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
-    resume: bool = _help("Continue from the newest checkpoint in output_dir.", default=False)
+    resume: bool = _help(
+        "Continue from the newest checkpoint in output_dir (a run of the same settings).", default=False
+    )
+    overwrite: bool = _help(
+        "Start over in an output_dir that holds an earlier run (never in a folder that is not a run directory).",
+        default=False,
+    )
     report_to: list[str] = _help(
         "Extra loggers: tensorboard, wandb, trackio (JSONL is always written).", default_factory=list
     )
     cpu: bool = _help("Force the CPU even when a GPU is present.", default=False)
 
+    def __post_init__(self) -> None:
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            _require(getattr(self, key) >= 1, f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("logging_steps", "save_total_limit"):
+            _require(getattr(self, key) >= 1, f"{key} must be at least 1, got {getattr(self, key)}")
+        _require(self.max_length >= 2, f"max_length must be at least 2 tokens, got {self.max_length}")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate must be a positive number, got {self.learning_rate}",
+        )
+        _require(self.num_train_epochs > 0, f"num_train_epochs must be positive, got {self.num_train_epochs}")
+        _require(self.max_steps == -1 or self.max_steps >= 1, f"max_steps must be -1 or >= 1, got {self.max_steps}")
+        _require(0.0 <= self.warmup_ratio <= 1.0, f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        _require(self.max_grad_norm > 0, f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        _require(self.eval_steps >= 0 and self.save_steps >= 0, "eval_steps and save_steps must be >= 0")
+        _require(not (self.resume and self.overwrite), "resume and overwrite are both set: choose one")
+
 
 # ----------------------------------------------------------------------------------- parsing
+
+
+def _require(condition: bool, message: str) -> None:
+    """A setting's own check, run when its section is built: before anything is loaded or written."""
+    if not condition:
+        raise ValueError(message)
 
 
 class ConfigError(ValueError):

@@ -23,9 +23,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from alignment.core.checkpointing import remove_partial_checkpoints
 from alignment.core.config import Config, save_config
 from alignment.core.cpu_memory import keep_freed_memory_for_reuse
 from alignment.core.distributed import check_distributed_support
+from alignment.core.identity import (
+    check_inputs_exist,
+    check_output_dir,
+    clear_run_directory,
+    run_identity,
+    write_identity,
+)
 from alignment.core.precision import warn_if_slow_on_cpu
 from alignment.core.tracking import MetricLogger, write_json_atomic
 
@@ -89,15 +97,32 @@ def mark_done(output_dir: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def start_run(cfg: Config, stage: str) -> Iterator[Run]:
-    """Set up ``cfg.train.output_dir`` for ``stage``; yields a :class:`Run`; closes loggers on exit."""
+def start_run(cfg: Config, stage: str, *, rewrites_outputs: bool = False) -> Iterator[Run]:
+    """Set up ``cfg.train.output_dir`` for ``stage``; yields a :class:`Run`; closes loggers on exit.
+
+    The directory is checked against the run about to start before anything is written (see
+    :mod:`alignment.core.identity`): a run of other settings, or a folder that is not a run directory, is refused.
+    ``rewrites_outputs``: the stage rewrites every output on each run and caches only content-keyed files (the
+    evaluation), so its own run directory is reused whatever its settings were.
+    """
     train = cfg.train
     output_dir = Path(train.output_dir)
+    check_inputs_exist(cfg)
+    identity = run_identity(cfg)
     accelerator = make_accelerator(cpu=train.cpu, bf16=train.bf16)
 
     check_distributed_support(cfg, accelerator)  # before anything is written or loaded
+    action = check_output_dir(output_dir, identity, train.resume, train.overwrite or rewrites_outputs)
+    if rewrites_outputs and action == "overwrite":
+        action = "resume"  # nothing of an earlier run is read back, and its cached generations stay valid
+    accelerator.wait_for_everyone()  # every rank has checked before the main one changes anything
     if accelerator.is_main_process:
+        if action == "overwrite":
+            clear_run_directory(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_identity(output_dir, identity)
+        (output_dir / DONE_FILE).unlink(missing_ok=True)  # written last, by mark_done
+        remove_partial_checkpoints(output_dir)
         save_config(cfg, output_dir / "config.yaml")
         versions: dict[str, Any] = package_versions()
         versions.update(

@@ -46,6 +46,13 @@ def metrics_text(metrics: dict[str, Any]) -> str:
     return json.dumps(metrics, indent=2, default=_jsonable)
 
 
+def _row_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return math.inf  # a row cut short by a crash: drop it
+
+
 class MetricLogger:
     """Append one JSON object per logged step to ``<output_dir>/log.jsonl`` and fan out to trackers."""
 
@@ -79,6 +86,23 @@ class MetricLogger:
         with open(self.output_dir / f"{name}.jsonl", "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}, default=str) + "\n")
+
+    def drop_steps_after(self, step: int) -> None:
+        """Forget logged rows past ``step`` (a resumed run repeats them), in the step log and the sample tables."""
+        if not self.enabled:
+            return
+        if self._file is not None:
+            self._file.close()
+        for path in [self.output_dir / LOG_FILE, *sorted(self.output_dir.glob("*.jsonl"))]:
+            if not path.is_file():
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if _row_step(line) <= step]
+            if len(kept) != len(lines):
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                tmp.write_text("".join(kept), encoding="utf-8")
+                os.replace(tmp, path)
+        self._file = open(self.output_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         if self.enabled:

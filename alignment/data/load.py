@@ -128,12 +128,21 @@ def read_jsonl(path: Path) -> Iterator[RawRow]:
     """One RawRow per non-blank line; a line that is not UTF-8 or not JSON becomes a RawRow carrying its error."""
     with _open_binary(path) as handle:
         for line, raw in _read_gzip_lines(handle, path):
+            text = None
             try:
                 text = _decode(raw, path, line)
                 if not text.strip():
                     continue
                 yield RawRow(_parse_json_line(text, path, line), line=line)
             except RecordError as e:
+                if line == 1 and text is not None and text.lstrip().startswith("["):
+                    e = RecordError(
+                        f"{e.reason}; the file looks like one JSON array, but JSON Lines need one object per line: "
+                        "a file holding one JSON array should be named .json",
+                        path=str(path),
+                        line=line,
+                        kind=e.kind,
+                    )
                 yield RawRow(None, line=line, error=e)
 
 
@@ -242,6 +251,13 @@ def resolve_format(name: str, rows: list[RawRow], source: str) -> Format:
     """The named format, or the one detected from the columns of the first rows."""
     if name != "auto":
         return get_format(name)
+    if not rows:
+        raise RecordError("the file holds no records (it is empty)", path=source, kind="empty_file")
+    if all(raw.error is not None for raw in rows):  # nothing parsed: say why, not "columns [none]"
+        first = rows[0].error
+        raise RecordError(
+            f"no row could be read; the first: {first.reason}", path=source, line=first.line, kind=first.kind
+        )
     try:
         return FORMATS[detect_format(_columns(rows, source))]
     except RecordError as e:
@@ -399,6 +415,9 @@ def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSe
     limit = None if split_here else data_cfg.max_samples
     groups, fmt, report, rows_read = _load_groups(source, data_cfg, kind, limit)
     total = sum(len(g) for g in groups)
+    if total == 0:
+        why = f" ({report.summary()})" if report.total else ""
+        raise RecordError(f"no usable {kind} records{why}", path=source, kind="no_records")
     train, held_out = split_groups(groups, eval_count(data_cfg.eval_split_size, total) if split_here else 0, seed)
     eval_report = None
     if data_cfg.eval_dataset_name:

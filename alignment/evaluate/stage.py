@@ -103,13 +103,12 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     """The evaluation stage: returns the headline metrics (also in ``metrics.json``); writes ``DONE`` last."""
-    from alignment.core.run import DONE_FILE, mark_done, start_run  # imports accelerate
+    from alignment.core.run import mark_done, start_run  # imports accelerate
 
     plan = plan_evaluation(cfg)
-    with start_run(cfg, "evaluate") as run:
+    with start_run(cfg, "evaluate", rewrites_outputs=True) as run:  # start_run removes an earlier DONE
         metrics: dict[str, Any] = {}
         if run.is_main:  # evaluation runs on one process; the others wait
-            (run.output_dir / DONE_FILE).unlink(missing_ok=True)  # a re-run that fails must not look finished
             metrics = run_evaluation(cfg, plan, run.output_dir, run.device)
             run.metrics.write_metrics(metrics)
             mark_done(run.output_dir)

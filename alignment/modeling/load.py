@@ -65,6 +65,8 @@ def _from_pretrained(
     extra: dict[str, Any],
 ) -> tuple[PreTrainedModel, set[str]]:
     """``auto_cls.from_pretrained`` with the project's settings; returns the model and its missing keys."""
+    if model_cfg.trust_remote_code:
+        logger.warning("trust_remote_code is on: running the Python code that ships with %s", source.name_or_path)
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(model_cfg.dtype, device),
         "trust_remote_code": model_cfg.trust_remote_code,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from alignment.core.identity import looks_local
 from alignment.modeling.embedded import embedded_model_dir, gguf_cache_dir, is_embedded
 from alignment.modeling.stage_dir import ADAPTER_DIR, BASE_MODEL_FILE, MODEL_DIR, TOKENIZER_DIR
 
@@ -71,7 +72,8 @@ def _resolve(name: str, revision: str | None, depth: int) -> ModelSource:
         return ModelSource("gguf", name, str(gguf_cache_dir(path)))
     if path.is_dir():
         return _resolve_dir(path.resolve(), name, depth)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name):
+    # A name that looks local (a path prefix, or a parent folder that exists here) is never sent to the Hub.
+    if looks_local(name) or name.count("/") > 1 or not _HUB_ID.match(name):
         raise ModelLoadError(
             f"model '{name}' not found: no such file or directory, and not a Hub id (org/name); "
             "model_name_or_path takes a Hub id, a local directory, a .gguf file, a stage output "

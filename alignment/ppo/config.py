@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignment.core.config import DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -61,6 +61,9 @@ class PPOConfig:
     kl_target: float = _help("Target per-sequence KL (nats) for the adaptive controller and the alarm.", default=6.0)
     kl_horizon: int = _help("Adaptive controller horizon (episodes).", default=10000)
     kl_stop_factor: float = _help("Stop when KL exceeds this multiple of kl_target.", default=10.0)
+    entropy_floor: float = _help(
+        "Stop when the policy's mean entropy per token falls below this (nats): it has collapsed.", default=1e-3
+    )
     gamma: float = _help("GAE discount.", default=1.0)
     lam: float = _help("GAE lambda.", default=0.95)
     clip_eps: float = _help("PPO policy clip range.", default=0.2)
@@ -76,6 +79,13 @@ class PPOConfig:
         "At each checkpoint also export the policy to snapshots/step-N (loadable; for the over-optimisation curve).",
         default=True,
     )
+
+    def __post_init__(self) -> None:
+        for key in ("total_episodes", "rollout_batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.max_prompt_length < 1 or self.eval_prompts < 0:
+            raise ValueError("max_prompt_length must be at least 1 and eval_prompts at least 0")
 
 
 CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, PPOConfig)
@@ -93,19 +103,21 @@ def validate_sampling(cfg: PPOConfig) -> None:
     if cfg.temperature <= 0:
         problems.append(f"temperature={cfg.temperature} (greedy)")
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"PPO sampling must be plain temperature sampling, but {', '.join(problems)} was set: the log-probs "
             "PPO optimises and the KL penalty are computed from softmax(logits / temperature), so truncated or "
             "penalised sampling draws from another distribution and biases both (negative KL, trl#1017)."
         )
     if cfg.kl_estimator not in ("k1", "k3"):
-        raise ValueError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
+        raise ConfigError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
     check_rollout_logprobs(cfg.rollout_logprobs)  # here too, so a typo fails before any model is loaded
+    if not cfg.reward_model_paths:
+        raise ConfigError("PPO needs at least one reward model: set reward_model_paths (a reward stage's output)")
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):
-        raise ValueError("reward_weights needs one weight per entry of reward_model_paths")
+        raise ConfigError("reward_weights needs one weight per entry of reward_model_paths")
 
 
 def check_rollout_logprobs(choice: str) -> str:
     if choice not in ("auto", "generate", "recompute"):
-        raise ValueError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
+        raise ConfigError(f"rollout_logprobs: expected auto, generate or recompute, got {choice!r}")
     return choice

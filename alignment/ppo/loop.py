@@ -12,8 +12,9 @@ import torch
 from alignment.core.checkpointing import (
     GracefulInterrupt,
     TrainingInterrupted,
-    load_checkpoint,
-    newest_checkpoint,
+    check_finite,
+    fault_point,
+    resume_from_newest,
     save_checkpoint,
 )
 from alignment.core.run import Run
@@ -62,10 +63,11 @@ def ppo_loop(
     kl_ctl = kl_controller(cfg)
     optimizer = ppo_optimizer(ac, cfg, train_cfg.learning_rate)
     start, state = 0, {}
-    checkpoint = newest_checkpoint(run.output_dir) if train_cfg.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=ac, optimizer=optimizer)
-        start = state["step"]
+    if train_cfg.resume:
+        state = resume_from_newest(run.output_dir, model=ac, optimizer=optimizer) or {}
+        start = state.get("step", 0)
+        run.metrics.drop_steps_after(start)
+    if state:
         kl_ctl.load_state_dict(state["kl_controller"])
         if rewards.lagrange is not None:
             rewards.lagrange.load_state_dict(state["lagrange"])
@@ -119,6 +121,9 @@ def ppo_loop(
                 train_cfg.max_grad_norm,
             )
             t2 = time.perf_counter()
+            fault_point("ppo_update", step + 1)
+            # A policy with NaN or inf weights would fail inside sampling next: stop here, before any checkpoint.
+            check_finite(ac, f"PPO update {step + 1}")
             # 6. Controllers: beta towards the KL target, lambda by the constraint violation.
             stats = rollout_statistics(rollout, kl, kl_ctl.value)
             stats = dict(zip(stats, reduce_sum(run, list(stats.values())))) if world > 1 else stats
@@ -241,12 +246,18 @@ def save_ppo_checkpoint(
 
 
 def check_guard_rails(stats: dict[str, float], cfg: PPOConfig, step: int) -> None:
-    """Stop loudly on non-finite values or a KL far past its target; warn on negative KL."""
+    """Stop loudly on non-finite values, a collapsed entropy or a KL far past its target; warn on negative KL."""
     for key in ("objective/kl", "objective/scores", "loss/value_avg", "loss/policy_avg"):
         if key in stats and not math.isfinite(stats[key]):
             raise FloatingPointError(
                 f"PPO step {step}: {key} is {stats[key]}; lower the learning rate or check the reward model"
             )
+    entropy = stats.get("policy/entropy_avg")
+    if entropy is not None and entropy < cfg.entropy_floor:
+        raise RuntimeError(
+            f"PPO step {step}: the policy's entropy fell to {entropy:.2g} nats per token (below entropy_floor "
+            f"{cfg.entropy_floor}): it has collapsed onto a few tokens. Lower the learning rate or raise kl_coef."
+        )
     kl = stats["objective/kl"]
     if kl > cfg.kl_stop_factor * cfg.kl_target:
         raise RuntimeError(

@@ -85,9 +85,14 @@ def collect_rollout(
     encoded = PromptCollator(tokenizer, max_prompt_length=cfg.max_prompt_length)(prompts)
     prompt_ids, prompt_mask = encoded["input_ids"].to(ac.device), encoded["attention_mask"].to(ac.device)
     ac.eval()
-    response_ids, sample_logits = ac.generate(
-        prompt_ids, prompt_mask, generation_config(cfg, tokenizer), with_logits=not passes.recompute_logprobs
-    )
+    try:
+        response_ids, sample_logits = ac.generate(
+            prompt_ids, prompt_mask, generation_config(cfg, tokenizer), with_logits=not passes.recompute_logprobs
+        )
+    except RuntimeError as e:
+        if "probability tensor" not in str(e):
+            raise
+        raise FloatingPointError("sampling failed: the policy's next-token probabilities are NaN or inf") from e
     eos_ids = generation_config(cfg, tokenizer).eos_token_id
     response_mask, has_eos = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)
     _ensure_one_token(response_mask)

@@ -30,8 +30,8 @@ import torch
 from alignment.core.checkpointing import (
     GracefulInterrupt,
     TrainingInterrupted,
-    load_checkpoint,
-    newest_checkpoint,
+    fault_point,
+    resume_from_newest,
     save_checkpoint,
 )
 from alignment.core.run import Run
@@ -122,12 +122,12 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step, history, evals = 0, [], []
-    checkpoint = newest_checkpoint(run.output_dir) if cfg.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(
-            checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
+    if cfg.resume:
+        state = resume_from_newest(
+            run.output_dir, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
         )
-        start_step = state["step"]
+        start_step = state["step"] if state else 0
+        run.metrics.drop_steps_after(start_step)
     logger.info(
         "training %d steps (%d examples, global batch %d x %d accumulation)",
         total_steps,
@@ -136,6 +136,7 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
         accum,
     )
     tokens_seen, items_seen, train_seconds = 0.0, 0.0, 0.0
+    first_loss: float | None = None
     bar = progress(total=total_steps, desc=f"{run.stage} train", enabled=run.is_main, initial=start_step)
     with GracefulInterrupt() as interrupt:
         for step in range(start_step, total_steps):
@@ -165,17 +166,22 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
                 for key, value in stats.items():
                     stats_total[key] = stats_total.get(key, 0.0) + float(value)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             keys = sorted(stats_total)
             reduced = reduce_sum(run, [loss_total, *[stats_total[k] for k in keys]])
+            step_loss = reduced[0] / max(global_count, 1.0)
+            first_loss = step_loss if first_loss is None else first_loss
+            # Before the step: a non-finite or collapsed update never reaches the weights or a checkpoint.
+            check_training_health(run.stage, step + 1, step_loss, float(grad_norm), first_loss)
+            optimizer.step()
+            fault_point("train_step", step + 1)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
             tokens_seen += global_tokens
             items_seen += global_items
             row = {
-                "train/loss": reduced[0] / max(global_count, 1.0),
+                "train/loss": step_loss,
                 "train/learning_rate": scheduler.get_last_lr()[0],
                 "train/grad_norm": float(grad_norm),
                 "train/epoch": epoch + 1,
@@ -222,3 +228,20 @@ def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step
         )
     run.accelerator.wait_for_everyone()
     return path
+
+
+def check_training_health(stage: str, step: int, loss: float, grad_norm: float, first_loss: float) -> None:
+    """Stop before a step that would poison the weights: a non-finite loss or gradient, or a collapsed run.
+
+    Collapse: the gradient vanished while the loss is far from zero (the weights saturated), or the loss climbed
+    past three times its first value and 2 nats above it (the learning rate is far too high).
+    """
+    hint = "lower the learning_rate; the last checkpoint, if any, holds finite weights (resume from it)"
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise FloatingPointError(f"{stage} step {step}: loss {loss}, gradient norm {grad_norm}: {hint}")
+    if grad_norm == 0.0 and loss > 1e-3:
+        raise FloatingPointError(f"{stage} step {step}: the gradient vanished at loss {loss:.4g} (collapse): {hint}")
+    if loss > 3 * first_loss and loss > first_loss + 2.0:
+        raise FloatingPointError(
+            f"{stage} step {step}: loss {loss:.4g} diverged from {first_loss:.4g} at the start: {hint}"
+        )

@@ -351,3 +351,10 @@ def test_biased_sampling_settings_are_rejected():
         ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(top_p=0.9))
     with pytest.raises(ValueError, match="repetition_penalty"):
         ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(repetition_penalty=1.1))
+
+
+def test_a_diverging_ppo_run_stops_with_a_clear_error_and_no_done(stage_dirs, tmp_path):
+    """At learning rate 1e30 the policy's weights overflow; PPO used to die inside torch.multinomial."""
+    with pytest.raises(FloatingPointError, match="not finite|NaN or inf"):
+        ppo.train(ppo_config(stage_dirs, tmp_path, learning_rate=1e30, total_episodes=12))
+    assert not (tmp_path / "DONE").is_file() and not (tmp_path / "adapter").exists()

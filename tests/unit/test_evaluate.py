@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,15 +224,13 @@ class FakePPOConfig:  # the keys the sweep test sets; the real PPO module is too
 
 
 def test_sweep_trains_each_grid_point_once_then_evaluates_them_together(tmp_path: Path, monkeypatch) -> None:
-    import alignment
     import alignment.evaluate as evaluate_mod
     from alignment import sweep
     from alignment.core.config import TrainConfig
 
     trained, evaluated = [], []
     fake_ppo = types.SimpleNamespace(CONFIG_TYPES=(TrainConfig, FakePPOConfig), train=lambda cfg: trained.append(cfg))
-    monkeypatch.setitem(sys.modules, "alignment.ppo", fake_ppo)
-    monkeypatch.setattr(alignment, "ppo", fake_ppo, raising=False)
+    monkeypatch.setattr(sweep, "ppo", fake_ppo)
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda cfg: evaluated.append(cfg) or {})
     (tmp_path / "ppo.yaml").write_text("kl_coef: 0.2\n", encoding="utf-8")
     recipe = tmp_path / "sweep.yaml"

@@ -1,0 +1,196 @@
+"""Run identity: what a run directory holds a run *of*, so a re-run never mixes in stale or foreign state.
+
+Every run directory records ``run_identity.json``: the resolved settings that shape the result, a digest of each
+input it read (an earlier stage's identity, or a data file's size and modification time) and a fingerprint of both.
+Before a stage writes anything, :func:`prepare_output_dir` compares the directory with the run about to start:
+
+- an empty or missing directory is used;
+- a directory holding a run of the *same* fingerprint is resumed with ``resume``, started over with
+  ``overwrite``, and otherwise refused (a silent restart would mix the two runs' checkpoints and logs);
+- a directory holding a run of *other* settings or inputs is refused with the changed keys named, unless
+  ``overwrite`` is set;
+- a non-empty directory that is not a run directory is always refused: it is someone's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from alignment.core.config import Config, ConfigError
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_FILE = "run_identity.json"
+# Settings that change where or how often things are written, or how fast, but not what is learned.
+NOT_IDENTITY = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "overwrite",
+        "report_to",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "sample_table_steps",
+        "policy_snapshots",
+    }
+)
+# Settings that name something read from disk: their content (not only their name) is part of the identity.
+INPUT_KEYS = (
+    "model_name_or_path",
+    "tokenizer_name_or_path",
+    "sft_model_path",
+    "reward_model_paths",
+    "cost_model_path",
+    "policies",
+    "dataset_name",
+    "eval_dataset_name",
+    "prompt_sets",
+    "checkpoint_dirs",
+)
+# Files a run writes at its top level; a directory holding only these (and checkpoints/) is a run directory.
+RUN_MARKERS = ("config.yaml", "versions.json")
+
+
+def run_settings(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in sorted(cfg.flat().items()) if k not in NOT_IDENTITY}
+
+
+def input_digest(path: str) -> str | None:
+    """An earlier run's fingerprint, or a local file's size and mtime; None for a name (Hub id, embedded model)."""
+    location = Path(path).expanduser()
+    identity = read_identity(location) if location.is_dir() else None
+    if identity is not None:
+        return identity["fingerprint"]
+    if location.is_file():
+        stat = location.stat()
+        return f"file:{stat.st_size}:{stat.st_mtime_ns}"
+    return None
+
+
+def _input_paths(settings: dict[str, Any]) -> list[str]:
+    paths = []
+    for key in INPUT_KEYS:
+        value = settings.get(key)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item:
+                paths.append(item)
+    return paths
+
+
+def looks_local(name: str) -> bool:
+    """A path prefix, a data-file suffix, or a parent folder that exists here: a local path, never a Hub id."""
+    path = Path(name).expanduser()
+    suffixes = (".json", ".jsonl", ".gz", ".csv", ".parquet", ".gguf", ".yaml")
+    return name.startswith((".", "/", "~")) or name.endswith(suffixes) or (len(path.parts) > 1 and path.parent.is_dir())
+
+
+def check_inputs_exist(cfg: Config) -> None:
+    """Every input named by a local-looking path exists: a typo fails here, before anything is loaded or written."""
+    settings = cfg.flat()
+    for key in INPUT_KEYS:
+        value = settings.get(key)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item and looks_local(item) and not Path(item).expanduser().exists():
+                raise ConfigError(f"{key}: {item} not found (no such file or directory)")
+
+
+def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The identity of the run ``cfg`` describes. ``known_inputs``: digests of inputs not on disk yet (a pipeline
+    plans its later stages before the earlier ones have run)."""
+    settings = run_settings(cfg)
+    known = known_inputs or {}
+    inputs = {path: known[path] if path in known else input_digest(path) for path in _input_paths(settings)}
+    payload = json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str)
+    return {"fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16], "settings": settings, "inputs": inputs}
+
+
+def read_identity(output_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "fingerprint" in data else None
+
+
+def write_identity(output_dir: str | Path, identity: dict[str, Any]) -> None:
+    path = Path(output_dir) / IDENTITY_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(identity, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """``lora_r 16 -> 4, dataset_name demo -> x.jsonl, input runs/sft changed``: what differs between two runs."""
+    changes = []
+    old_settings, new_settings = old.get("settings", {}), new.get("settings", {})
+    for key in sorted(set(old_settings) | set(new_settings)):
+        if old_settings.get(key) != new_settings.get(key):
+            changes.append(f"{key} {old_settings.get(key)!r} -> {new_settings.get(key)!r}")
+    old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
+    for path in sorted(set(old_inputs) & set(new_inputs)):
+        if old_inputs[path] != new_inputs[path]:
+            changes.append(f"input {path} changed")
+    if len(changes) > limit:
+        changes = [*changes[:limit], f"and {len(changes) - limit} more"]
+    return ", ".join(changes) or "the recorded identity is from another version"
+
+
+def is_run_directory(output_dir: Path) -> bool:
+    return read_identity(output_dir) is not None or all((output_dir / m).is_file() for m in RUN_MARKERS)
+
+
+def check_output_dir(output_dir: str | Path, identity: dict[str, Any], resume: bool, overwrite: bool) -> str:
+    """What to do with ``output_dir`` for the run about to start (see the module docstring); reads only.
+
+    Returns ``"new"`` (missing or empty), ``"resume"`` (this very run, to be continued) or ``"overwrite"`` (a run
+    directory to clear first). Raises :class:`ConfigError`, naming the choices, before anything is written.
+    """
+    out = Path(output_dir)
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a directory")
+    if not any(out.iterdir()):
+        return "new"
+    if not is_run_directory(out):
+        raise ConfigError(
+            f"output_dir {out} is not empty and is not a run directory: refusing to write there (it would replace "
+            "files in it). Choose a new or empty --output_dir."
+        )
+    if overwrite:
+        return "overwrite"
+    recorded = read_identity(out)
+    same = recorded is not None and recorded["fingerprint"] == identity["fingerprint"]
+    if same and resume:
+        return "resume"
+    if same:
+        raise ConfigError(
+            f"output_dir {out} already holds a run of these settings: pass --resume true to continue it, "
+            "--overwrite true to start over, or choose another --output_dir"
+        )
+    what = describe_changes(recorded, identity) if recorded is not None else "it was written by an earlier version"
+    raise ConfigError(
+        f"output_dir {out} holds a run of other settings ({what}): pass --overwrite true to replace it, choose "
+        "another --output_dir, or run with that run's settings"
+    )
+
+
+def clear_run_directory(output_dir: Path) -> None:
+    """Empty a verified run directory (never called on a folder :func:`is_run_directory` rejects)."""
+    if not is_run_directory(output_dir):
+        raise ConfigError(f"{output_dir} is not a run directory: not clearing it")
+    for entry in output_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
