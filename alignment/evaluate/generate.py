@@ -34,7 +34,10 @@ from alignment.evaluate.prompts import (
     save_generations,
 )
 from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs, PolicySpec
-from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
+from alignment.modeling.attention import supports_flat_packing
+from alignment.modeling.module_utils import unwrap_transformers_model
+from alignment.modeling.sequences import SequenceBatch, response_logprobs
+from alignment.rl.logprobs import first_eos_mask
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +149,24 @@ def response_logprob_sums(
 ) -> torch.Tensor:
     """``(B,)`` sum over valid response tokens of ``log softmax(logits / T)[y_t]``, by teacher forcing.
 
-    Sequences are ``[left-padded prompt | right-padded response]``; positions follow the attention mask
-    (``cumsum - 1``) as in ``generate``. Only the logits of the T + 1 last positions are computed.
+    The same pass PPO takes for its policy and reference (:func:`alignment.modeling.sequences.response_logprobs`),
+    on packed rows without padding.
     """
+    causal_lm = unwrap_transformers_model(model)
     device = next(model.parameters()).device
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
-    attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1).to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    length = response_ids.shape[1]
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=length + 1
-    ).logits[:, :-1]
-    logprobs = logprobs_from_logits(logits, response_ids.to(device), temperature)
-    return torch.where(response_mask.to(device), logprobs, torch.zeros_like(logprobs)).sum(-1).cpu()
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    response_ids, response_mask = response_ids.to(device), response_mask.to(device).bool()
+    batch = SequenceBatch.build(prompt_ids, prompt_mask, response_ids, response_mask)
+    logprobs, _ = response_logprobs(
+        causal_lm.base_model,
+        causal_lm.get_output_embeddings(),
+        batch,
+        response_ids,
+        temperature,
+        padding_free=True,
+        flat=supports_flat_packing(causal_lm),
+    )
+    return torch.where(response_mask, logprobs, torch.zeros_like(logprobs)).sum(-1).cpu()
 
 
 def sequence_kl(

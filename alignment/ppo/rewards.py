@@ -6,7 +6,8 @@ import torch
 
 from alignment.core.config import Config
 from alignment.modeling.scoring import load_reward_scorer
-from alignment.ppo.actor_critic import ActorCritic, SequenceBatch
+from alignment.modeling.sequences import SequenceBatch
+from alignment.ppo.actor_critic import ActorCritic
 from alignment.rl.controllers import LagrangeMultiplier
 
 

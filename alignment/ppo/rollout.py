@@ -13,7 +13,8 @@ from transformers import GenerationConfig
 
 from alignment.core.precision import autocast_dtype
 from alignment.data.collate import PromptCollator
-from alignment.ppo.actor_critic import ActorCritic, SequenceBatch
+from alignment.modeling.sequences import SequenceBatch
+from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig, check_rollout_logprobs
 from alignment.ppo.rewards import CombinedReward
 from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits

@@ -19,7 +19,7 @@ from alignment import reward, sft
 from alignment.core.checkpointing import TrainingInterrupted, newest_checkpoint
 from alignment.core.config import build_config
 from alignment.core.tracking import read_log
-from alignment.ppo.actor_critic import SequenceBatch
+from alignment.modeling.sequences import SequenceBatch, hidden_states, response_logprobs
 from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
 from tests.helpers import interrupt_after
 
@@ -97,14 +97,14 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     from alignment.ppo.adapters import use_adapter
 
     with torch.no_grad(), use_adapter(ac.model, None):
-        bare = ac._lm_head(ac._response_hidden(batch, response_ids.shape[1])).float()
-    assert (logprobs_from_logits(bare, response_ids, cfg.ppo.temperature) - reference)[valid].abs().max() > 1e-4
+        bare, _ = response_logprobs(ac._backbone, ac._lm_head, batch, response_ids, cfg.ppo.temperature)
+    assert (bare - reference)[valid].abs().max() > 1e-4
 
 
 def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     """Packing the sequences (prompts of different lengths, responses cut at different EOS) changes no output."""
     from alignment.data.collate import PromptCollator
-    from alignment.ppo.actor_critic import pack_sequences
+    from alignment.modeling.sequences import pack_sequences
     from data_schemas.records import Message, Prompt
 
     cfg = ppo_config(stage_dirs, tmp_path)
@@ -293,7 +293,7 @@ def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):
         score = ac.reward_scores(batch)
     assert values[0, -1] != 0
     # V at the last response position reads the hidden state before the last token; the RM reads the last token.
-    hidden = ac.hidden_states(batch)
+    hidden = hidden_states(ac._backbone, batch)
     assert torch.allclose(ac.value_head.weight, ac.reward_head.weight)
     assert score.shape == (1,) and torch.isfinite(hidden).all()
 
