@@ -146,3 +146,14 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     source.write_text("def f():\n    from alignment.ppo import loop\n    import alignment.core.config.x\n")
     assert imported_modules(source, modules) == [("alignment.ppo.loop", 2), ("alignment.core.config", 3)]
     assert group("alignment.ppo.loop") == "alignment.ppo" and group("alignment") is None
+
+
+def test_contributing_maps_every_module():
+    """CONTRIBUTING.md is the map: a module it does not name is one a newcomer cannot place."""
+    text = (REPO_ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    missing = [
+        str(path.relative_to(REPO_ROOT))
+        for name, path in all_modules().items()
+        if path.name != "__init__.py" and path.name not in text
+    ]
+    assert not missing, f"modules CONTRIBUTING.md does not map: {missing}"

@@ -111,7 +111,8 @@ def proportion_confidence_interval(successes: float, n: int, confidence: float =
     denominator = 1.0 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half_width = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return p, max(0.0, center - half_width), min(1.0, center + half_width)
+    # At p = 0 or 1 the bound on that side is p itself; rounding left it 1e-17 off (a negative error bar in a plot).
+    return p, min(p, max(0.0, center - half_width)), max(p, min(1.0, center + half_width))
 
 
 def win_rate(

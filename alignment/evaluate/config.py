@@ -15,8 +15,14 @@ from typing import Any
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal import PhraseRefusalDetector, RefusalDetector
+from alignment.evaluate.refusal_classifier import ClassifierRefusalDetector
 
-REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {"phrase": PhraseRefusalDetector}
+# "classifier" (the default) loads its encoder on first use; constructing it only checks that the files are there.
+REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {
+    "classifier": ClassifierRefusalDetector,
+    "phrase": PhraseRefusalDetector,
+}
+DEFAULT_REFUSAL_DETECTOR = "classifier"
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -49,7 +55,11 @@ class EvaluateConfig:
     max_prompt_length: int = _help("Longer prompts keep their last tokens.", default=256)
     temperature: float = _help("Sampling temperature, the same for every policy (0 = greedy).", default=0.7)
     generation_batch_size: int = _help("Prompts per generate() call.", default=8)
-    refusal_detector: str = _help("How refusals are detected: 'phrase' (opening refusal phrases).", default="phrase")
+    refusal_detector: str = _help(
+        "How refusals are detected: 'classifier' (sentence-embedding classifier fitted on XSTest's human labels) or "
+        "'phrase' (opening refusal phrases, the baseline).",
+        default=DEFAULT_REFUSAL_DETECTOR,
+    )
     reuse_generations: bool = _help("Reuse saved generations whose policy, prompts and settings match.", default=True)
     samples_per_label: int = _help("Prompts per label shown side by side in report.md.", default=2)
     checkpoint_dirs: list[str] = _help(

@@ -23,7 +23,7 @@ from typing import Any
 
 from alignment.core.stats import mean_confidence_interval, pareto_front, proportion_confidence_interval, win_rate
 from alignment.evaluate.records import LABEL_GROUPS, XSTEST_FORMAT, Generation, PolicyOutputs
-from alignment.evaluate.refusal import RefusalDetector, agreement
+from alignment.evaluate.refusal import RefusalDetector, agreement, detect_refusals
 
 
 def interval(values: Sequence[float]) -> dict[str, float] | None:
@@ -76,7 +76,7 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
     """Every metric of one policy; win rates only when ``reference`` is another policy on the same prompts."""
     gens = out.generations
     groups = label_groups(gens)
-    refused = [detector.is_refusal(g.response) for g in gens]
+    refused = detect_refusals(detector, [g.response for g in gens])
     compare = reference is not None and reference is not out
     if compare and [g.messages for g in gens] != [g.messages for g in reference.generations]:
         raise ValueError(f"{out.name} and {reference.name} were evaluated on different prompts: no paired win rate")

@@ -78,3 +78,11 @@ def test_pareto_front_hand_drawn() -> None:
     # minimise x (e.g. harmful rate), maximise y (helpfulness): 5 dominates everything except the new point 8
     assert pareto_front([*points[:7], (0.2, 2.0)], maximize=(False, True)) == [7, 5]
     assert pareto_front([]) == []
+
+
+@pytest.mark.parametrize("n", [5, 10, 13, 15, 17, 19, 20, 33, 34, 35, 38, 52])
+def test_wilson_bounds_hold_the_estimate_exactly_at_zero_and_one(n):
+    """Rounding once gave low = 1e-17 at 0/n and high = 0.9999999999999999 at n/n: negative error bars in plots."""
+    assert proportion_confidence_interval(0, n)[:2] == (0.0, 0.0)
+    p, _, high = proportion_confidence_interval(n, n)
+    assert p == high == 1.0

@@ -1,4 +1,7 @@
-"""PhraseRefusalDetector on labelled examples (agreement on real model outputs is measured by the evaluation stage)."""
+"""PhraseRefusalDetector on labelled examples, and the helpers every detector plugs into.
+
+The learned detector and its agreement with human labels: ``tests/unit/test_refusal_classifier.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from alignment.evaluate.refusal import (
     PhraseRefusalDetector,
     RefusalDetector,
     agreement,
+    detect_refusals,
     normalize_response,
     refusal_rate,
 )
@@ -78,3 +82,32 @@ def test_protocol_accepts_other_detectors() -> None:
     assert isinstance(PhraseRefusalDetector(), RefusalDetector)
     assert isinstance(LengthJudge(), RefusalDetector)
     assert refusal_rate(LengthJudge(), ["no", "a long answer"]) == 0.5
+
+
+class BatchJudge:
+    """A detector that judges lists only, recording each call."""
+
+    def __init__(self, wrong_length: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.wrong_length = wrong_length
+
+    def is_refusal(self, text: str) -> bool:
+        raise AssertionError("judged one text at a time although a batch method exists")
+
+    def is_refusal_batch(self, texts: list[str]) -> list[bool]:
+        self.calls.append(list(texts))
+        verdicts = [t.startswith("No") for t in texts]
+        return verdicts[:-1] if self.wrong_length else verdicts
+
+
+def test_helpers_judge_a_whole_list_in_one_batch_call() -> None:
+    judge = BatchJudge()
+    texts = ["No.", "Yes, here it is.", "No way."]
+    assert detect_refusals(judge, texts) == [True, False, True]
+    assert refusal_rate(judge, texts) == 2 / 3
+    assert agreement(judge, texts, [True, False, False])["precision"] == 0.5
+    assert judge.calls == [texts, texts, texts]
+    # Detectors without a batch method are asked one text at a time.
+    assert detect_refusals(PhraseRefusalDetector(), [REFUSALS[0], COMPLIANT[0]]) == [True, False]
+    with pytest.raises(ValueError, match="2 verdicts for 3 texts"):
+        detect_refusals(BatchJudge(wrong_length=True), texts)
