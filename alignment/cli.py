@@ -13,6 +13,7 @@ import os
 import sys
 
 from alignment.core.config import ConfigError
+from alignment.core.tracking import close_progress_bars
 from data_schemas.errors import RecordError
 
 # command -> (library module with main() and summary_text(), one-line description)
@@ -52,16 +53,19 @@ def run_command(command: str, argv: list[str]) -> int:
     try:
         result = module.main(argv)
     except KeyboardInterrupt as e:
+        close_progress_bars()
         print(f"alignment {command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except (ConfigError, RecordError, OSError) as e:  # OSError: files and models that cannot be found or read
         if debug:
             raise
+        close_progress_bars()
         print(f"alignment {command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         if debug:
             raise
+        close_progress_bars()
         print(
             f"alignment {command}: error: {type(e).__name__}: {one_line(e)} (ALIGNMENT_DEBUG=1 shows the traceback)",
             file=sys.stderr,

@@ -21,7 +21,8 @@ from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, ModelConfig, parse_config
 from alignment.data.chat_template import has_chat_template, render_prompt
-from alignment.data.load import DETECTION_ROWS, load_records, read_rows, resolve_format, resolve_source
+from alignment.data.load import DETECTION_ROWS, load_records, resolve_format, resolve_source
+from alignment.data.readers import read_rows
 from data_schemas.errors import RecordError
 from data_schemas.formats import KINDS
 from data_schemas.records import Comparison, Demonstration, Message, Record

@@ -182,3 +182,10 @@ def progress(
     """A tqdm progress bar with ETA on the main process only (quiet under ALIGNMENT_NO_PROGRESS=1)."""
     disable = not enabled or os.environ.get("ALIGNMENT_NO_PROGRESS") == "1"
     return tqdm(iterable, total=total, desc=desc, disable=disable, initial=initial, dynamic_ncols=True, leave=False)
+
+
+def close_progress_bars() -> None:
+    """Close every open bar (a run that stops with an error leaves its bar open, and the message would follow it on
+    the same line)."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.data.load import load_records_from_path, read_rows
+from alignment.data.load import load_records_from_path
+from alignment.data.readers import read_rows
 from alignment.inspect_data import format_report, inspect_source, length_stats
 from data_schemas import RecordError, detect_format
 
