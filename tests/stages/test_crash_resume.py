@@ -100,3 +100,42 @@ def test_ppo_resumes_after_kill_9_to_the_same_weights(ppo_inputs, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for fault in ("ppo_update:2", "checkpoint_write:2"):
         assert_resume_equals_unbroken("ppo", ppo_inputs, fault, tmp_path, unbroken)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_the_embedded_default_resumes_after_kill_9_to_the_same_weights(stage, embedded_dir, tmp_path):
+    """The same matrix on the real 135M model (minutes: five runs per stage)."""
+    values = {"model_name_or_path": "smollm2-135m-instruct", **TINY, "max_steps": 3, "save_steps": 1}
+    unbroken = tmp_path / "unbroken"
+    result = run_stage(stage, {**values, "output_dir": unbroken})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for fault in ("train_step:2", "checkpoint_write:2"):
+        assert_resume_equals_unbroken(stage, values, fault, tmp_path, unbroken)
+
+
+@pytest.mark.slow
+def test_ppo_on_the_embedded_default_resumes_after_kill_9_to_the_same_weights(tmp_path_factory, tmp_path):
+    root = tmp_path_factory.mktemp("embedded_crash_inputs")
+    common = {"model_name_or_path": "smollm2-135m-instruct", **TINY, "max_steps": 1, "save_steps": 0}
+    sft.train(build_config(sft.CONFIG_TYPES, {**common, "output_dir": str(root / "sft")}))
+    reward.train(build_config(reward.CONFIG_TYPES, {**common, "output_dir": str(root / "reward")}))
+    values = {
+        "model_name_or_path": str(root / "sft"),
+        "sft_model_path": str(root / "sft"),
+        "reward_model_paths": [str(root / "reward")],
+        "dataset_name": "demo",
+        "max_samples": 12,
+        "total_episodes": 12,
+        "rollout_batch_size": 4,
+        "mini_batch_size": 4,
+        "max_new_tokens": 8,
+        "eval_prompts": 0,
+        "save_steps": 1,
+        "policy_snapshots": "false",
+    }
+    unbroken = tmp_path / "unbroken"
+    result = run_stage("ppo", {**values, "output_dir": unbroken})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for fault in ("ppo_update:2", "checkpoint_write:2"):
+        assert_resume_equals_unbroken("ppo", values, fault, tmp_path, unbroken)
