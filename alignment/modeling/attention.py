@@ -72,16 +72,17 @@ def sdpa_varlen_attention_forward(
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
-_bounds_cache: tuple[int, int, list[int]] | None = None
-
-
 def _bounds(cu_seq_lens: torch.Tensor) -> list[int]:
-    """``cu_seq_lens`` as Python ints, once per forward (every layer gets the same tensor; a GPU read syncs)."""
-    global _bounds_cache
-    key = (id(cu_seq_lens), cu_seq_lens.data_ptr())
-    if _bounds_cache is None or _bounds_cache[:2] != key:
-        _bounds_cache = (*key, [int(b) for b in cu_seq_lens.tolist()])
-    return _bounds_cache[2]
+    """``cu_seq_lens`` as Python ints, once per forward (every layer gets the same tensor; a GPU read syncs).
+
+    Memoised on the tensor object itself, so it dies with it. A cache keyed by ``(id, data_ptr)`` returned a freed
+    tensor's bounds for a new one that Python and the allocator happened to place at the same id and address.
+    """
+    bounds = getattr(cu_seq_lens, "_alignment_bounds", None)
+    if bounds is None:
+        bounds = [int(b) for b in cu_seq_lens.tolist()]
+        cu_seq_lens._alignment_bounds = bounds
+    return bounds
 
 
 def register() -> None:

@@ -367,3 +367,21 @@ def test_flat_packing_with_varlen_sdpa_equals_each_example_alone_and_leaks_witho
     for start, single in zip(starts, alone):
         torch.testing.assert_close(flat[start : start + len(single)], single, atol=1e-5, rtol=0)
     assert not torch.allclose(leaked[starts[1] : starts[2]], flat[starts[1] : starts[2]])
+
+
+def test_varlen_bounds_belong_to_their_tensor_not_to_its_address(monkeypatch):
+    """A new cu_seq_lens that Python and the allocator place at a freed one's id and address gets its own bounds.
+
+    The old memo keyed by ``(id, data_ptr)`` returned the freed tensor's bounds then (a flaky "do not cover the
+    row" failure in PPO); here both are forced to collide.
+    """
+    import builtins
+
+    from alignment.modeling import attention
+
+    first = torch.tensor([0, 33, 95], dtype=torch.int32)
+    second = torch.tensor([0, 40, 105], dtype=torch.int32)
+    monkeypatch.setattr(builtins, "id", lambda obj: 1)  # every object at the same id ...
+    monkeypatch.setattr(torch.Tensor, "data_ptr", lambda self: 1)  # ... and at the same address
+    assert attention._bounds(first) == [0, 33, 95]
+    assert attention._bounds(second) == [0, 40, 105]
