@@ -74,14 +74,15 @@ def input_digest(path: str) -> str | None:
     return None
 
 
-def _input_paths(settings: dict[str, Any]) -> list[str]:
-    paths = []
+def _input_paths(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(key, path)`` for every input a setting names (list-valued settings give one pair per item)."""
+    pairs = []
     for key in INPUT_KEYS:
         value = settings.get(key)
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, str) and item:
-                paths.append(item)
-    return paths
+                pairs.append((key, item))
+    return pairs
 
 
 def looks_local(name: str) -> bool:
@@ -93,12 +94,9 @@ def looks_local(name: str) -> bool:
 
 def check_inputs_exist(cfg: Config) -> None:
     """Every input named by a local-looking path exists: a typo fails here, before anything is loaded or written."""
-    settings = cfg.flat()
-    for key in INPUT_KEYS:
-        value = settings.get(key)
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, str) and item and looks_local(item) and not Path(item).expanduser().exists():
-                raise ConfigError(f"{key}: {item} not found (no such file or directory)")
+    for key, path in _input_paths(cfg.flat()):
+        if looks_local(path) and not Path(path).expanduser().exists():
+            raise ConfigError(f"{key}: {path} not found (no such file or directory)")
 
 
 def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dict[str, Any]:
@@ -106,7 +104,7 @@ def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dic
     plans its later stages before the earlier ones have run)."""
     settings = run_settings(cfg)
     known = known_inputs or {}
-    inputs = {path: known[path] if path in known else input_digest(path) for path in _input_paths(settings)}
+    inputs = {path: known[path] if path in known else input_digest(path) for _, path in _input_paths(settings)}
     payload = json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16], "settings": settings, "inputs": inputs}
 

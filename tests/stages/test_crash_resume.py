@@ -62,20 +62,18 @@ def assert_resume_equals_unbroken(stage: str, values: dict, fault: str, tmp_path
         assert torch.equal(expected[name], got[name]), f"{fault}: {name} differs from the unbroken run"
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward"])
-def test_supervised_stages_resume_after_kill_9_to_the_same_weights(stage, tiny_llama_dir, tmp_path):
-    values = {"model_name_or_path": str(tiny_llama_dir), **TINY, "max_steps": 3, "save_steps": 1}
+def assert_matrix(stage: str, values: dict, faults: tuple[str, ...], tmp_path: Path) -> None:
+    """An unbroken run, then one killed at each fault and resumed: each must end where the unbroken one did."""
     unbroken = tmp_path / "unbroken"
     result = run_stage(stage, {**values, "output_dir": unbroken})
     assert result.returncode == 0, result.stderr[-2000:]
-    for fault in ("train_step:2", "checkpoint_write:2"):
+    for fault in faults:
         assert_resume_equals_unbroken(stage, values, fault, tmp_path, unbroken)
 
 
-@pytest.fixture(scope="module")
-def ppo_inputs(tmp_path_factory, tiny_llama_dir) -> dict:
-    root = tmp_path_factory.mktemp("crash_ppo_inputs")
-    common = {"model_name_or_path": str(tiny_llama_dir), **TINY, "max_steps": 1, "save_steps": 0}
+def ppo_values(model: str, root: Path, max_new_tokens: int) -> dict:
+    """One-step SFT and reward outputs on ``model`` under ``root``, and the PPO settings that start from them."""
+    common = {"model_name_or_path": model, **TINY, "max_steps": 1, "save_steps": 0}
     sft.train(build_config(sft.CONFIG_TYPES, {**common, "output_dir": str(root / "sft")}))
     reward.train(build_config(reward.CONFIG_TYPES, {**common, "output_dir": str(root / "reward")}))
     return {
@@ -87,19 +85,30 @@ def ppo_inputs(tmp_path_factory, tiny_llama_dir) -> dict:
         "total_episodes": 12,
         "rollout_batch_size": 4,
         "mini_batch_size": 4,
-        "max_new_tokens": 4,
+        "max_new_tokens": max_new_tokens,
         "eval_prompts": 0,
         "save_steps": 1,
         "policy_snapshots": "false",
     }
 
 
+SUPERVISED_FAULTS = ("train_step:2", "checkpoint_write:2")
+PPO_FAULTS = ("ppo_update:2", "checkpoint_write:2")
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_supervised_stages_resume_after_kill_9_to_the_same_weights(stage, tiny_llama_dir, tmp_path):
+    values = {"model_name_or_path": str(tiny_llama_dir), **TINY, "max_steps": 3, "save_steps": 1}
+    assert_matrix(stage, values, SUPERVISED_FAULTS, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ppo_inputs(tmp_path_factory, tiny_llama_dir) -> dict:
+    return ppo_values(str(tiny_llama_dir), tmp_path_factory.mktemp("crash_ppo_inputs"), max_new_tokens=4)
+
+
 def test_ppo_resumes_after_kill_9_to_the_same_weights(ppo_inputs, tmp_path):
-    unbroken = tmp_path / "unbroken"
-    result = run_stage("ppo", {**ppo_inputs, "output_dir": unbroken})
-    assert result.returncode == 0, result.stderr[-2000:]
-    for fault in ("ppo_update:2", "checkpoint_write:2"):
-        assert_resume_equals_unbroken("ppo", ppo_inputs, fault, tmp_path, unbroken)
+    assert_matrix("ppo", ppo_inputs, PPO_FAULTS, tmp_path)
 
 
 @pytest.mark.slow
@@ -107,35 +116,10 @@ def test_ppo_resumes_after_kill_9_to_the_same_weights(ppo_inputs, tmp_path):
 def test_the_embedded_default_resumes_after_kill_9_to_the_same_weights(stage, embedded_dir, tmp_path):
     """The same matrix on the real 135M model (minutes: five runs per stage)."""
     values = {"model_name_or_path": "smollm2-135m-instruct", **TINY, "max_steps": 3, "save_steps": 1}
-    unbroken = tmp_path / "unbroken"
-    result = run_stage(stage, {**values, "output_dir": unbroken})
-    assert result.returncode == 0, result.stderr[-2000:]
-    for fault in ("train_step:2", "checkpoint_write:2"):
-        assert_resume_equals_unbroken(stage, values, fault, tmp_path, unbroken)
+    assert_matrix(stage, values, SUPERVISED_FAULTS, tmp_path)
 
 
 @pytest.mark.slow
 def test_ppo_on_the_embedded_default_resumes_after_kill_9_to_the_same_weights(tmp_path_factory, tmp_path):
-    root = tmp_path_factory.mktemp("embedded_crash_inputs")
-    common = {"model_name_or_path": "smollm2-135m-instruct", **TINY, "max_steps": 1, "save_steps": 0}
-    sft.train(build_config(sft.CONFIG_TYPES, {**common, "output_dir": str(root / "sft")}))
-    reward.train(build_config(reward.CONFIG_TYPES, {**common, "output_dir": str(root / "reward")}))
-    values = {
-        "model_name_or_path": str(root / "sft"),
-        "sft_model_path": str(root / "sft"),
-        "reward_model_paths": [str(root / "reward")],
-        "dataset_name": "demo",
-        "max_samples": 12,
-        "total_episodes": 12,
-        "rollout_batch_size": 4,
-        "mini_batch_size": 4,
-        "max_new_tokens": 8,
-        "eval_prompts": 0,
-        "save_steps": 1,
-        "policy_snapshots": "false",
-    }
-    unbroken = tmp_path / "unbroken"
-    result = run_stage("ppo", {**values, "output_dir": unbroken})
-    assert result.returncode == 0, result.stderr[-2000:]
-    for fault in ("ppo_update:2", "checkpoint_write:2"):
-        assert_resume_equals_unbroken("ppo", values, fault, tmp_path, unbroken)
+    values = ppo_values("smollm2-135m-instruct", tmp_path_factory.mktemp("embedded_crash_inputs"), max_new_tokens=8)
+    assert_matrix("ppo", values, PPO_FAULTS, tmp_path)
