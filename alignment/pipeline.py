@@ -10,10 +10,17 @@ Usage: ``alignment pipeline --config configs/quickstart.yaml [--config configs/m
 [--model_name_or_path ID] [--output_dir DIR] [--key value ...]``. A second ``--config`` (a model-family recipe:
 flat model keys) applies to every stage; flags override both.
 
-Each stage writes to ``<output_dir>/<stage>``; ``run_pipeline`` alone decides which output feeds
-which input (the SFT adapter is PPO's policy and reference, the reward model is PPO's reward and
-critic init, and evaluation compares base, SFT and PPO). A stage whose ``DONE`` marker exists is
-skipped on re-run; an unfinished one resumes from its newest checkpoint.
+A stage kind can run several times under names: a section called ``<kind>_<name>`` (``reward_harmless``,
+``ppo_lagrangian``), or any name with a ``stage: <kind>`` key (``gold_helpful: {stage: reward, ...}``), is one more
+stage of that kind. In a recipe with named stages they run in the order of their sections unless ``stages`` lists
+them. Each named stage keeps its own directory, settings and resume.
+
+Each stage writes to ``<output_dir>/<stage name>``; ``run_pipeline`` alone decides which output feeds which input.
+By default the SFT adapter is every PPO run's policy and reference, the first reward stage is PPO's reward (and
+critic init), and evaluation compares the base model, SFT and every PPO stage, scored by every reward stage. In a
+path-valued key (``sft_model_path``, ``reward_model_paths``, ``cost_model_path``, ``policies``, ...) a value naming a
+stage of the recipe means that stage's output directory: ``reward_model_paths: [reward_helpful, reward_harmless]``.
+A stage whose ``DONE`` marker exists is skipped on re-run; an unfinished one resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ from alignment.core.tracking import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("sft", "reward", "ppo", "evaluate")
+STAGES = ("sft", "reward", "ppo", "evaluate")  # the stage kinds, in their natural order
+# Keys whose values are paths: a value equal to a stage name of the recipe becomes that stage's output directory.
+STAGE_REFERENCE_KEYS = ("model_name_or_path", "sft_model_path", "reward_model_paths", "cost_model_path", "policies")
 
 
 def _stage_module(stage: str):
@@ -58,6 +67,28 @@ def pipeline_bool_keys() -> set[str]:
     return set().union(*(bool_keys_of(_stage_module(stage).CONFIG_TYPES) for stage in STAGES))
 
 
+def stage_sections(data: dict[str, Any], path: str, lines: dict[str, int]) -> dict[str, str]:
+    """``{section name: stage kind}`` for every stage section of a recipe, in file order.
+
+    A section is a mapping under a kind's name (``ppo:``), under ``<kind>_<name>`` (``ppo_lagrangian:``), or under
+    any name with a ``stage: <kind>`` key (``gold_helpful: {stage: reward}``).
+    """
+    sections: dict[str, str] = {}
+    for name, value in data.items():
+        explicit = value.get("stage") if isinstance(value, dict) else None
+        prefix = name.split("_", 1)[0]
+        if explicit is not None:
+            if explicit not in STAGES:
+                raise ConfigError(
+                    f"{path}:{lines.get(f'{name}.stage', '?')}: stage {explicit!r} is not a stage kind; "
+                    f"choose from {', '.join(STAGES)}"
+                )
+            sections[name] = explicit
+        elif name in STAGES or (isinstance(value, dict) and prefix in STAGES and name != prefix):
+            sections[name] = name if name in STAGES else prefix
+    return sections
+
+
 def split_recipe(
     data: dict[str, Any],
     lines: dict[str, int],
@@ -65,17 +96,19 @@ def split_recipe(
     overrides: dict[str, Any],
     override_sources: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    """Per-stage flat values (and where each was written) from a pipeline recipe plus overrides.
+    """Per-stage flat values (and where each was written) from a pipeline recipe plus overrides, keyed by stage name.
 
     Overrides (model-recipe files, then the command line) apply to every stage that has the key,
     over the recipe's shared keys and its stage sections; ``override_sources`` says where each was written.
+    Every stage kind gets an entry under its own name, so ``stages: [ppo]`` works without a ``ppo:`` section.
     """
     override_sources = override_sources or {}
-    keys = {stage: _stage_keys(stage) for stage in STAGES}
+    sections = {**{kind: kind for kind in STAGES}, **stage_sections(data, path, lines)}
+    keys = {kind: _stage_keys(kind) for kind in STAGES}
     known_anywhere = set().union(*keys.values()) | {"stages"}
-    values: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
-    where: dict[str, dict[str, str]] = {s: {} for s in STAGES}
-    shared = {k: v for k, v in data.items() if k not in STAGES}
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    where: dict[str, dict[str, str]] = {name: {} for name in sections}
+    shared = {k: v for k, v in data.items() if k not in sections}
     for key, value in [*shared.items(), *overrides.items()]:
         location = (
             f"{path}:{lines.get(key, '?')}"
@@ -85,31 +118,52 @@ def split_recipe(
         if key not in known_anywhere:
             close = difflib.get_close_matches(key, sorted(known_anywhere), n=1)
             raise ConfigError(f"{location}: unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
-        for stage in STAGES:
-            if key in keys[stage]:
-                values[stage][key], where[stage][key] = value, location
-    for stage in STAGES:
-        for key, value in (data.get(stage) or {}).items():
-            if key in overrides:
+        for name, kind in sections.items():
+            if key in keys[kind]:
+                values[name][key], where[name][key] = value, location
+    for name in sections:
+        for key, value in (data.get(name) or {}).items():
+            if key in overrides or key == "stage":
                 continue
-            values[stage][key] = value
-            where[stage][key] = f"{path}:{lines.get(f'{stage}.{key}', '?')}"
+            values[name][key] = value
+            where[name][key] = f"{path}:{lines.get(f'{name}.{key}', '?')}"
     return values, where
 
 
-def wire_stage_inputs(stage: str, values: dict[str, Any], run_dir: Path, base_model: str) -> dict[str, Any]:
-    """Point each stage at the outputs of the stages before it (the only place this is decided)."""
+def wire_stage_inputs(
+    name: str, kind: str, values: dict[str, Any], run_dir: Path, base_model: str, kinds: dict[str, str]
+) -> dict[str, Any]:
+    """Point stage ``name`` (of ``kind``) at the outputs of the others (the only place this is decided).
+
+    ``kinds``: every stage of the recipe, ``{name: kind}`` in order. Stage names in path-valued keys become
+    their output directories; unset inputs get the defaults the module docstring lists.
+    """
     values = dict(values)
-    values["output_dir"] = str(run_dir / stage)
+    values["output_dir"] = str(run_dir / name)
     values["resume"] = not values.get("overwrite", False)  # an unfinished stage of the same settings resumes
-    if stage == "ppo":
-        values.setdefault("sft_model_path", str(run_dir / "sft"))
-        values.setdefault("reward_model_paths", [str(run_dir / "reward")])
-    if stage == "evaluate":
-        values.setdefault("policies", [base_model, str(run_dir / "sft"), str(run_dir / "ppo")])
-        values.setdefault("policy_names", ["base", "sft", "ppo"])
-        values.setdefault("reward_model_paths", [str(run_dir / "reward")])
+    rewards = [n for n, k in kinds.items() if k == "reward"] or ["reward"]
+    if kind == "ppo":
+        values.setdefault("sft_model_path", "sft")
+        values.setdefault("reward_model_paths", rewards[:1])
+    if kind == "evaluate":
+        ppo_runs = [n for n, k in kinds.items() if k == "ppo"] or ["ppo"]
+        if "policies" not in values:
+            values["policies"] = [base_model, "sft", *ppo_runs]
+            values.setdefault("policy_names", ["base", "sft", *ppo_runs])
+        values.setdefault("reward_model_paths", rewards)
         values.setdefault("reference_policy", "sft")  # PPO's own reference: KL and win rates against it
+    known = set(kinds) | set(STAGES)
+
+    def resolve(value: Any) -> Any:
+        return str(run_dir / value) if isinstance(value, str) and value in known else value
+
+    for key in STAGE_REFERENCE_KEYS:
+        if key == "model_name_or_path" or key not in values:
+            continue
+        value = values[key]
+        values[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+    if isinstance(values.get("model_name_or_path"), str) and values["model_name_or_path"] in kinds:
+        values["model_name_or_path"] = str(run_dir / values["model_name_or_path"])  # e.g. a reward model from SFT
     return values
 
 
@@ -121,7 +175,7 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     for recipe in model_recipes:
         recipe_data, recipe_lines = load_yaml(recipe)
         for key, value in recipe_data.items():
-            if key in STAGES or key == "stages":
+            if key in STAGES or isinstance(value, dict) or key == "stages":
                 raise ConfigError(
                     f"{recipe}:{recipe_lines.get(key, '?')}: '{key}' sections belong in the first --config"
                 )
@@ -131,12 +185,18 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     overrides = {**layered, **overrides}
     values, where = split_recipe(data, lines, path, overrides, sources)
     run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
-    stages = _stage_list(overrides.get("stages") or data.get("stages") or list(STAGES))
+    sections = stage_sections(data, path, lines)
+    named = any(name not in STAGES for name in sections)
+    kinds_known = {**{kind: kind for kind in STAGES}, **sections}
+    stages = _stage_list(
+        overrides.get("stages") or data.get("stages") or (list(sections) if named else list(STAGES)), kinds_known
+    )
+    kinds = {name: kinds_known[name] for name in stages}
     base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
     configs = {}
     for stage in stages:
-        wired = wire_stage_inputs(stage, values[stage], run_dir, base_model)
-        configs[stage] = build_config(_stage_module(stage).CONFIG_TYPES, wired, where[stage])
+        wired = wire_stage_inputs(stage, kinds[stage], values[stage], run_dir, base_model, kinds)
+        configs[stage] = build_config(_stage_module(kinds[stage]).CONFIG_TYPES, wired, where[stage])
     return configs, run_dir, stages
 
 
@@ -148,7 +208,7 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
     and with it every stage downstream (their inputs changed); an unfinished one of the same identity resumes.
     """
     configs, run_dir, stages = load_pipeline(path, overrides or {})
-    _check_run_dir(run_dir)
+    _check_run_dir(run_dir, stages)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "versions.json", package_versions())
     summary: dict[str, Any] = {"run_dir": str(run_dir), "stages": {}}
@@ -162,7 +222,9 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
         same = recorded is not None and recorded["fingerprint"] == identity["fingerprint"]
         if is_done(output_dir) and same:
             logger.info("%s: already complete in %s, skipped", stage, output_dir)
-            summary["stages"][stage] = _stage_summary("skipped (already complete)", 0.0, output_dir)
+            summary["stages"][stage] = _stage_summary(
+                "skipped (already complete)", 0.0, output_dir, kind=stage_kind_of(cfg)
+            )
             write_json_atomic(run_dir / "summary.json", summary)
             continue
         status = "ran"
@@ -172,32 +234,45 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
             cfg.train.overwrite, status = True, "ran (settings changed)"
         logger.info("%s: starting in %s", stage, output_dir)
         start = time.perf_counter()
-        module = _stage_module(stage)
-        metrics = (module.evaluate if stage == "evaluate" else module.train)(cfg)
-        summary["stages"][stage] = _stage_summary(status, time.perf_counter() - start, output_dir, metrics)
+        kind = stage_kind_of(cfg)
+        module = _stage_module(kind)
+        metrics = (module.evaluate if kind == "evaluate" else module.train)(cfg)
+        summary["stages"][stage] = _stage_summary(status, time.perf_counter() - start, output_dir, metrics, kind)
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-def _stage_summary(status: str, seconds: float, output_dir: Path, metrics: dict | None = None) -> dict[str, Any]:
+def stage_kind_of(cfg: Config) -> str:
+    """The stage kind a built config belongs to, told by its own section (``ppo``, ``evaluate``, ``reward``)."""
+    sections = cfg.sections()
+    for kind in ("ppo", "evaluate", "reward", "sft"):
+        if kind in sections:
+            return kind
+    return "sft"
+
+
+def _stage_summary(
+    status: str, seconds: float, output_dir: Path, metrics: dict | None = None, kind: str | None = None
+) -> dict[str, Any]:
     metrics = _read_metrics(output_dir) if metrics is None else metrics
-    return {"status": status, "seconds": round(seconds, 1), "output_dir": str(output_dir), "metrics": metrics}
+    summary = {"status": status, "seconds": round(seconds, 1), "output_dir": str(output_dir), "metrics": metrics}
+    return {**summary, "kind": kind} if kind else summary
 
 
-def _stage_list(value: Any) -> list[str]:
-    """``stages`` from a recipe (a list) or the command line (``sft,reward``), checked against the known stages."""
+def _stage_list(value: Any, known: dict[str, str]) -> list[str]:
+    """``stages`` from a recipe (a list) or the command line (``sft,reward``), checked against the recipe's stages."""
     names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s) for s in value]
-    unknown = [s for s in names if s not in STAGES]
+    unknown = [s for s in names if s not in known]
     if unknown or not names:
-        raise ConfigError(f"stages: unknown {unknown or names}; choose from {', '.join(STAGES)}")
+        raise ConfigError(f"stages: unknown {unknown or names}; choose from {', '.join(known)}")
     return names
 
 
-def _check_run_dir(run_dir: Path) -> None:
+def _check_run_dir(run_dir: Path, stages: list[str]) -> None:
     """A pipeline's output_dir is empty, new, or an earlier pipeline run: never someone else's folder."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    if (run_dir / "versions.json").is_file() or any((run_dir / s).is_dir() for s in STAGES):
+    if (run_dir / "versions.json").is_file() or any((run_dir / s).is_dir() for s in [*STAGES, *stages]):
         return
     raise ConfigError(
         f"output_dir {run_dir} is not empty and is not a pipeline run directory: refusing to write there. "
@@ -242,11 +317,13 @@ def summary_text(summary: dict[str, Any]) -> str:
         metrics = info["metrics"]
         shown = ", ".join(
             f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}"
-            for k in SUMMARY_KEYS.get(stage, ())
+            for k in SUMMARY_KEYS.get(info.get("kind", stage), ())
             if k in metrics
         )
-        lines.append(f"  {stage:<9} {info['status']:<26} {info['seconds']:>7.1f}s  {shown}")
-    report = summary["stages"].get("evaluate", {}).get("output_dir")
+        lines.append(f"  {stage:<16} {info['status']:<26} {info['seconds']:>7.1f}s  {shown}")
+    report = next(
+        (info["output_dir"] for info in summary["stages"].values() if info.get("kind", "") == "evaluate"), None
+    )
     if report:
         lines.append(f"\nreport: {report}/report.md  (plots: tradeoff.png, refusals.png)")
     lines.append("=" * 72)

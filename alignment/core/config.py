@@ -92,6 +92,11 @@ class DataConfig:
     dataset_name: str | None = _help(
         "Local file (json, jsonl, .gz, csv, parquet) or Hub dataset id; 'demo' for built-in data.", default=None
     )
+    dataset_mixture: list[str] = _help(
+        "Several sources read in turn and joined (each with its own format): used instead of dataset_name. Any source "
+        "may end in a row range, file.jsonl[0:750], to take rows 0..749 only.",
+        default_factory=list,
+    )
     dataset_format: str = _help("Record format, or 'auto' to detect it from the columns.", default="auto")
     dataset_split: str = _help("Split to read from a Hub dataset.", default="train")
     dataset_subset: str | None = _help("Hub dataset configuration name.", default=None)

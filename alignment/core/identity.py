@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ INPUT_KEYS = (
     "cost_model_path",
     "policies",
     "dataset_name",
+    "dataset_mixture",
     "eval_dataset_name",
     "prompt_sets",
     "checkpoint_dirs",
@@ -81,8 +83,14 @@ def _input_paths(settings: dict[str, Any]) -> list[tuple[str, str]]:
         value = settings.get(key)
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, str) and item:
-                pairs.append((key, item))
+                pairs.append((key, _without_row_range(item)))
     return pairs
+
+
+def _without_row_range(source: str) -> str:
+    """``file.jsonl[0:750]`` -> ``file.jsonl``: the file a data source with a row range reads (the range itself is
+    part of the settings)."""
+    return re.sub(r"\[\d*:\d*\]$", "", source)
 
 
 def looks_local(name: str) -> bool:

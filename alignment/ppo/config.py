@@ -24,6 +24,10 @@ class PPOConfig:
         "Weight of each reward model's normalised score (default 1 each).", default_factory=list
     )
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
+    cost_model_is_reward: bool = _help(
+        "cost_model_path is a harmlessness reward model (higher = safer): the cost is its negated normalised score.",
+        default=False,
+    )
     cost_threshold: float = _help("Constraint: mean normalised cost must stay below this.", default=0.0)
     lagrange_init: float = _help("Initial Lagrange multiplier.", default=1.0)
     lagrange_lr: float = _help("Lagrange multiplier learning rate.", default=0.05)

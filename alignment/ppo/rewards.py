@@ -22,9 +22,11 @@ class CombinedReward:
         cost_scorer=None,
         lagrange=None,
         clip: float = 10.0,
+        cost_sign: float = 1.0,
     ) -> None:
         self.scorers, self.weights, self.shared_index = scorers, weights, shared_index
         self.cost_scorer, self.lagrange, self.clip = cost_scorer, lagrange, clip
+        self.cost_sign = cost_sign  # -1: the cost model is a harmlessness reward, its negated score is the cost
 
     def combined(
         self, ac: ActorCritic, batch: SequenceBatch, prompts: list, responses: list[str]
@@ -39,7 +41,7 @@ class CombinedReward:
             raw[scorer.name] = score
             total += weight * scorer.stats.normalize(score)
         if self.cost_scorer is not None:
-            cost = self.cost_scorer.stats.normalize(self.cost_scorer.score(prompts, responses))
+            cost = self.cost_sign * self.cost_scorer.stats.normalize(self.cost_scorer.score(prompts, responses))
             raw["cost"] = cost
             lam = self.lagrange.value
             # PPO-Lagrangian (Safe RLHF, Dai et al. 2023): maximise R - lambda C, rescaled by 1 / (1 + lambda).
@@ -61,7 +63,8 @@ def build_rewards(cfg: Config, ac: ActorCritic, shared_scorer) -> CombinedReward
     if ppo.cost_model_path:
         cost_scorer = load_reward_scorer(ppo.cost_model_path, name="cost", quant_cfg=cfg.quant, device=ac.device)
         lagrange = LagrangeMultiplier(init=ppo.lagrange_init, lr=ppo.lagrange_lr, threshold=ppo.cost_threshold)
-    return CombinedReward(scorers, weights, shared_index, cost_scorer, lagrange, ppo.reward_clip)
+    cost_sign = -1.0 if ppo.cost_model_is_reward else 1.0
+    return CombinedReward(scorers, weights, shared_index, cost_scorer, lagrange, ppo.reward_clip, cost_sign)
 
 
 class SharedScorer:
