@@ -24,8 +24,8 @@ from alignment.core.config import (
     load_yaml,
     parse_config,
 )
+from alignment.pipeline import STAGE_REFERENCE_KEYS, load_pipeline, stage_sections
 from alignment.pipeline import STAGES as PIPELINE_STAGES
-from alignment.pipeline import load_pipeline
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "configs"
@@ -56,7 +56,7 @@ def recipe_kind(path: Path) -> str:
     data, _ = load_yaml(path)
     if "grid" in data and set(data) <= set(importlib.import_module("alignment.sweep").RECIPE_KEYS):
         return "sweep"
-    if rel_path.name.startswith("quickstart") or "stages" in data or set(data) & set(PIPELINE_STAGES):
+    if rel_path.name.startswith(("quickstart", "hh_rlhf")) or "stages" in data or set(data) & set(PIPELINE_STAGES):
         return "pipeline"
     return "unknown"
 
@@ -121,13 +121,21 @@ def test_stage_recipe_parses_into_its_stage_config(path, monkeypatch):
 def test_pipeline_recipe_parses_into_every_stage(path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     configs, run_dir, stages = load_pipeline(rel(path), {})
-    data, _ = load_yaml(path)
-    assert stages and set(stages) <= set(PIPELINE_STAGES) and set(configs) == set(stages)
+    data, lines = load_yaml(path)
+    kinds = {**{kind: kind for kind in PIPELINE_STAGES}, **stage_sections(data, rel(path), lines)}
+    assert stages and set(stages) <= set(kinds) and set(configs) == set(stages)
+
+    def as_wired(key, value):  # a stage name in a path-valued key arrives as that stage's output directory
+        if key not in STAGE_REFERENCE_KEYS:
+            return value
+        one = lambda v: str(run_dir / v) if v in kinds else v  # noqa: E731
+        return [one(v) for v in value] if isinstance(value, list) else one(value)
+
     for stage in stages:
         flat = configs[stage].flat()
         assert Path(flat["output_dir"]) == run_dir / stage
-        section = data.get(stage) or {}
-        assert_applied(flat, {k: v for k, v in section.items() if k != "output_dir"}, f"{rel(path)} [{stage}]")
+        section = {k: as_wired(k, v) for k, v in (data.get(stage) or {}).items() if k not in ("output_dir", "stage")}
+        assert_applied(flat, section, f"{rel(path)} [{stage}]")
         shared = {k: v for k, v in data.items() if k in flat and k not in section and k not in ("output_dir", "resume")}
         assert_applied(flat, shared, f"{rel(path)} [{stage}, shared]")
 

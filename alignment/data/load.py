@@ -28,7 +28,7 @@ from typing import Any
 
 from alignment.core.config import DataConfig
 from alignment.data.demo import DEMO_DIR
-from alignment.data.readers import RawRow, read_rows
+from alignment.data.readers import RawRow, read_rows, split_row_range
 from data_schemas.errors import RecordError, SkipReport
 from data_schemas.formats import FORMATS, KINDS, Format, check_kind, detect_format, get_format
 from data_schemas.records import Record
@@ -223,12 +223,13 @@ def _load_groups(
     source: str, data_cfg: DataConfig, kind: str, limit: int | None
 ) -> tuple[list[list[Record]], Format, SkipReport, int]:
     rows = read_rows(source, data_cfg)
+    path = split_row_range(source)[0]  # errors name the file and its own line, with or without a row range
     head = list(itertools.islice(rows, DETECTION_ROWS))
-    fmt = resolve_format(data_cfg.dataset_format, head, source)
+    fmt = resolve_format(data_cfg.dataset_format, head, path)
     check_kind(fmt, kind)
-    report = SkipReport(path=source)
+    report = SkipReport(path=path)
     groups, rows_read = adapt_rows(
-        itertools.chain(head, rows), fmt, kind, source, data_cfg.invalid_records, report, limit
+        itertools.chain(head, rows), fmt, kind, path, data_cfg.invalid_records, report, limit
     )
     if report.total:
         logger.warning("%s: %s", source, report.summary())

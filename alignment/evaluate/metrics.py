@@ -144,7 +144,14 @@ def tradeoff_points(
     coords = [(float("nan") if x[n] is None else x[n], float("nan") if y[n] is None else y[n]) for n in names]
     front = set(pareto_front(coords))
     points = [{"policy": n, "x": x[n], "y": y[n], "on_front": i in front} for i, n in enumerate(names)]
-    return {"x_label": x_label, "y_label": y_label, "points": points, "available": bool(front)}
+    return {
+        "x_label": x_label,
+        "y_label": y_label,
+        "points": points,
+        "available": bool(front),
+        "helpful_reward": helpful_reward,
+        "harmless_reward": harmless_reward,
+    }
 
 
 def overoptimization_curve(snapshots: Sequence[PolicyOutputs], proxy_reward: str, gold_reward: str) -> dict[str, Any]:

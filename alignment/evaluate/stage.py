@@ -73,7 +73,8 @@ def plan_evaluation(cfg: Config) -> EvaluationPlan:
 
 def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: torch.device) -> dict[str, Any]:
     """Generate, score, aggregate; write results.json, report.md and the plots into ``output_dir``."""
-    from alignment.evaluate.report import write_plots, write_report  # imports matplotlib
+    from alignment.evaluate.plots import write_plots  # imports matplotlib
+    from alignment.evaluate.report import write_report
 
     ev = cfg.evaluate
     prompts = load_prompt_sets(ev.prompt_sets, ev.max_prompts_per_label, cfg.train.seed, cfg.data.invalid_records)

