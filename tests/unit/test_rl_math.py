@@ -304,12 +304,17 @@ def test_lagrange_multiplier_by_hand() -> None:
     #   J_C = 0.0: grad = 1.1051709 * (-0.5) -> log lambda = 0.1 - 0.0552585 = 0.0447415 -> lambda = 1.0457574
     multiplier = LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.5)
     assert multiplier.update(1.5) == pytest.approx(1.1051709, abs=1e-7)
-    assert multiplier.update(0.0) == pytest.approx(1.0457574, abs=1e-7)
+    assert multiplier.update(0.0) == pytest.approx(math.exp(0.1 - 0.05), abs=1e-7)  # 1.0512711
     restored = LagrangeMultiplier(init=3.0, lr=1.0)
     restored.load_state_dict(multiplier.state_dict())
     assert restored.value == multiplier.value and restored.threshold == 0.5 and restored.lr == 0.1
     # lambda stays positive however far the cost is below the threshold, and is capped by max_value
     assert restored.update(-1e3) > 0.0
+    # A cost held above the threshold grows lambda geometrically, not explosively: exp(0.1 * 0.5 * 100) after 100.
+    held = LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0)
+    for _ in range(100):
+        value = held.update(0.5)
+    assert value == pytest.approx(math.exp(5.0), rel=1e-9)
     capped = LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.5, max_value=1.05)
     assert capped.update(1.5) == pytest.approx(1.05)
     with pytest.raises(ValueError, match="init"):
