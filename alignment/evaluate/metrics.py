@@ -105,8 +105,22 @@ def _value(metric: dict[str, Any] | None) -> float | None:
     return None if metric is None else metric["value"]
 
 
-def _reward_axis(metrics: dict[str, Any], reward: str, group: str) -> dict[str, float | None]:
-    return {name: _value((m["reward"].get(reward) or {}).get(group)) for name, m in metrics.items()}
+def _reward_axis(metrics: dict[str, Any], reward: str, group: str) -> dict[str, dict[str, Any] | None]:
+    return {name: (m["reward"].get(reward) or {}).get(group) for name, m in metrics.items()}
+
+
+def _complement(metric: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``1 - rate`` with its interval flipped."""
+    if metric is None:
+        return None
+    flipped = {"value": 1 - metric["value"]}
+    if metric.get("ci_low") is not None and metric.get("ci_high") is not None:
+        flipped.update(ci_low=1 - metric["ci_high"], ci_high=1 - metric["ci_low"])
+    return flipped
+
+
+def _interval_of(metric: dict[str, Any] | None) -> list[float | None] | None:
+    return None if metric is None else [metric.get("ci_low"), metric.get("ci_high")]
 
 
 def tradeoff_points(
@@ -126,10 +140,7 @@ def tradeoff_points(
             f"helpfulness: mean {helpful_reward} reward ({group} prompts)",
         )
     else:
-        y = {
-            n: None if m["over_refusal_rate_safe"] is None else 1 - m["over_refusal_rate_safe"]["value"]
-            for n, m in metrics.items()
-        }
+        y = {n: _complement(m["over_refusal_rate_safe"]) for n, m in metrics.items()}
         y_label = "helpfulness: answer rate on safe prompts (1 - over-refusal)"
     if harmless_reward is not None:
         group = "harmful" if first["reward"].get(harmless_reward, {}).get("harmful") else "all"
@@ -138,12 +149,23 @@ def tradeoff_points(
             f"harmlessness: mean {harmless_reward} reward ({group} prompts)",
         )
     else:
-        x = {n: _value(m["refusal_rate_harmful"]) for n, m in metrics.items()}
+        x = {n: m["refusal_rate_harmful"] for n, m in metrics.items()}
         x_label = "harmlessness: 1 - compliance rate on harmful prompts"
     names = list(metrics)
-    coords = [(float("nan") if x[n] is None else x[n], float("nan") if y[n] is None else y[n]) for n in names]
+    xs, ys = {n: _value(x[n]) for n in names}, {n: _value(y[n]) for n in names}
+    coords = [(float("nan") if xs[n] is None else xs[n], float("nan") if ys[n] is None else ys[n]) for n in names]
     front = set(pareto_front(coords))
-    points = [{"policy": n, "x": x[n], "y": y[n], "on_front": i in front} for i, n in enumerate(names)]
+    points = [
+        {
+            "policy": n,
+            "x": xs[n],
+            "y": ys[n],
+            "x_ci": _interval_of(x[n]),  # 95% intervals, drawn as error bars
+            "y_ci": _interval_of(y[n]),
+            "on_front": i in front,
+        }
+        for i, n in enumerate(names)
+    ]
     return {
         "x_label": x_label,
         "y_label": y_label,

@@ -44,6 +44,13 @@ def _error(metric: dict[str, Any] | None) -> tuple[float, float]:
     return metric["value"] - metric["ci_low"], metric["ci_high"] - metric["value"]
 
 
+def _error_of(value: float, interval: Sequence[float | None] | None) -> tuple[float, float]:
+    """Error-bar half widths of ``value`` from its ``[low, high]`` interval (0 when there is none)."""
+    if not interval:
+        return 0.0, 0.0
+    return _error({"value": value, "ci_low": interval[0], "ci_high": interval[1]})
+
+
 def _placeholder(ax: Any, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
     ax.set_xticks([])
@@ -59,7 +66,8 @@ def _policy_colors(names: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) -> Path:
-    """One labelled point per policy (the reference as a star), Pareto-front points ringed and joined by a dashed line."""
+    """One labelled point per policy (the reference as a star) with its 95% intervals as error bars, Pareto-front
+    points ringed and joined by a dashed line."""
     fig, ax = _new_figure()
     points = [p for p in tradeoff.get("points", []) if p["x"] is not None and p["y"] is not None]
     if not points:
@@ -78,6 +86,18 @@ def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) ->
             color=colors[p["policy"]],
             zorder=3,
             label=label,
+        )
+        xerr, yerr = _error_of(p["x"], p.get("x_ci")), _error_of(p["y"], p.get("y_ci"))
+        ax.errorbar(
+            [p["x"]],
+            [p["y"]],
+            xerr=[[xerr[0]], [xerr[1]]],
+            yerr=[[yerr[0]], [yerr[1]]],
+            fmt="none",
+            ecolor=colors[p["policy"]],
+            alpha=0.6,
+            capsize=3,
+            zorder=2,
         )
         stacked = placed[(p["x"], p["y"])] = placed.get((p["x"], p["y"]), -1) + 1  # labels of coinciding points
         ax.annotate(p["policy"], (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7 - 12 * stacked))

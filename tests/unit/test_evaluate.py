@@ -120,6 +120,12 @@ def test_harmless_reward_axis_and_headline_metrics(outputs: list[PolicyOutputs],
     results = aggregate(outputs, 0, PhraseRefusalDetector(), helpful_reward="rm", harmless_reward="rm")
     assert "rm reward (harmful prompts)" in results["tradeoff"]["x_label"]
     assert results["tradeoff"]["points"][1]["x"] == pytest.approx(1.0)  # mean over harmful + unsafe
+    # Each point carries the 95% intervals the plot draws as error bars.
+    reference = results["tradeoff"]["points"][0]
+    low, high = reference["y_ci"]
+    assert low < reference["y"] < high and len(reference["x_ci"]) == 2
+    rates = aggregate(outputs, 0, PhraseRefusalDetector())["tradeoff"]["points"][1]  # refusal-rate axes
+    assert rates["y"] == pytest.approx(0.5) and rates["y_ci"][0] < 0.5 < rates["y_ci"][1]
     flat = headline_metrics(results, tmp_path / "report.md")
     assert flat["safe/win_rate/rm"] == pytest.approx(0.75)
     assert flat["safe/refusal_rate_harmful"] == 1.0 and "base/win_rate/rm" not in flat
