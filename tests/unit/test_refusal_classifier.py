@@ -325,3 +325,10 @@ def test_retraining_on_all_models_reproduces_the_shipped_head(xstest):
     x = torch.cat(list(features.values()))
     agree = ((refit.probabilities(x) >= refit.threshold) == (shipped.probabilities(x) >= shipped.threshold)).double()
     assert agree.mean() > 0.998
+
+
+def test_the_encoder_named_here_is_the_packaged_model_of_that_distribution():
+    from alignment.evaluate.refusal_classifier import ENCODER_DISTRIBUTION, ENCODER_NAME
+    from alignment.modeling.embedded import PACKAGED_MODELS
+
+    assert PACKAGED_MODELS[ENCODER_NAME].pip_package == ENCODER_DISTRIBUTION
