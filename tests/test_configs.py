@@ -282,6 +282,24 @@ def test_unknown_key_in_a_pipeline_stage_section_names_its_line(tmp_path):
         load_pipeline(str(CONFIGS / "sft.yaml"), {"lora_rr": "8"})  # a flat file is a pipeline with shared keys only
 
 
+def test_a_key_shared_by_yaml_merge_is_located_where_the_anchor_wrote_it(tmp_path):
+    recipe = tmp_path / "pipeline.yaml"
+    recipe.write_text(
+        "output_dir: run\n"
+        "reward_a: &rm\n"
+        "  dataset_name: demo\n"
+        "  lerning_rate: 1.0e-4\n"
+        "reward_b:\n"
+        "  <<: *rm\n"
+        "  dataset_name: other.jsonl\n",
+        encoding="utf-8",
+    )
+    _, lines = load_yaml(recipe)
+    assert lines["reward_b.lerning_rate"] == 4 and lines["reward_b.dataset_name"] == 7  # its own key wins
+    with pytest.raises(ConfigError, match=rf"{recipe}:4: unknown key 'lerning_rate'"):
+        load_pipeline(str(recipe), {})
+
+
 def test_unknown_command_line_key_names_the_flag_and_nearest_key():
     with pytest.raises(ConfigError) as err:
         parse_config(sft_types(), ["--config", str(CONFIGS / "sft.yaml"), "--lerning_rate", "1e-5"])

@@ -227,12 +227,19 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     lines: dict[str, int] = {}
 
-    def walk(n: Any, prefix: str) -> None:
+    def walk(n: Any, prefix: str, merged: bool = False) -> None:
         if isinstance(n, yaml.MappingNode):
             for key_node, value_node in n.value:
+                if key_node.value == "<<":  # a YAML merge: its keys are where the anchored mapping wrote them
+                    for source in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                        walk(source, prefix, merged=True)
+                    continue
                 key = f"{prefix}{key_node.value}"
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key + ".")
+                if merged:
+                    lines.setdefault(key, key_node.start_mark.line + 1)
+                else:
+                    lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".", merged)
 
     if node is not None:
         walk(node, "")
