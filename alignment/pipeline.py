@@ -166,18 +166,15 @@ def wire_stage_inputs(
             values.setdefault("policy_names", ["base", "sft", *ppo_runs])
         values.setdefault("reward_model_paths", rewards)
         values.setdefault("reference_policy", "sft")  # PPO's own reference: KL and win rates against it
-    known = set(kinds) | set(STAGES)
+    known = set(kinds) | set(STAGES)  # the defaults above may name a kind the recipe has no section for
 
     def resolve(value: Any) -> Any:
         return str(run_dir / value) if isinstance(value, str) and value in known else value
 
-    for key in STAGE_REFERENCE_KEYS:
-        if key == "model_name_or_path" or key not in values:
-            continue
-        value = values[key]
-        values[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-    if isinstance(values.get("model_name_or_path"), str) and values["model_name_or_path"] in kinds:
-        values["model_name_or_path"] = str(run_dir / values["model_name_or_path"])  # e.g. a reward model from SFT
+    for key in STAGE_REFERENCE_KEYS:  # model_name_or_path: sft, say, for a reward model initialised from SFT
+        if key in values:
+            value = values[key]
+            values[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
     return values
 
 
@@ -200,14 +197,12 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     values, where = split_recipe(data, lines, path, overrides, sources)
     run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
     sections = stage_sections(data, path, lines)
-    named = any(name not in STAGES for name in sections)
-    kinds_known = {**{kind: kind for kind in STAGES}, **sections}
-    stages = _stage_list(
-        overrides.get("stages") or data.get("stages") or (list(sections) if named else list(STAGES)), kinds_known
-    )
+    # The recipe's stages, {name: kind} in order: its sections when it names any, else the four kinds.
+    recipe = sections if any(name not in STAGES for name in sections) else {kind: kind for kind in STAGES}
+    known = {**{kind: kind for kind in STAGES}, **sections}
+    stages = _stage_list(overrides.get("stages") or data.get("stages") or list(recipe), known)
     # Wiring sees every stage of the recipe, run now or not: `--stages ppo_b,evaluate` still finds reward_a's output.
-    recipe_stages = list(sections) if named else list(dict.fromkeys([*STAGES, *stages]))
-    kinds = {name: kinds_known[name] for name in dict.fromkeys([*recipe_stages, *stages])}
+    kinds = {**recipe, **{name: known[name] for name in stages}}
     base_model = str(overrides.get("model_name_or_path") or data.get("model_name_or_path") or "smollm2-135m-instruct")
     configs = {}
     for stage in stages:
