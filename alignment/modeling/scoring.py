@@ -66,7 +66,7 @@ class RewardScorer:
         self.tokenizer = tokenizer
         self.stats = stats or RewardStats()
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.max_length = scoring_max_length(model, max_length)
         self.name = name
 
     @property
@@ -126,13 +126,13 @@ def load_reward_scorer(
         tokenizer,
         RewardStats.load(model_dir),
         batch_size=batch_size,
-        max_length=scoring_max_length(model),
         name=name or Path(model_dir).name,
     )
 
 
 def scoring_max_length(model: torch.nn.Module, cap: int = DEFAULT_SCORING_MAX_LENGTH) -> int:
-    """The longest input a reward model is given: ``cap``, or less where its position table is shorter.
+    """The longest input a reward model is given: ``cap``, or less where its position table is shorter (every
+    :class:`RewardScorer` applies it to the length it is asked for).
 
     An encoder with learned absolute positions (BERT, MiniLM: 512) fails on longer inputs instead of degrading, and a
     policy's prompt plus response can be longer; texts are cut from the left, so the response's end is kept.
