@@ -10,7 +10,8 @@ laptop CPU, using only these files (``dataset_name: demo``):
 - ``comparisons.jsonl``: ``{"prompt", "chosen", "rejected", "category"}`` pairs, plus K = 3 records
   ``{"prompt", "responses", "ranks", "category"}`` for the K-wise ranking loss. ``helpful``: a direct,
   friendly, complete answer beats a dismissive, rambling/unfinished, off-topic or wrong one.
-  ``harmless``: a brief refusal with an alternative beats vague compliance. ``overrefusal``: a helpful
+  ``harmless``: a brief refusal with an alternative beats a bare refusal, and both beat compliance
+  (vague, or naming the request and starting on it). ``overrefusal``: a helpful
   answer beats a needless refusal. The differences are deliberately easy to see, so a small LoRA
   reward model learns them in about one epoch.
 - ``prompts.jsonl``: ``{"prompt", "label"}`` for PPO rollouts (``helpful`` / ``harmful`` / ``safe``,
@@ -21,7 +22,7 @@ The content is hand-written in the YAML tables (short Q/A pairs by topic, harmfu
 safe alternative, benign requests with the word that might trigger a needless refusal, prompt-only
 sets); a handful of response styles are combined with it by one seeded ``random.Random``
 (``settings.yaml``), so the output is byte-for-byte reproducible. No rejected response contains
-actionable harmful detail: "compliance" with a harmful request is deliberately vague.
+actionable harmful detail: "compliance" with a harmful request never gets past its first steps.
 
 Regenerate the committed files from the repository root with::
 
@@ -50,7 +51,16 @@ OUT_DIR = Path(__file__).resolve().parent.parent / "alignment" / "data" / "demo"
 FILES = ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl", "eval_prompts.jsonl")
 LABELS = ("helpful", "harmful", "safe")  # demonstration categories and prompt labels
 K3_CATEGORIES = ("helpful", "harmless", "overrefusal")  # comparison categories
-STYLES = ("dismissive", "rambling", "refusal_openers", "bare_refusals", "vague_compliance", "overrefusals", "hedges")
+STYLES = (
+    "dismissive",
+    "rambling",
+    "refusal_openers",
+    "bare_refusals",
+    "vague_compliance",
+    "topical_compliance",
+    "overrefusals",
+    "hedges",
+)
 
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+|(?<=[.!?]")\s+')
 
@@ -223,6 +233,12 @@ class _Builder:
             return alternative
         return f"{self.rng.choice(self.styles['refusal_openers']).format(what=what)} {alternative}"
 
+    def compliance(self, what: str | None) -> str:
+        """Willing, non-actionable compliance: vague filler, or (about half the time) naming the request."""
+        if what is not None and self.rng.random() < 0.5:
+            return self.rng.choice(self.styles["topical_compliance"]).format(what=what)
+        return self.rng.choice(self.styles["vague_compliance"])
+
     def overrefusal(self, trigger: str) -> str:
         return self.rng.choice(self.styles["overrefusals"]).format(trigger=trigger)
 
@@ -314,7 +330,7 @@ def build(tables: Tables | None = None) -> dict[str, list[tuple[str, dict]]]:
         comparisons.append(("helpful", {**record, "category": "helpful"}))
     for i, (prompt, what, alternative) in enumerate(harmful[n_harmful:]):
         chosen = b.check_length(b.refusal(what, alternative), prompt)
-        compliance = rng.choice(styles["vague_compliance"])
+        compliance = b.compliance(what)
         if i < tables.k3_counts["harmless"]:
             bare = rng.choice(styles["bare_refusals"])
             record = {"prompt": _user(prompt), "responses": [chosen, bare, compliance], "ranks": [0, 1, 2]}

@@ -25,7 +25,7 @@ FILES = ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl", "eval_pro
 # The counts documented in alignment/data/demo/README.md (categories, then the total).
 EXPECTED_COUNTS = {
     "demonstrations.jsonl": {"harmful": 32, "helpful": 104, "safe": 24, "total": 160},
-    "comparisons.jsonl": {"harmless": 75, "helpful": 169, "overrefusal": 76, "total": 320, "k3": 30},
+    "comparisons.jsonl": {"harmless": 75, "helpful": 169, "overrefusal": 76, "total": 320, "k3": 65},
     "prompts.jsonl": {"harmful": 30, "helpful": 60, "safe": 30, "total": 120},
     "eval_prompts.jsonl": {"harmful": 16, "helpful": 16, "safe": 16, "total": 48},
 }
@@ -179,12 +179,28 @@ def test_refusals_are_where_the_categories_say(files):
         assert detector.is_refusal(reply) == (row["category"] == "harmful"), reply
 
 
-def test_harmless_comparisons_reject_only_vague_compliance(files, generator):
-    """The "compliance" a refusal beats is one of the vague, non-actionable templates and nothing else."""
-    vague_compliance = set(generator.load_tables().styles["vague_compliance"])
+def test_harmless_comparisons_reject_only_templated_compliance(files, generator):
+    """The "compliance" a refusal beats is a non-actionable template, about half of them naming the request."""
+    tables = generator.load_tables()
+    declined = {prompt: what for prompt, what, _ in tables.harmful}
+    topical = 0
     for i, row in enumerate(files["comparisons.jsonl"]):
-        if row["category"] == "harmless":
-            assert responses(row)[-1] in vague_compliance, f"comparisons.jsonl:{i + 1}"
+        if row["category"] != "harmless":
+            continue
+        worst, what = responses(row)[-1], declined[row["prompt"][0]["content"]]
+        named = {t.format(what=what) for t in tables.styles["topical_compliance"]} if what else set()
+        assert worst in set(tables.styles["vague_compliance"]) | named, f"comparisons.jsonl:{i + 1}"
+        topical += worst in named
+    assert 0.3 < topical / EXPECTED_COUNTS["comparisons.jsonl"]["harmless"] < 0.7
+
+
+def test_most_harmless_rankings_put_a_bare_refusal_above_compliance(files, generator):
+    """A plain "I can't help with that." must beat complying, or PPO learns that any refusal loses."""
+    bare = set(generator.load_tables().styles["bare_refusals"])
+    ranked = [row for row in files["comparisons.jsonl"] if row["category"] == "harmless" and "responses" in row]
+    assert len(ranked) >= 40
+    for row in ranked:
+        assert row["responses"][row["ranks"].index(1)] in bare and row["ranks"].index(2) == 2
 
 
 def test_answers_fit_a_short_generation(files):
@@ -227,3 +243,33 @@ def test_demo_source_loads_through_the_data_loader(kind, name):
 def test_eval_prompts_load_with_their_labels():
     record_set = load_records(DataConfig(dataset_name=str(DEMO_DIR / "eval_prompts.jsonl")), "prompt")
     assert Counter(r.label for r in record_set.records) == {"helpful": 16, "harmful": 16, "safe": 16}
+
+
+SAFETY_BENCHMARKS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "safety"
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def test_no_demo_prompt_copies_a_safety_benchmark_prompt(files):
+    """The real-data recipe trains on the demo data and evaluates on XSTest and AdvBench, so no user turn here may
+    be one of their prompts or a near copy (3 in 4 words shared). Same *kinds* of request are fine: that is the
+    generalisation being measured."""
+    import csv
+
+    xstest, advbench = SAFETY_BENCHMARKS / "xstest-prompts.csv", SAFETY_BENCHMARKS / "advbench-harmful-behaviors.csv"
+    if not xstest.is_file() or not advbench.is_file():
+        pytest.skip(f"real data not available: {SAFETY_BENCHMARKS} (the ../shared/data checkout is absent)")
+    with xstest.open(encoding="utf-8") as f:
+        benchmark = [row["prompt"] for row in csv.DictReader(f)]
+    with advbench.open(encoding="utf-8") as f:
+        benchmark += [row["goal"] for row in csv.DictReader(f)]
+    benchmark_words = [(text, _words(text)) for text in benchmark]
+    for name, rows in files.items():
+        for i, row in enumerate(rows):
+            for text in user_texts(row):
+                words = _words(text)
+                for other, other_words in benchmark_words:
+                    overlap = len(words & other_words) / len(words | other_words)
+                    assert overlap < 0.75, f"{name}:{i + 1}: {text!r} is a near copy of the benchmark prompt {other!r}"
