@@ -19,7 +19,8 @@ Each stage writes to ``<output_dir>/<stage name>``; ``run_pipeline`` alone decid
 By default the SFT adapter is every PPO run's policy and reference, the first reward stage is PPO's reward (and
 critic init), and evaluation compares the base model, SFT and every PPO stage, scored by every reward stage. In a
 path-valued key (``sft_model_path``, ``reward_model_paths``, ``cost_model_path``, ``policies``, ...) a value naming a
-stage of the recipe means that stage's output directory: ``reward_model_paths: [reward_helpful, reward_harmless]``.
+stage of the recipe means that stage's output directory: ``reward_model_paths: [reward_helpful, reward_harmless]``,
+and a path under a stage's name a folder inside it: ``checkpoint_dirs: [ppo_helpful/snapshots/step-4]``.
 A stage whose ``DONE`` marker exists is skipped on re-run; an unfinished one resumes from its newest checkpoint.
 """
 
@@ -55,7 +56,14 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "reward", "ppo", "evaluate")  # the stage kinds, in their natural order
 # Keys whose values are paths: a value equal to a stage name of the recipe becomes that stage's output directory.
-STAGE_REFERENCE_KEYS = ("model_name_or_path", "sft_model_path", "reward_model_paths", "cost_model_path", "policies")
+STAGE_REFERENCE_KEYS = (
+    "model_name_or_path",
+    "sft_model_path",
+    "reward_model_paths",
+    "cost_model_path",
+    "policies",
+    "checkpoint_dirs",
+)
 
 
 def _stage_module(stage: str):
@@ -169,7 +177,10 @@ def wire_stage_inputs(
     known = set(kinds) | set(STAGES)  # the defaults above may name a kind the recipe has no section for
 
     def resolve(value: Any) -> Any:
-        return str(run_dir / value) if isinstance(value, str) and value in known else value
+        """``reward_a`` -> its output dir; ``ppo_a/snapshots/step-4`` -> a folder inside it."""
+        if isinstance(value, str) and value.split("/", 1)[0] in known:
+            return str(run_dir / value)
+        return value
 
     for key in STAGE_REFERENCE_KEYS:  # model_name_or_path: sft, say, for a reward model initialised from SFT
         if key in values:

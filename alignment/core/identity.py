@@ -56,6 +56,8 @@ INPUT_KEYS = (
     "prompt_sets",
     "checkpoint_dirs",
 )
+# Where ``dataset_name: demo`` reads (alignment.data.demo.DEMO_DIR; core does not import the data layer).
+BUILTIN_DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
 # Files a run writes at its top level; a directory holding only these (and checkpoints/) is a run directory.
 RUN_MARKERS = ("config.yaml", "versions.json")
 
@@ -65,11 +67,16 @@ def run_settings(cfg: Config) -> dict[str, Any]:
 
 
 def input_digest(path: str) -> str | None:
-    """An earlier run's fingerprint, or a local file's size and mtime; None for a name (Hub id, embedded model)."""
+    """An earlier run's fingerprint (a folder inside a run, such as a PPO snapshot, takes its run's), or a local
+    file's size and mtime; None for a name (Hub id, embedded model)."""
+    if path == "demo":  # the built-in data: a new version of its files is a new input
+        return "demo:" + ",".join(input_digest(str(f)) or "" for f in sorted(BUILTIN_DEMO_DIR.glob("*.jsonl")))
     location = Path(path).expanduser()
-    identity = read_identity(location) if location.is_dir() else None
-    if identity is not None:
-        return identity["fingerprint"]
+    for run in [location, *location.parents][:3] if location.is_dir() else []:
+        identity = read_identity(run)
+        if identity is not None:
+            inside = location.relative_to(run).as_posix()
+            return identity["fingerprint"] + ("" if inside == "." else f":{inside}")
     if location.is_file():
         stat = location.stat()
         return f"file:{stat.st_size}:{stat.st_mtime_ns}"

@@ -207,7 +207,9 @@ def split_groups(groups: list[list[Record]], eval_size: int, seed: int) -> tuple
 
 def resolve_sources(data_cfg: DataConfig, kind: str) -> list[str]:
     """The sources to read in turn: ``dataset_mixture`` when set, else ``dataset_name`` alone."""
-    return list(data_cfg.dataset_mixture) if data_cfg.dataset_mixture else [resolve_source(data_cfg, kind)]
+    if data_cfg.dataset_mixture:
+        return [str(DEMO_DIR / DEMO_FILES[kind]) if source == "demo" else source for source in data_cfg.dataset_mixture]
+    return [resolve_source(data_cfg, kind)]
 
 
 def resolve_source(data_cfg: DataConfig, kind: str) -> str:

@@ -85,7 +85,7 @@ ppo_constrained:
   reward_model_paths: [reward_helpful]
   cost_model_path: judge
   cost_model_is_reward: true
-evaluate: {{max_prompts_per_label: 2}}
+evaluate: {{max_prompts_per_label: 2, checkpoint_dirs: [ppo_plain/snapshots/step-4], gold_reward: judge}}
 """
     path = tmp_path / "named.yaml"
     path.write_text(text, encoding="utf-8")
@@ -109,6 +109,8 @@ def test_named_stages_run_in_file_order_each_in_its_own_directory_and_wired_by_n
     assert ev.policy_names == ["base", "sft", "ppo_plain", "ppo_constrained"]
     assert ev.policies[1:] == [str(run_dir / n) for n in ("sft", "ppo_plain", "ppo_constrained")]
     assert ev.reward_model_paths == [str(run_dir / "reward_helpful"), str(run_dir / "judge")]
+    # A path under a stage's name is a folder inside that stage's output (a PPO snapshot for the curve).
+    assert ev.checkpoint_dirs == [str(run_dir / "ppo_plain" / "snapshots" / "step-4")]
 
 
 def test_named_stages_can_be_chosen_from_the_command_line(tmp_path, tiny_llama_dir):

@@ -63,3 +63,11 @@ def test_a_mixture_joins_sources_of_different_formats_in_order(tmp_path):
     # Held-out records are drawn from the joined sources.
     split = load_records(DataConfig(dataset_mixture=[f"{pairs}[0:2]", hh], eval_split_size=2), "comparison")
     assert len(split.records) == 3 and len(split.eval_records) == 2
+
+
+def test_a_mixture_may_name_the_built_in_demo_data(tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(2)])
+    demo_only = load_records(DataConfig(dataset_name="demo"), "comparison")
+    mixed = load_records(DataConfig(dataset_mixture=[pairs, "demo"]), "comparison")
+    assert len(mixed.records) == 2 + len(demo_only.records)
+    assert [r.prompt for r in mixed.records[2:]] == [r.prompt for r in demo_only.records]
