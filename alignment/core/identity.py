@@ -56,8 +56,11 @@ INPUT_KEYS = (
     "prompt_sets",
     "checkpoint_dirs",
 )
-# Where ``dataset_name: demo`` reads (alignment.data.demo.DEMO_DIR; core does not import the data layer).
+# Where ``dataset_name: demo`` reads (alignment.data.demo.DEMO_DIR; core does not import the data layer), and which
+# of its files each stage kind reads: a new version of that file is a new input to the stage.
 BUILTIN_DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+DEMO_FILE_BY_STAGE = {"sft": "demonstrations.jsonl", "reward": "comparisons.jsonl", "ppo": "prompts.jsonl"}
+DEMO_EVAL_PROMPTS = "eval_prompts.jsonl"  # prompt_sets: [demo]
 # Files a run writes at its top level; a directory holding only these (and checkpoints/) is a run directory.
 RUN_MARKERS = ("config.yaml", "versions.json")
 
@@ -69,8 +72,6 @@ def run_settings(cfg: Config) -> dict[str, Any]:
 def input_digest(path: str) -> str | None:
     """An earlier run's fingerprint (a folder inside a run, such as a PPO snapshot, takes its run's), or a local
     file's size and mtime; None for a name (Hub id, embedded model)."""
-    if path == "demo":  # the built-in data: a new version of its files is a new input
-        return "demo:" + ",".join(input_digest(str(f)) or "" for f in sorted(BUILTIN_DEMO_DIR.glob("*.jsonl")))
     location = Path(path).expanduser()
     for run in [location, *location.parents][:3] if location.is_dir() else []:
         identity = read_identity(run)
@@ -119,7 +120,16 @@ def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dic
     plans its later stages before the earlier ones have run)."""
     settings = run_settings(cfg)
     known = known_inputs or {}
-    inputs = {path: known[path] if path in known else input_digest(path) for _, path in _input_paths(settings)}
+    sections = cfg.sections()
+    stage = next((kind for kind in ("ppo", "evaluate", "reward") if kind in sections), "sft")
+    inputs = {}
+    for key, path in _input_paths(settings):
+        if path == "demo":  # the built-in data: the one file of it this stage reads
+            name = DEMO_EVAL_PROMPTS if key == "prompt_sets" else DEMO_FILE_BY_STAGE.get(stage)
+            if name is not None:
+                inputs[f"demo:{name}"] = input_digest(str(BUILTIN_DEMO_DIR / name))
+            continue
+        inputs[path] = known[path] if path in known else input_digest(path)
     payload = json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16], "settings": settings, "inputs": inputs}
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from alignment.core.identity import BUILTIN_DEMO_DIR, input_digest, write_identity
+from alignment import reward, sft
+from alignment.core import identity
+from alignment.core.config import build_config
+from alignment.core.identity import BUILTIN_DEMO_DIR, input_digest, run_identity, write_identity
 from alignment.data.demo import DEMO_DIR
 
 
@@ -25,7 +28,19 @@ def test_a_file_is_known_by_size_and_time_and_a_name_by_nothing(tmp_path):
     assert input_digest(str(tmp_path / "plain_folder")) is None
 
 
-def test_the_built_in_demo_data_is_an_input_whose_files_are_digested():
+def test_a_stage_on_the_built_in_demo_data_depends_on_the_one_file_it_reads(tmp_path, monkeypatch):
+    """Regenerating the demo comparisons re-runs the reward stage, not SFT (whose demonstrations did not change)."""
     assert BUILTIN_DEMO_DIR == DEMO_DIR
-    digest = input_digest("demo")
-    assert digest.startswith("demo:") and digest.count("file:") == len(list(DEMO_DIR.glob("*.jsonl"))) == 4
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    for name in ("demonstrations.jsonl", "comparisons.jsonl", "prompts.jsonl", "eval_prompts.jsonl"):
+        (demo / name).write_text("{}\n", encoding="utf-8")
+    monkeypatch.setattr(identity, "BUILTIN_DEMO_DIR", demo)
+    sft_cfg = build_config(sft.CONFIG_TYPES, {"dataset_name": "demo", "output_dir": str(tmp_path / "s")})
+    reward_cfg = build_config(reward.CONFIG_TYPES, {"dataset_name": "demo", "output_dir": str(tmp_path / "r")})
+    before = {"sft": run_identity(sft_cfg), "reward": run_identity(reward_cfg)}
+    assert [k for k in before["sft"]["inputs"] if k.startswith("demo")] == ["demo:demonstrations.jsonl"]
+    assert [k for k in before["reward"]["inputs"] if k.startswith("demo")] == ["demo:comparisons.jsonl"]
+    (demo / "comparisons.jsonl").write_text("{}\n{}\n", encoding="utf-8")
+    assert run_identity(sft_cfg)["fingerprint"] == before["sft"]["fingerprint"]
+    assert run_identity(reward_cfg)["fingerprint"] != before["reward"]["fingerprint"]
