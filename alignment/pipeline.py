@@ -133,11 +133,11 @@ def split_recipe(
             close = difflib.get_close_matches(key, sorted(known_anywhere), n=1)
             raise ConfigError(f"{location}: unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
         for name, kind in sections.items():
-            if key in keys[kind] and not (key in overrides and _keeps_own_model(data.get(name), key)):
+            if key in keys[kind] and not (key in overrides and _keeps_own_model(data.get(name), key, sections)):
                 values[name][key], where[name][key] = value, location
     for name in sections:
         for key, value in (data.get(name) or {}).items():
-            if (key in overrides and not _keeps_own_model(data.get(name), key)) or key == "stage":
+            if (key in overrides and not _keeps_own_model(data.get(name), key, sections)) or key == "stage":
                 continue
             values[name][key] = value
             where[name][key] = f"{path}:{lines.get(f'{name}.{key}', '?')}"
@@ -147,9 +147,13 @@ def split_recipe(
 MODEL_FAMILY_KEYS = frozenset(f.name for cls in (ModelConfig, LoraConfig, QuantConfig) for f in dataclasses.fields(cls))
 
 
-def _keeps_own_model(section: Any, key: str) -> bool:
-    """A section with its own ``model_name_or_path`` keeps its model-family settings against overrides."""
-    return isinstance(section, dict) and "model_name_or_path" in section and key in MODEL_FAMILY_KEYS
+def _keeps_own_model(section: Any, key: str, stage_names: Any = ()) -> bool:
+    """A section with its own ``model_name_or_path`` keeps its model-family settings against overrides. A model that
+    is a stage of the recipe (``model_name_or_path: sft``, a reward model initialised from SFT) is of the swapped
+    family: such a section keeps only the reference, and takes the other model-family overrides."""
+    if not (isinstance(section, dict) and "model_name_or_path" in section and key in MODEL_FAMILY_KEYS):
+        return False
+    return key == "model_name_or_path" or section["model_name_or_path"] not in stage_names
 
 
 def wire_stage_inputs(

@@ -10,8 +10,8 @@ laptop CPU, using only these files (``dataset_name: demo``):
 - ``comparisons.jsonl``: ``{"prompt", "chosen", "rejected", "category"}`` pairs, plus K = 3 records
   ``{"prompt", "responses", "ranks", "category"}`` for the K-wise ranking loss. ``helpful``: a direct,
   friendly, complete answer beats a dismissive, rambling/unfinished, off-topic or wrong one.
-  ``harmless``: a brief refusal with an alternative beats a bare refusal, and both beat compliance
-  (vague, or naming the request and starting on it). ``overrefusal``: a helpful
+  ``harmless``: a brief refusal with an alternative beats a bare refusal, and both beat going along
+  (vague compliance, compliance naming the request, or fluent advice for another question). ``overrefusal``: a helpful
   answer beats a needless refusal. The differences are deliberately easy to see, so a small LoRA
   reward model learns them in about one epoch.
 - ``prompts.jsonl``: ``{"prompt", "label"}`` for PPO rollouts (``helpful`` / ``harmful`` / ``safe``,
@@ -59,6 +59,7 @@ STYLES = (
     "vague_compliance",
     "topical_compliance",
     "overrefusals",
+    "overrefusals_with_alternative",
     "hedges",
 )
 
@@ -233,14 +234,26 @@ class _Builder:
             return alternative
         return f"{self.rng.choice(self.styles['refusal_openers']).format(what=what)} {alternative}"
 
-    def compliance(self, what: str | None) -> str:
-        """Willing, non-actionable compliance: vague filler, or (about half the time) naming the request."""
-        if what is not None and self.rng.random() < 0.5:
+    def compliance(self, what: str | None, pool: list[tuple[str, str, str, str | None]]) -> str:
+        """A reply that goes along with a harmful request, never actionable: vague filler, compliance naming the
+        request, or fluent advice for some other question (a third each; the last is what a policy that deflects
+        instead of refusing writes, so the reward model learns that only a refusal answers a harmful request)."""
+        style = self.rng.choice(["vague", "topical", "advice"] if what is not None else ["vague", "advice"])
+        if style == "topical":
             return self.rng.choice(self.styles["topical_compliance"]).format(what=what)
+        if style == "advice":
+            return self.rng.choice(pool)[2]
         return self.rng.choice(self.styles["vague_compliance"])
 
     def overrefusal(self, trigger: str) -> str:
-        return self.rng.choice(self.styles["overrefusals"]).format(trigger=trigger)
+        """A needless refusal: blunt, or (half the time) shaped like a good refusal, with an alternative.
+
+        Three in four shaped like a good refusal was tried: the reward model then preferred refusals on harmful
+        requests too weakly (mean score +0.85 against +0.62 for SFT's other answers, from +1.68 against +0.36 at one
+        in two), and PPO refused less than SFT.
+        """
+        style = self.rng.choice(["overrefusals", "overrefusals_with_alternative"])
+        return self.rng.choice(self.styles[style]).format(trigger=trigger)
 
     def helpful_pool(self) -> list[tuple[str, str, str, str | None]]:
         """(topic, question, answer, wrong answer or None) for every hand-written helpful Q/A pair."""
@@ -330,7 +343,7 @@ def build(tables: Tables | None = None) -> dict[str, list[tuple[str, dict]]]:
         comparisons.append(("helpful", {**record, "category": "helpful"}))
     for i, (prompt, what, alternative) in enumerate(harmful[n_harmful:]):
         chosen = b.check_length(b.refusal(what, alternative), prompt)
-        compliance = b.compliance(what)
+        compliance = b.compliance(what, helpful)
         if i < tables.k3_counts["harmless"]:
             bare = rng.choice(styles["bare_refusals"])
             record = {"prompt": _user(prompt), "responses": [chosen, bare, compliance], "ranks": [0, 1, 2]}
@@ -423,9 +436,14 @@ def main(out_dir: Path | None = None, tables_dir: Path | None = None) -> dict[st
     summary = {}
     for name, records in files.items():
         lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in records)
-        (out_dir / name).write_text(lines, encoding="utf-8", newline="\n")
+        path = out_dir / name
         summary[name] = _counts(records)
-        logger.info("wrote %s: %s", out_dir / name, summary[name])
+        # An unchanged file is left as it is: its modification time is part of the identity of the runs that read it.
+        if path.is_file() and path.read_text(encoding="utf-8") == lines:
+            logger.info("unchanged %s: %s", path, summary[name])
+            continue
+        path.write_text(lines, encoding="utf-8", newline="\n")
+        logger.info("wrote %s: %s", path, summary[name])
     k_wise = sum(1 for _, r in files["comparisons.jsonl"] if "responses" in r)
     summary["comparisons.jsonl"]["k3"] = k_wise
     return summary

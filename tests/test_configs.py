@@ -244,7 +244,10 @@ def test_model_recipe_usage_commands_parse_and_reproduce_the_recipe(path, monkey
         else:
             configs = {argv[1]: parse_config(importlib.import_module(f"alignment.{argv[1]}").CONFIG_TYPES, argv[2:])}
         for stage, cfg in configs.items():
-            assert_applied(cfg.flat(), expected, f"{rel(path)}: `{shlex.join(argv)}` [{stage}]")
+            flat, wanted = cfg.flat(), dict(expected)
+            if Path(str(flat["model_name_or_path"])).parent == Path(flat["output_dir"]).parent:
+                wanted.pop("model_name_or_path", None)  # starts from another stage of the run (reward from SFT)
+            assert_applied(flat, wanted, f"{rel(path)}: `{shlex.join(argv)}` [{stage}]")
     if missing:
         pytest.skip(f"{missing[0]} (named by the documented pipeline command) does not exist yet; flags checked")
 

@@ -22,6 +22,7 @@ from alignment.core.checkpointing import TRAINABLE_FILE, list_checkpoints
 from alignment.core.config import ConfigError, build_config
 from alignment.core.identity import IDENTITY_FILE, read_identity, run_identity
 from alignment.core.tracking import read_log
+from alignment.data.load import load_records
 from alignment.pipeline import load_pipeline, run_pipeline
 from data_schemas.errors import RecordError
 from tests.helpers import interrupt_after
@@ -302,10 +303,17 @@ def test_data_inspect_reports_invalid_records_by_reason_by_default(tmp_path, cap
 def test_reward_eval_only_honours_max_eval_samples(tiny_llama_dir, tmp_path):
     values = {"model_name_or_path": str(tiny_llama_dir), "dataset_name": "demo", "output_dir": str(tmp_path)}
     values.update(eval_only=True, max_eval_samples=6, max_length=128, per_device_eval_batch_size=8)
-    metrics = reward.train(build_config(reward.CONFIG_TYPES, values))
-    assert metrics["num_pairs"] == 6
+    cfg = build_config(reward.CONFIG_TYPES, values)
+    metrics = reward.train(cfg)
+
+    def pairs(n: int) -> int:  # a K-ranked record holds K(K-1)/2 pairs
+        records = load_records(cfg.data, "comparison", seed=cfg.train.seed)
+        held_out = records.eval_records or records.records  # eval_only without a split evaluates the whole source
+        return sum(len(r.responses) * (len(r.responses) - 1) // 2 for r in held_out[:n])
+
+    assert metrics["num_pairs"] == pairs(6)
     again = reward.train(build_config(reward.CONFIG_TYPES, {**values, "max_eval_samples": 4}))  # evaluating again
-    assert again["num_pairs"] == 4
+    assert again["num_pairs"] == pairs(4) < pairs(6)
 
 
 def test_importing_bitsandbytes_prints_no_kernel_download_warning(capfd):

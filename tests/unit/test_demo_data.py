@@ -179,19 +179,30 @@ def test_refusals_are_where_the_categories_say(files):
         assert detector.is_refusal(reply) == (row["category"] == "harmful"), reply
 
 
-def test_harmless_comparisons_reject_only_templated_compliance(files, generator):
-    """The "compliance" a refusal beats is a non-actionable template, about half of them naming the request."""
+def test_harmless_comparisons_reject_only_non_actionable_replies(files, generator):
+    """What a refusal beats is a vague template, a template naming the request, or a hand-written answer to some
+    other, benign question: never real help with the harmful request. Each kind is common."""
     tables = generator.load_tables()
     declined = {prompt: what for prompt, what, _ in tables.harmful}
-    topical = 0
+    benign_answers = {answer for items in tables.helpful_qa.values() for _, answer, _ in items}
+    kinds = Counter()
     for i, row in enumerate(files["comparisons.jsonl"]):
         if row["category"] != "harmless":
             continue
         worst, what = responses(row)[-1], declined[row["prompt"][0]["content"]]
         named = {t.format(what=what) for t in tables.styles["topical_compliance"]} if what else set()
-        assert worst in set(tables.styles["vague_compliance"]) | named, f"comparisons.jsonl:{i + 1}"
-        topical += worst in named
-    assert 0.3 < topical / EXPECTED_COUNTS["comparisons.jsonl"]["harmless"] < 0.7
+        kind = (
+            "vague"
+            if worst in tables.styles["vague_compliance"]
+            else "named"
+            if worst in named
+            else "advice"
+            if worst in benign_answers
+            else None
+        )
+        assert kind, f"comparisons.jsonl:{i + 1}: {worst!r}"
+        kinds[kind] += 1
+    assert min(kinds.values()) >= 15, kinds
 
 
 def test_most_harmless_rankings_put_a_bare_refusal_above_compliance(files, generator):
