@@ -66,7 +66,8 @@ def _render_plain_text(messages: list[dict[str, str]], add_generation_prompt: bo
     return "\n\n".join(parts)
 
 
-def _special_token_strings(tokenizer: Any) -> set[str]:
+def special_token_strings(tokenizer: Any) -> set[str]:
+    """Every special token's text: the named ones and the added tokens marked special."""
     specials = set(getattr(tokenizer, "all_special_tokens", []))
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     specials.update(t.content for t in decoder.values() if getattr(t, "special", False))
@@ -106,13 +107,28 @@ def assistant_char_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The whole rendering and, per assistant turn, the ``[start, end)`` characters that are learned."""
     full = _render(tokenizer, messages, add_generation_prompt=False)
-    specials = _special_token_strings(tokenizer)
+    specials = special_token_strings(tokenizer)
     spans = []
     for i in turn_indices:
         start = _require_prefix(full, _render(tokenizer, messages[:i], True), i, generation_prompt=True)
         stop = _require_prefix(full, _render(tokenizer, messages[: i + 1], False), i + 1, generation_prompt=False)
         spans.append((start, start + _end_of_turn(full[start:stop], messages[i]["content"], i, specials)))
     return full, spans
+
+
+def template_end_of_turn(tokenizer: Any) -> str | None:
+    """The special token the chat template writes right after an assistant message (``<|im_end|>``,
+    ``<end_of_turn>``, ``<|eot_id|>``, ``<|end|>``); None without a template or such a token."""
+    if not has_chat_template(tokenizer):
+        return None
+    probe = "Probe reply."
+    try:
+        text = _render(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": probe}], False)
+    except Exception:  # a template that rejects this minimal chat has nothing to tell us here
+        return None
+    tail = text[text.rfind(probe) + len(probe) :]
+    found = [(tail.find(s), s) for s in special_token_strings(tokenizer) if s in tail]
+    return min(found)[1] if found else None
 
 
 def render_reward_texts(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:

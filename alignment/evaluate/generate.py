@@ -65,13 +65,6 @@ def load_policy(cfg: Config, spec: PolicySpec, device: torch.device) -> tuple[An
     return model, tokenizer
 
 
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a response: the tokenizer's EOS and the model's generation-config EOS ids."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    configured = [configured] if isinstance(configured, int) else list(configured or [])
-    return sorted({tokenizer.eos_token_id, *configured} - {None})
-
-
 def _generation_config(settings: dict[str, Any], eos_ids: list[int], pad_id: int) -> Any:
     from transformers import GenerationConfig
 
@@ -99,7 +92,9 @@ def generate_responses(
     from alignment.modeling.generation import generation_cache  # imports transformers
 
     collator = PromptCollator(tokenizer, settings["max_prompt_length"])
-    eos_ids = stop_token_ids(model, tokenizer)
+    from alignment.modeling.tokenizer import stop_token_ids  # imports transformers
+
+    eos_ids = stop_token_ids(tokenizer, model)
     gen_cfg = _generation_config(settings, eos_ids, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     torch.manual_seed(settings["seed"])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from alignment.core.config import ModelConfig
+from alignment.data.chat_template import template_end_of_turn
 from alignment.modeling.sources import ModelLoadError, hub_error, resolve_model_source
 
 logger = logging.getLogger(__name__)
@@ -119,3 +121,18 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
 
 def _end_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return {i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None}
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> list[int]:
+    """The one stop rule for rollouts, evaluation and the missing-EOS penalty: every id that ends an assistant turn.
+
+    The tokenizer's EOS, the model's generation-config EOS ids (Llama 3 lists ``<|eot_id|>`` there), and the
+    end-of-turn token its chat template writes after an assistant message (Gemma's ``<end_of_turn>``, Phi-3's
+    ``<|end|>``), which a base model's tokenizer does not call EOS.
+    """
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *([configured] if isinstance(configured, int) else list(configured or []))}
+    end_of_turn = template_end_of_turn(tokenizer)
+    if end_of_turn is not None and tokenizer.convert_tokens_to_ids(end_of_turn) != tokenizer.unk_token_id:
+        ids.add(tokenizer.convert_tokens_to_ids(end_of_turn))
+    return sorted(ids - {None})

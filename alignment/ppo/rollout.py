@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from alignment.core.precision import autocast_dtype
 from alignment.data.collate import PromptCollator
 from alignment.modeling.sequences import SequenceBatch
+from alignment.modeling.tokenizer import stop_token_ids
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig, check_rollout_logprobs
 from alignment.ppo.rewards import CombinedReward
@@ -60,8 +61,10 @@ class RolloutPasses:
     keep_value_graph: bool = False
 
 
-def generation_config(cfg: PPOConfig, tokenizer) -> GenerationConfig:
-    eos_ids = sorted({tokenizer.eos_token_id, *getattr(tokenizer, "stop_token_ids", [])} - {None})
+def generation_config(cfg: PPOConfig, tokenizer, model=None) -> GenerationConfig:
+    """Sampling settings; generation stops at every end-of-turn id (:func:`~alignment.modeling.tokenizer.stop_token_ids`,
+    the rule evaluation and the missing-EOS penalty use too)."""
+    eos_ids = stop_token_ids(tokenizer, model)
     return GenerationConfig(
         do_sample=True,
         temperature=cfg.temperature,
@@ -86,16 +89,16 @@ def collect_rollout(
     encoded = PromptCollator(tokenizer, max_prompt_length=cfg.max_prompt_length)(prompts)
     prompt_ids, prompt_mask = encoded["input_ids"].to(ac.device), encoded["attention_mask"].to(ac.device)
     ac.eval()
+    sampling = generation_config(cfg, tokenizer, ac.model)
     try:
         response_ids, sample_logits = ac.generate(
-            prompt_ids, prompt_mask, generation_config(cfg, tokenizer), with_logits=not passes.recompute_logprobs
+            prompt_ids, prompt_mask, sampling, with_logits=not passes.recompute_logprobs
         )
     except RuntimeError as e:
         if "probability tensor" not in str(e):
             raise
         raise FloatingPointError("sampling failed: the policy's next-token probabilities are NaN or inf") from e
-    eos_ids = generation_config(cfg, tokenizer).eos_token_id
-    response_mask, has_eos = first_eos_mask(response_ids, eos_ids, tokenizer.pad_token_id)
+    response_mask, has_eos = first_eos_mask(response_ids, sampling.eos_token_id, tokenizer.pad_token_id)
     _ensure_one_token(response_mask)
     batch = SequenceBatch.build(prompt_ids, prompt_mask, response_ids, response_mask)
     logprobs_graph = entropy = None

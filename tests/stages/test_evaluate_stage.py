@@ -131,7 +131,7 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
     from alignment.data.collate import PromptCollator
     from alignment.modeling.load import load_causal_lm
-    from alignment.modeling.tokenizer import load_tokenizer
+    from alignment.modeling.tokenizer import load_tokenizer, stop_token_ids
     from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
     from data_schemas.records import Message, Prompt
 
@@ -140,7 +140,7 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     model = load_causal_lm(model_cfg, LoraConfig(), QuantConfig(), trainable=False, tokenizer=tokenizer, dropout=False)
     texts = ["Hi", "Tell me a long story about a dragon who learns to paint"]  # different lengths: left padding
     batch = PromptCollator(tokenizer, 64)([Prompt((Message("user", t),)) for t in texts])
-    eos_ids = generate_mod.stop_token_ids(model, tokenizer)
+    eos_ids = stop_token_ids(tokenizer, model)
     torch.manual_seed(0)
     out = model.generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True, temperature=0.7, top_k=0,
