@@ -39,8 +39,12 @@ def train(cfg: Config) -> dict[str, Any]:
         ac, tokenizer, shared_scorer = build_actor_critic(cfg)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
-        if not quantized:  # bitsandbytes placed the quantized weights when loading
+        if not quantized:
             ac.to(run.device)
+        else:  # bitsandbytes placed the quantized base when loading; the heads were built on the CPU
+            for head in (ac.value_head, ac.reward_head):
+                if head is not None:
+                    head.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
         if compute_dtype is not None:  # every pass runs under autocast: see precision.py
             if not quantized:
