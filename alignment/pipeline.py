@@ -48,7 +48,7 @@ from alignment.core.config import (
     parse_overrides,
     split_config_arg,
 )
-from alignment.core.identity import describe_changes, is_run_directory, read_identity, run_identity
+from alignment.core.identity import describe_changes, is_run_directory, read_identity, run_identity, stage_kind
 from alignment.core.run import is_done, package_versions
 from alignment.core.tracking import write_json_atomic
 
@@ -249,7 +249,7 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
         if is_done(output_dir) and same:
             logger.info("%s: already complete in %s, skipped", stage, output_dir)
             summary["stages"][stage] = _stage_summary(
-                "skipped (already complete)", 0.0, output_dir, kind=stage_kind_of(cfg)
+                "skipped (already complete)", 0.0, output_dir, kind=stage_kind(cfg)
             )
             write_json_atomic(run_dir / "summary.json", summary)
             continue
@@ -260,21 +260,12 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
             cfg.train.overwrite, status = True, "ran (settings changed)"
         logger.info("%s: starting in %s", stage, output_dir)
         start = time.perf_counter()
-        kind = stage_kind_of(cfg)
+        kind = stage_kind(cfg)
         module = _stage_module(kind)
         metrics = (module.evaluate if kind == "evaluate" else module.train)(cfg)
         summary["stages"][stage] = _stage_summary(status, time.perf_counter() - start, output_dir, metrics, kind)
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
-
-
-def stage_kind_of(cfg: Config) -> str:
-    """The stage kind a built config belongs to, told by its own section (``ppo``, ``evaluate``, ``reward``)."""
-    sections = cfg.sections()
-    for kind in ("ppo", "evaluate", "reward", "sft"):
-        if kind in sections:
-            return kind
-    return "sft"
 
 
 def _stage_summary(

@@ -65,6 +65,12 @@ DEMO_EVAL_PROMPTS = "eval_prompts.jsonl"  # prompt_sets: [demo]
 RUN_MARKERS = ("config.yaml", "versions.json")
 
 
+def stage_kind(cfg: Config) -> str:
+    """The stage kind a config belongs to, told by its own section (``ppo``, ``evaluate``, ``reward``), else ``sft``."""
+    sections = cfg.sections()
+    return next((kind for kind in ("ppo", "evaluate", "reward") if kind in sections), "sft")
+
+
 def run_settings(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in sorted(cfg.flat().items()) if k not in NOT_IDENTITY}
 
@@ -120,8 +126,7 @@ def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dic
     plans its later stages before the earlier ones have run)."""
     settings = run_settings(cfg)
     known = known_inputs or {}
-    sections = cfg.sections()
-    stage = next((kind for kind in ("ppo", "evaluate", "reward") if kind in sections), "sft")
+    stage = stage_kind(cfg)
     inputs = {}
     for key, path in _input_paths(settings):
         if path == "demo":  # the built-in data: the one file of it this stage reads
