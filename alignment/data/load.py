@@ -208,7 +208,7 @@ def split_groups(groups: list[list[Record]], eval_size: int, seed: int) -> tuple
 def resolve_sources(data_cfg: DataConfig, kind: str) -> list[str]:
     """The sources to read in turn: ``dataset_mixture`` when set, else ``dataset_name`` alone."""
     if data_cfg.dataset_mixture:
-        return [str(DEMO_DIR / DEMO_FILES[kind]) if source == "demo" else source for source in data_cfg.dataset_mixture]
+        return [_demo_or(source, kind) for source in data_cfg.dataset_mixture]
     return [resolve_source(data_cfg, kind)]
 
 
@@ -216,9 +216,12 @@ def resolve_source(data_cfg: DataConfig, kind: str) -> str:
     """The file or Hub id to read; ``"demo"`` is the built-in data for ``kind``."""
     if not data_cfg.dataset_name:
         raise ValueError("dataset_name is not set: give a file, a Hub dataset id, or 'demo'")
-    if data_cfg.dataset_name == "demo":
-        return str(DEMO_DIR / DEMO_FILES[kind])
-    return data_cfg.dataset_name
+    return _demo_or(data_cfg.dataset_name, kind)
+
+
+def _demo_or(source: str, kind: str) -> str:
+    """``"demo"`` -> the built-in file for ``kind``; any other source as it is."""
+    return str(DEMO_DIR / DEMO_FILES[kind]) if source == "demo" else source
 
 
 def _load_groups(

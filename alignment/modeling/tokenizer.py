@@ -133,6 +133,7 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> lis
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = {tokenizer.eos_token_id, *([configured] if isinstance(configured, int) else list(configured or []))}
     end_of_turn = template_end_of_turn(tokenizer)
-    if end_of_turn is not None and tokenizer.convert_tokens_to_ids(end_of_turn) != tokenizer.unk_token_id:
-        ids.add(tokenizer.convert_tokens_to_ids(end_of_turn))
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn is not None else None
+    if end_of_turn_id != tokenizer.unk_token_id:
+        ids.add(end_of_turn_id)
     return sorted(ids - {None})
