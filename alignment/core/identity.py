@@ -1,7 +1,7 @@
 """Run identity: what a run directory holds a run *of*, so a re-run never mixes in stale or foreign state.
 
 Every run directory records ``run_identity.json``: the resolved settings that shape the result, a digest of each
-input it read (an earlier stage's identity, or a data file's size and modification time) and a fingerprint of both.
+input it read (an earlier stage's identity, or a hash of a data file's bytes) and a fingerprint of both.
 Before a stage writes anything, :func:`prepare_output_dir` compares the directory with the run about to start:
 
 - an empty or missing directory is used;
@@ -14,6 +14,7 @@ Before a stage writes anything, :func:`prepare_output_dir` compares the director
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -77,7 +78,7 @@ def run_settings(cfg: Config) -> dict[str, Any]:
 
 def input_digest(path: str) -> str | None:
     """An earlier run's fingerprint (a folder inside a run, such as a PPO snapshot, takes its run's), or a local
-    file's size and mtime; None for a name (Hub id, embedded model)."""
+    file's content hash; None for a name (Hub id, embedded model)."""
     location = Path(path).expanduser()
     for run in [location, *location.parents][:3] if location.is_dir() else []:
         identity = read_identity(run)
@@ -86,8 +87,21 @@ def input_digest(path: str) -> str | None:
             return identity["fingerprint"] + ("" if inside == "." else f":{inside}")
     if location.is_file():
         stat = location.stat()
-        return f"file:{stat.st_size}:{stat.st_mtime_ns}"
+        return _content_digest(str(location.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """``sha256:<16 hex>`` of a file's bytes. By content, not by size and time: a copy of the same data (a fresh
+    checkout, data synced to another machine, a re-mounted share) is the same input and re-runs nothing, and an
+    edit that keeps the size and time still counts. Cached within a process per (path, size, mtime, ctime: which
+    no write can keep), because a pipeline asks for each input once per stage it plans."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _input_paths(settings: dict[str, Any]) -> list[tuple[str, str]]:

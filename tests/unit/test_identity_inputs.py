@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 from alignment import reward, sft
 from alignment.core import identity
 from alignment.core.config import build_config
@@ -20,10 +23,22 @@ def test_a_folder_inside_a_run_takes_the_run_fingerprint_and_its_own_path(tmp_pa
     assert input_digest(str(run / "snapshots" / "step-4")) == "def456:snapshots/step-4"
 
 
-def test_a_file_is_known_by_size_and_time_and_a_name_by_nothing(tmp_path):
+def test_a_file_is_known_by_its_content_and_a_name_by_nothing(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("{}\n", encoding="utf-8")
-    assert input_digest(str(data)).startswith("file:3:")
+    digest = input_digest(str(data))
+    assert digest == "sha256:" + hashlib.sha256(b"{}\n").hexdigest()[:16]
+    # A copy elsewhere, written later (a fresh checkout, a re-mounted share), is the same input...
+    copy = tmp_path / "elsewhere" / "pairs.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(data.read_bytes())
+    os.utime(copy, ns=(1, 1))
+    assert input_digest(str(copy)) == digest
+    # ...and an edit that keeps the size and the time is not.
+    stat = data.stat()
+    data.write_text("[]\n", encoding="utf-8")
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert input_digest(str(data)) != digest
     assert input_digest("HuggingFaceTB/SmolLM2-135M-Instruct") is None
     assert input_digest(str(tmp_path / "plain_folder")) is None
 
