@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 
 class ActorCritic(torch.nn.Module):
-    """Policy, reference, critic and shared-base reward model as adapters of one ``PeftModel``."""
+    """Policy, reference, critic and shared-base reward model as adapters of one ``PeftModel``.
+
+    ``value_head`` is None for the critic-free estimators: no value adapter, no value pass (:attr:`has_critic`).
+    """
 
     def __init__(
         self,
         model: PeftModel,
-        value_head: torch.nn.Linear,
+        value_head: torch.nn.Linear | None,
         reward_head: torch.nn.Linear | None = None,
         reference_adapter: str | None = SFT,
         padding_free: bool = True,
@@ -50,6 +53,10 @@ class ActorCritic(torch.nn.Module):
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
         # The tied LM head in the autocast dtype, swapped in for generation (precision.tied_head_copy).
         self.generation_head: torch.Tensor | None = None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.value_head is not None
 
     @property
     def device(self) -> torch.device:
@@ -84,6 +91,8 @@ class ActorCritic(torch.nn.Module):
 
     def response_values(self, batch: SequenceBatch, response_length: int) -> torch.Tensor:
         """``(B, T)`` critic values V(s_t) for each response token."""
+        if self.value_head is None:
+            raise ValueError("this actor-critic has no critic (a critic-free algorithm)")
         with use_adapter(self.model, VALUE), self.autocast():
             hidden = response_hidden(self._backbone, batch, response_length, self.padding_free, self._flat)
         return self.value_head(hidden.float()).squeeze(-1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.rl.critic_free import ALGORITHMS, GROUP_ALGORITHMS
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -14,6 +15,17 @@ def _help(text: str, **kw: Any) -> Any:
 
 @dataclass
 class PPOConfig:
+    algorithm: str = _help(
+        "The policy-gradient estimator: ppo (a learned critic and GAE), or a critic-free one that needs no value "
+        "adapter: rloo (leave-one-out baseline over samples_per_prompt samples), grpo (group-normalised scores, the "
+        "KL in the loss) or reinforce_pp (REINFORCE++: per-token KL in the reward, returns whitened over the batch).",
+        default="ppo",
+    )
+    samples_per_prompt: int = _help(
+        "Responses sampled per prompt in each update (K); rloo and grpo need at least 2. An update takes "
+        "rollout_batch_size prompts and samples rollout_batch_size * K responses; mini_batch_size counts responses.",
+        default=1,
+    )
     sft_model_path: str | None = _help(
         "SFT stage output (policy init and KL reference); default: model_name_or_path.", default=None
     )
@@ -85,7 +97,14 @@ class PPOConfig:
     )
 
     def __post_init__(self) -> None:
-        for key in ("total_episodes", "rollout_batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+        for key in (
+            "total_episodes",
+            "rollout_batch_size",
+            "mini_batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "samples_per_prompt",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.max_prompt_length < 1 or self.eval_prompts < 0:
@@ -112,6 +131,7 @@ def validate_sampling(cfg: PPOConfig) -> None:
             "PPO optimises and the KL penalty are computed from softmax(logits / temperature), so truncated or "
             "penalised sampling draws from another distribution and biases both (negative KL, trl#1017)."
         )
+    check_algorithm(cfg)
     if cfg.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
     check_rollout_logprobs(cfg.rollout_logprobs)  # here too, so a typo fails before any model is loaded
@@ -119,6 +139,21 @@ def validate_sampling(cfg: PPOConfig) -> None:
         raise ConfigError("PPO needs at least one reward model: set reward_model_paths (a reward stage's output)")
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):
         raise ConfigError("reward_weights needs one weight per entry of reward_model_paths")
+
+
+def check_algorithm(cfg: PPOConfig) -> None:
+    """The estimator exists, and its settings fit it (a group baseline needs a group; no critic, no critic settings)."""
+    if cfg.algorithm not in ALGORITHMS:
+        raise ConfigError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {cfg.algorithm!r}")
+    if cfg.algorithm in GROUP_ALGORITHMS and cfg.samples_per_prompt < 2:
+        raise ConfigError(
+            f"algorithm {cfg.algorithm} baselines each sample with the prompt's other samples: set samples_per_prompt "
+            f"to 2 or more (got {cfg.samples_per_prompt})"
+        )
+    if cfg.algorithm != "ppo" and (cfg.critic_warmup_steps or cfg.critic_init != "auto"):
+        raise ConfigError(
+            f"algorithm {cfg.algorithm} has no critic: critic_warmup_steps and critic_init apply to algorithm ppo only"
+        )
 
 
 def check_rollout_logprobs(choice: str) -> str:

@@ -1,4 +1,5 @@
-"""The PPO loop, top to bottom: roll out, shape rewards with the KL penalty, GAE, update, controllers, checkpoint."""
+"""The RL loop, top to bottom: roll out, KL penalty and advantages (GAE, or a critic-free baseline), update,
+controllers, checkpoint."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from alignment.ppo.rollout import (
 )
 from alignment.ppo.update import global_explained_variance, global_whiten, ppo_update_synced
 from alignment.rl.controllers import AdaptiveKLController, FixedKLController
+from alignment.rl.critic_free import critic_free_advantages
 from alignment.rl.ppo_math import gae_advantages, kl_shaped_rewards
 from alignment.training.batching import adamw, local_shard, micro_batch_indices, reduce_sum
 
@@ -59,7 +61,8 @@ def ppo_loop(
     # policy) passes, one forward fewer each; the two graphs are then held together until the update. Not with
     # gradient checkpointing: the rollout runs in eval mode, where checkpointing is off, so a kept graph would hold
     # every activation the user asked not to keep.
-    reuse_rollout_passes = cfg.mini_batch_size >= cfg.rollout_batch_size and not run.cfg.model.gradient_checkpointing
+    rollout_rows = cfg.rollout_batch_size * cfg.samples_per_prompt
+    reuse_rollout_passes = cfg.mini_batch_size >= rollout_rows and not run.cfg.model.gradient_checkpointing
     kl_ctl = kl_controller(cfg)
     optimizer = ppo_optimizer(ac, cfg, train_cfg.learning_rate)
     start, state = 0, {}
@@ -92,22 +95,12 @@ def ppo_loop(
                 keep_policy_graph=reuse_rollout_passes and step >= cfg.critic_warmup_steps,
                 keep_value_graph=reuse_rollout_passes,
             )
-            rollout = collect_rollout(ac, rewards, [prompts[i] for i in indices], tokenizer, cfg, passes)
+            # K samples of each prompt, in consecutive rows: the groups of the critic-free baselines.
+            batch_prompts = [prompts[i] for i in indices for _ in range(cfg.samples_per_prompt)]
+            rollout = collect_rollout(ac, rewards, batch_prompts, tokenizer, cfg, passes)
             t1 = time.perf_counter()
-            # 3. Per-token rewards: -beta * KL on every token, the score on the last (InstructGPT eq. 2).
-            shaped, kl = kl_shaped_rewards(
-                rollout.scores,
-                rollout.logprobs,
-                rollout.ref_logprobs,
-                rollout.response_mask,
-                kl_ctl.value,
-                cfg.kl_estimator,
-            )
-            if cfg.whiten_rewards:
-                shaped = global_whiten(run, shaped, rollout.response_mask)
-            # 4. Advantages and returns by GAE, advantages whitened over the global batch.
-            advantages, returns = gae_advantages(shaped, rollout.values, rollout.response_mask, cfg.gamma, cfg.lam)
-            advantages = global_whiten(run, advantages, rollout.response_mask)
+            # 3-4. The KL penalty and the advantages (PPO: GAE on the critic; or a critic-free baseline).
+            advantages, returns, kl = estimate_advantages(run, rollout, cfg, kl_ctl.value)
             # 5. PPO epochs over mini-batches (policy frozen during critic warm-up).
             update_stats = ppo_update_synced(
                 run,
@@ -119,6 +112,7 @@ def ppo_loop(
                 cfg,
                 step >= cfg.critic_warmup_steps,
                 train_cfg.max_grad_norm,
+                kl_loss_coef=kl_ctl.value if cfg.algorithm == "grpo" else 0.0,
             )
             t2 = time.perf_counter()
             fault_point("ppo_update", step + 1)
@@ -133,13 +127,14 @@ def ppo_loop(
                 # The all-reduced mean cost, so every rank moves lambda the same way.
                 stats["objective/lagrange_multiplier"] = rewards.lagrange.update(stats["objective/raw_score/cost"])
             stats.update(update_stats)
-            stats["losses/explained_variance"] = global_explained_variance(
-                run, rollout.values, returns, rollout.response_mask
-            )
+            if returns is not None:
+                stats["losses/explained_variance"] = global_explained_variance(
+                    run, rollout.values, returns, rollout.response_mask
+                )
             timing["generate"] += t1 - t0
             timing["train"] += t2 - t1
-            episodes += global_batch
-            stats.update(speed_statistics(rollout, global_batch, world, t1 - t0, t2 - t1))
+            episodes += global_batch * cfg.samples_per_prompt
+            stats.update(speed_statistics(rollout, global_batch * cfg.samples_per_prompt, world, t1 - t0, t2 - t1))
             first_scores = stats["objective/scores"] if first_scores is None else first_scores
             # 7. Log, look for trouble, checkpoint.
             run.metrics.log(step + 1, stats)
@@ -179,6 +174,40 @@ def ppo_loop(
     }
 
 
+def estimate_advantages(
+    run: Run, rollout: Rollout, cfg: PPOConfig, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(advantages, returns, kl)`` for one rollout, each ``(B, T)``; ``returns`` is None without a critic.
+
+    PPO: per-token rewards, -beta * KL on every token and the score on the last (InstructGPT eq. 2), then GAE on the
+    critic's values, advantages whitened over the global batch. rloo / grpo / reinforce_pp: the baseline comes from
+    the rewards themselves, the KL where each paper puts it (:func:`~alignment.rl.critic_free.critic_free_advantages`);
+    REINFORCE++ whitens over the global batch, the group methods within each prompt's group (on one rank).
+    """
+    mask = rollout.response_mask
+    if cfg.algorithm != "ppo":
+        advantages, kl = critic_free_advantages(
+            cfg.algorithm,
+            rollout.scores,
+            rollout.logprobs,
+            rollout.ref_logprobs,
+            mask,
+            kl_coef,
+            cfg.samples_per_prompt,
+            cfg.kl_estimator,
+        )
+        if cfg.algorithm == "reinforce_pp":
+            advantages = global_whiten(run, advantages, mask)
+        return advantages, None, kl
+    shaped, kl = kl_shaped_rewards(
+        rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef, cfg.kl_estimator
+    )
+    if cfg.whiten_rewards:
+        shaped = global_whiten(run, shaped, mask)
+    advantages, returns = gae_advantages(shaped, rollout.values, mask, cfg.gamma, cfg.lam)
+    return global_whiten(run, advantages, mask), returns, kl
+
+
 def kl_controller(cfg: PPOConfig) -> AdaptiveKLController | FixedKLController:
     """The KL coefficient beta: fixed, or adapted towards ``kl_target`` (Ziegler et al. 2019)."""
     if cfg.adaptive_kl:
@@ -192,10 +221,10 @@ def ppo_optimizer(ac: ActorCritic, cfg: PPOConfig, learning_rate: float) -> torc
         p for n, p in ac.named_parameters() if p.requires_grad and (".value." in n or n.startswith("value_head"))
     ]
     policy_params = [p for p in ac.trainable_parameters() if all(p is not v for v in value_params)]
-    return adamw(
-        [{"params": policy_params}, {"params": value_params, "lr": cfg.value_learning_rate or learning_rate}],
-        lr=learning_rate,
-    )
+    groups = [{"params": policy_params}]
+    if value_params:  # none for the critic-free estimators
+        groups.append({"params": value_params, "lr": cfg.value_learning_rate or learning_rate})
+    return adamw(groups, lr=learning_rate)
 
 
 def speed_statistics(

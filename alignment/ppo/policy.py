@@ -4,15 +4,17 @@ Why one base: policy, reference, critic and reward model would otherwise be four
 weights. Here the frozen base is loaded once and each role is a LoRA adapter on it (:mod:`.adapters`):
 ``sft`` (the frozen KL reference), ``policy`` (initialised from ``sft``, trained), ``reward`` (frozen,
 with its score head) and ``value`` (initialised from ``reward`` when the reward model shares the base,
-trained). The policy is saved in the stage-output layout (:mod:`alignment.modeling.stage_dir`).
+trained; absent for the critic-free estimators). The policy is saved in the stage-output layout (:mod:`alignment.modeling.stage_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel, get_peft_model
 
 from alignment.core.config import Config, LoraConfig
@@ -65,27 +67,41 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         head_weights = add_adapter_from(model, REWARD, Path(rm_path) / ADAPTER_DIR, trainable=False)
         reward_head = scalar_head(hidden, head_weights, trainable=False)
         shared_scorer = SharedScorer(Path(rm_path).name, RewardStats.load(rm_path))
-    critic_from_reward = reward_on_base and ppo.critic_init in ("auto", "reward")
-    if ppo.critic_init == "reward" and not reward_on_base:
-        raise ValueError(
-            "critic_init=reward needs a reward model trained on the policy's base (LoRA reward stage output)"
-        )
-    if critic_from_reward:
-        copy_adapter(model, REWARD, VALUE, trainable=True)
-        value_head = scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True)
-    else:
-        if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
-            copy_adapter(model, reference, VALUE, trainable=True)
-        else:
-            model.add_adapter(VALUE, fresh_lora())
-        value_head = scalar_head(hidden, None, trainable=True)
+    value_head = None  # the critic-free estimators (rloo, grpo, reinforce_pp) carry no value adapter at all
+    if ppo.algorithm == "ppo":
+        value_head = add_critic(model, ppo.critic_init, reward_head, reference, hidden, fresh_lora)
     model.requires_grad_(False)
-    for adapter in (POLICY, VALUE):
+    for adapter in (POLICY, VALUE) if value_head is not None else (POLICY,):
         for _, param in adapter_parameters(model, adapter):
             param.requires_grad_(True)
     disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
     ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference, padding_free=ppo.padding_free)
     return ac, tokenizer, shared_scorer
+
+
+def add_critic(
+    model: PeftModel,
+    critic_init: str,
+    reward_head: torch.nn.Linear | None,
+    reference: str | None,
+    hidden: int,
+    fresh_lora: Callable[[], Any],
+) -> torch.nn.Linear:
+    """Add the trainable ``value`` adapter: a copy of the shared-base reward model (adapter and head) when there is
+    one, else of the SFT adapter with a zero value head. Returns the value head."""
+    from_reward = reward_head is not None and critic_init in ("auto", "reward")
+    if critic_init == "reward" and reward_head is None:
+        raise ValueError(
+            "critic_init=reward needs a reward model trained on the policy's base (LoRA reward stage output)"
+        )
+    if from_reward:
+        copy_adapter(model, REWARD, VALUE, trainable=True)
+        return scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True)
+    if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
+        copy_adapter(model, reference, VALUE, trainable=True)
+    else:
+        model.add_adapter(VALUE, fresh_lora())
+    return scalar_head(hidden, None, trainable=True)
 
 
 def save_policy(ac: ActorCritic, tokenizer: Any, output_dir: Path, cfg: Config) -> Path:

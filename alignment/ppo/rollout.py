@@ -34,7 +34,7 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) bool: valid tokens up to and including EOS
     logprobs: torch.Tensor  # (B, T) policy log-probs at sampling time
     ref_logprobs: torch.Tensor  # (B, T)
-    values: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T) (zeros without a critic)
     scores: torch.Tensor  # (B,) combined, normalised, clipped, EOS-penalised
     raw_scores: dict[str, torch.Tensor]  # per reward model, (B,)
     has_eos: torch.Tensor  # (B,)
@@ -117,9 +117,13 @@ def collect_rollout(
     messages = [p.messages for p in prompts]
     scores, raw = rewards.combined(ac, batch, messages, responses)
     scores = scores.to(ac.device) - cfg.missing_eos_penalty * (~has_eos).float()
-    # The critic pass comes last, so a kept graph lives only until the update's first backward.
-    with torch.set_grad_enabled(passes.keep_value_graph):
-        values_graph = ac.response_values(batch, response_ids.shape[1])
+    # The critic pass comes last, so a kept graph lives only until the update's first backward. Without a critic
+    # (rloo, grpo, reinforce_pp) the values are zeros that nothing reads.
+    if ac.has_critic:
+        with torch.set_grad_enabled(passes.keep_value_graph):
+            values_graph = ac.response_values(batch, response_ids.shape[1])
+    else:
+        values_graph = torch.zeros(response_ids.shape, dtype=torch.float32, device=ac.device)
     return Rollout(
         prompts=messages,
         responses=responses,
@@ -132,7 +136,7 @@ def collect_rollout(
         scores=scores,
         raw_scores=raw,
         has_eos=has_eos,
-        values_graph=values_graph if passes.keep_value_graph else None,
+        values_graph=values_graph if passes.keep_value_graph and ac.has_critic else None,
         logprobs_graph=logprobs_graph if passes.keep_policy_graph else None,
         entropy=entropy,
     )

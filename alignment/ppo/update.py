@@ -15,6 +15,7 @@ from alignment.core.run import Run
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig
 from alignment.ppo.rollout import Rollout
+from alignment.rl.critic_free import grpo_kl_loss
 from alignment.rl.masked import masked_mean, masked_whiten
 from alignment.rl.ppo_math import clipped_policy_loss, clipped_value_loss, explained_variance
 from alignment.training.batching import reduce_sum
@@ -30,10 +31,13 @@ def ppo_update(
     train_policy: bool,
     max_grad_norm: float,
     average_gradients: Callable[[], None] | None = None,
+    kl_loss_coef: float = 0.0,
 ) -> dict[str, float]:
     """Several epochs of clipped policy and value updates over mini-batches of one rollout.
 
-    ``average_gradients`` (multi-process) runs before clipping, so every rank clips and steps the same gradient.
+    Without a critic (``ac.has_critic`` false) only the policy steps and ``returns`` is unused. ``kl_loss_coef``
+    adds GRPO's KL-to-reference term to the policy loss. ``average_gradients`` (multi-process) runs before
+    clipping, so every rank clips and steps the same gradient.
     """
     stats: dict[str, list[float]] = {}
     n = rollout.response_ids.shape[0]
@@ -45,14 +49,16 @@ def ppo_update(
             ac.train()
             # Critic first, then the policy. A graph kept from the rollout (whole batch, nothing stepped yet)
             # stands in for the forward and is freed by its backward.
-            if rollout.values_graph is not None and len(idx) == n:
-                values, rollout.values_graph = rollout.values_graph[idx], None
-            else:
-                values = ac.response_values(batch, mask.shape[1])
-            vf_loss, vf_clipfrac = clipped_value_loss(
-                values, rollout.values[idx], returns[idx], mask, cfg.value_clip_eps
-            )
-            (cfg.vf_coef * vf_loss).backward()
+            if ac.has_critic:
+                if rollout.values_graph is not None and len(idx) == n:
+                    values, rollout.values_graph = rollout.values_graph[idx], None
+                else:
+                    values = ac.response_values(batch, mask.shape[1])
+                vf_loss, vf_clipfrac = clipped_value_loss(
+                    values, rollout.values[idx], returns[idx], mask, cfg.value_clip_eps
+                )
+                (cfg.vf_coef * vf_loss).backward()
+                _append(stats, {"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clipfrac})
             if train_policy:
                 if rollout.logprobs_graph is not None and len(idx) == n:
                     logprobs, entropy = rollout.logprobs_graph[idx], rollout.entropy[idx]
@@ -64,7 +70,12 @@ def ppo_update(
                 pg_loss, pg_stats = clipped_policy_loss(
                     logprobs, rollout.logprobs[idx], advantages[idx], mask, cfg.clip_eps
                 )
-                pg_loss.backward()
+                loss = pg_loss
+                if kl_loss_coef:  # GRPO: the KL to the reference is a loss term, not a reward
+                    kl_loss = grpo_kl_loss(logprobs, rollout.ref_logprobs[idx], mask)
+                    loss = pg_loss + kl_loss_coef * kl_loss
+                    _append(stats, {"loss/kl_avg": kl_loss})
+                loss.backward()
                 _append(
                     stats,
                     {
@@ -78,7 +89,7 @@ def ppo_update(
             grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _append(stats, {"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clipfrac, "train/grad_norm": grad_norm})
+            _append(stats, {"train/grad_norm": grad_norm})
     rollout.values_graph = rollout.logprobs_graph = rollout.entropy = None
     return {k: sum(v) / len(v) for k, v in stats.items()}
 
@@ -98,11 +109,14 @@ def ppo_update_synced(
     cfg: PPOConfig,
     train_policy: bool,
     max_grad_norm: float,
+    kl_loss_coef: float = 0.0,
 ) -> dict[str, float]:
     """``ppo_update`` with gradients averaged across processes and its statistics averaged over ranks."""
     world = run.accelerator.num_processes
     if world == 1:
-        return ppo_update(ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm)
+        return ppo_update(
+            ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm, kl_loss_coef=kl_loss_coef
+        )
     stats = ppo_update(
         ac,
         optimizer,
@@ -113,6 +127,7 @@ def ppo_update_synced(
         train_policy,
         max_grad_norm,
         average_gradients=lambda: sync_gradients(run, ac.trainable_parameters()),
+        kl_loss_coef=kl_loss_coef,
     )
     keys = sorted(stats)
     return {k: v / world for k, v in zip(keys, reduce_sum(run, [stats[k] for k in keys]))}

@@ -358,3 +358,75 @@ def test_a_diverging_ppo_run_stops_with_a_clear_error_and_no_done(stage_dirs, tm
     with pytest.raises(FloatingPointError, match="not finite|NaN or inf"):
         ppo.train(ppo_config(stage_dirs, tmp_path, learning_rate=1e30, total_episodes=12))
     assert not (tmp_path / "DONE").is_file() and not (tmp_path / "adapter").exists()
+
+
+# ------------------------------------------------------------------------------------------- critic-free estimators
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "reinforce_pp"])
+def test_critic_free_run_carries_no_critic_starts_at_kl_0_and_finishes(stage_dirs, tmp_path, algorithm):
+    cfg = ppo_config(stage_dirs, tmp_path, algorithm=algorithm, samples_per_prompt=2, rollout_batch_size=2)
+    ac, _, _ = ppo_policy.build_actor_critic(cfg)
+    with_critic, _, _ = ppo_policy.build_actor_critic(ppo_config(stage_dirs, tmp_path / "ppo"))
+    assert "value" not in ac.model.peft_config and ac.value_head is None
+    trainable = sum(p.numel() for p in ac.trainable_parameters())
+    assert trainable < sum(p.numel() for p in with_critic.trainable_parameters())
+    ppo.train(cfg)
+    rows = read_log(tmp_path)
+    assert len(rows) == 6 and abs(rows[0]["objective/kl"]) < 1e-3
+    assert "loss/value_avg" not in rows[-1] and "losses/explained_variance" not in rows[-1]
+    assert ("loss/kl_avg" in rows[-1]) == (algorithm == "grpo")  # GRPO's KL is a loss term
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "DONE").is_file()
+
+
+def test_critic_free_update_uses_the_group_baseline_of_k_samples_per_prompt(stage_dirs, tmp_path, monkeypatch):
+    seen = []
+    real_update = ppo_loop_module.ppo_update_synced
+
+    def spy(run, ac, optimizer, rollout, advantages, returns, cfg, *args, **kwargs):
+        seen.append((rollout, advantages.clone(), returns, kwargs["kl_loss_coef"]))
+        return real_update(run, ac, optimizer, rollout, advantages, returns, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ppo_loop_module, "ppo_update_synced", spy)
+    ppo.train(ppo_config(stage_dirs, tmp_path, algorithm="rloo", samples_per_prompt=3, rollout_batch_size=2))
+    rollout, advantages, returns, kl_loss_coef = seen[1]
+    # Six rows: each prompt three times in a row.
+    assert [m[-1].content for m in rollout.prompts[:3]] == [rollout.prompts[0][-1].content] * 3
+    assert returns is None and kl_loss_coef == 0.0
+    # RLOO by hand from the rollout: R = score - beta * sum_t (logp - logp_ref); A_i = R_i - mean of the others.
+    mask = rollout.response_mask
+    kl = torch.where(mask, rollout.logprobs - rollout.ref_logprobs, torch.zeros(()))
+    sequence_reward = (rollout.scores - 0.05 * kl.sum(-1)).tolist()
+    for row, reward_i in enumerate(sequence_reward):
+        group = sequence_reward[row // 3 * 3 : row // 3 * 3 + 3]
+        expected = reward_i - (sum(group) - reward_i) / 2
+        assert advantages[row][mask[row]].tolist() == pytest.approx([expected] * int(mask[row].sum()), abs=1e-5)
+        assert (advantages[row][~mask[row]] == 0).all()
+
+
+def test_critic_free_run_resumes_at_the_same_data_position(stage_dirs, tmp_path, monkeypatch):
+    settings = {"algorithm": "grpo", "samples_per_prompt": 2, "rollout_batch_size": 2, "total_episodes": 6}
+    reference_dir = tmp_path / "reference"
+    ppo.train(ppo_config(stage_dirs, reference_dir, **settings))
+    monkeypatch.setattr(ppo_loop_module, "GracefulInterrupt", interrupt_after(2))
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted):
+        ppo.train(ppo_config(stage_dirs, resumed_dir, **settings))
+    monkeypatch.undo()
+    ppo.train(ppo_config(stage_dirs, resumed_dir, resume=True, **settings))
+    rows, reference_rows = read_log(resumed_dir), read_log(reference_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[2]["objective/scores"] == pytest.approx(reference_rows[2]["objective/scores"], abs=1e-3)
+
+
+def test_critic_free_settings_that_cannot_work_are_refused_before_loading():
+    with pytest.raises(ValueError, match="samples_per_prompt to 2 or more"):
+        ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(algorithm="grpo", reward_model_paths=["rm"]))
+    with pytest.raises(ValueError, match="algorithm: expected one of ppo, rloo, grpo, reinforce_pp"):
+        ppo_config_module.validate_sampling(ppo_config_module.PPOConfig(algorithm="dpo", reward_model_paths=["rm"]))
+    with pytest.raises(ValueError, match="no critic"):
+        ppo_config_module.validate_sampling(
+            ppo_config_module.PPOConfig(
+                algorithm="rloo", samples_per_prompt=2, critic_warmup_steps=2, reward_model_paths=["rm"]
+            )
+        )
