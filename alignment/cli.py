@@ -20,7 +20,8 @@ from data_schemas.errors import RecordError
 COMMANDS = {
     "sft": ("alignment.sft", "supervised fine-tuning on demonstrations"),
     "reward": ("alignment.reward", "train (or --eval_only evaluate) a pairwise reward model"),
-    "ppo": ("alignment.ppo", "optimise the SFT policy against reward models with a KL penalty"),
+    "dpo": ("alignment.dpo", "direct preference optimisation of the SFT policy on comparisons (offline)"),
+    "ppo": ("alignment.ppo", "optimise the SFT policy against reward models with a KL penalty (or RLOO, GRPO)"),
     "evaluate": ("alignment.evaluate", "helpfulness / harmlessness report for several policies"),
     "pipeline": ("alignment.pipeline", "run SFT -> reward -> PPO -> evaluate in one command"),
     "sweep": ("alignment.sweep", "PPO over a grid of reward weights or KL coefficients, evaluated together"),

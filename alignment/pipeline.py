@@ -54,7 +54,9 @@ from alignment.core.tracking import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("sft", "reward", "ppo", "evaluate")  # the stage kinds, in their natural order
+STAGES = ("sft", "reward", "dpo", "ppo", "evaluate")  # the stage kinds, in their natural order
+DEFAULT_STAGES = ("sft", "reward", "ppo", "evaluate")  # what a recipe without named sections runs
+POLICY_KINDS = ("ppo", "dpo")  # stages whose output is a policy that evaluation compares by default
 # Keys whose values are paths: a value equal to a stage name of the recipe becomes that stage's output directory.
 STAGE_REFERENCE_KEYS = (
     "model_name_or_path",
@@ -172,10 +174,10 @@ def wire_stage_inputs(
         values.setdefault("sft_model_path", "sft")
         values.setdefault("reward_model_paths", rewards[:1])
     if kind == "evaluate":
-        ppo_runs = [n for n, k in kinds.items() if k == "ppo"] or ["ppo"]
+        trained = [n for n, k in kinds.items() if k in POLICY_KINDS] or ["ppo"]
         if "policies" not in values:
-            values["policies"] = [base_model, "sft", *ppo_runs]
-            values.setdefault("policy_names", ["base", "sft", *ppo_runs])
+            values["policies"] = [base_model, "sft", *trained]
+            values.setdefault("policy_names", ["base", "sft", *trained])
         values.setdefault("reward_model_paths", rewards)
         values.setdefault("reference_policy", "sft")  # PPO's own reference: KL and win rates against it
     known = set(kinds) | set(STAGES)  # the defaults above may name a kind the recipe has no section for
@@ -213,7 +215,7 @@ def load_pipeline(path: str | list[str], overrides: dict[str, Any]) -> tuple[dic
     run_dir = Path(overrides.get("output_dir") or data.get("output_dir") or "runs/pipeline")
     sections = stage_sections(data, path, lines)
     # The recipe's stages, {name: kind} in order: its sections when it names any, else the four kinds.
-    recipe = sections if any(name not in STAGES for name in sections) else {kind: kind for kind in STAGES}
+    recipe = sections if any(name not in DEFAULT_STAGES for name in sections) else {k: k for k in DEFAULT_STAGES}
     known = {**{kind: kind for kind in STAGES}, **sections}
     stages = _stage_list(overrides.get("stages") or data.get("stages") or list(recipe), known)
     # Wiring sees every stage of the recipe, run now or not: `--stages ppo_b,evaluate` still finds reward_a's output.
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 SUMMARY_KEYS = {
     "sft": ("eval_loss_before", "eval_loss", "train_tokens_per_second"),
     "reward": ("eval_accuracy", "eval_accuracy_ci_low", "eval_accuracy_ci_high", "num_pairs"),
+    "dpo": ("eval_accuracy", "eval_loss", "pairs_per_second"),
     "ppo": ("heldout_reward_before", "heldout_reward_after", "kl_last", "episodes_per_second"),
     "evaluate": ("report",),
 }

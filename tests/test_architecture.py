@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "alignment.training": 3,
     "alignment.sft": 4,
     "alignment.reward": 4,
+    "alignment.dpo": 4,
     "alignment.ppo": 4,
     "alignment.evaluate": 4,
     "alignment.inspect_data": 4,

@@ -21,7 +21,7 @@ from alignment.cli import COMMANDS, STAGES, main
 from alignment.core.config import ConfigError, TrainConfig, parse_config
 from tests.conftest import REPO_ROOT
 
-TRAINING_STAGES = ("sft", "reward", "ppo", "evaluate")  # the commands whose options come from CONFIG_TYPES
+TRAINING_STAGES = ("sft", "reward", "dpo", "ppo", "evaluate")  # the commands whose options come from CONFIG_TYPES
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

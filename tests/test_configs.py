@@ -128,7 +128,7 @@ def test_pipeline_recipe_parses_into_every_stage(path, monkeypatch):
     def as_wired(key, value):  # a stage name in a path-valued key arrives as that stage's output directory
         if key not in STAGE_REFERENCE_KEYS:
             return value
-        one = lambda v: str(run_dir / v) if v in kinds else v  # noqa: E731
+        one = lambda v: str(run_dir / v) if str(v).split("/", 1)[0] in kinds else v  # noqa: E731 (stage/sub/path too)
         return [one(v) for v in value] if isinstance(value, list) else one(value)
 
     for stage in stages:

@@ -60,16 +60,22 @@ INPUT_KEYS = (
 # Where ``dataset_name: demo`` reads (alignment.data.demo.DEMO_DIR; core does not import the data layer), and which
 # of its files each stage kind reads: a new version of that file is a new input to the stage.
 BUILTIN_DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
-DEMO_FILE_BY_STAGE = {"sft": "demonstrations.jsonl", "reward": "comparisons.jsonl", "ppo": "prompts.jsonl"}
+DEMO_FILE_BY_STAGE = {
+    "sft": "demonstrations.jsonl",
+    "reward": "comparisons.jsonl",
+    "dpo": "comparisons.jsonl",
+    "ppo": "prompts.jsonl",
+}
 DEMO_EVAL_PROMPTS = "eval_prompts.jsonl"  # prompt_sets: [demo]
 # Files a run writes at its top level; a directory holding only these (and checkpoints/) is a run directory.
 RUN_MARKERS = ("config.yaml", "versions.json")
 
 
 def stage_kind(cfg: Config) -> str:
-    """The stage kind a config belongs to, told by its own section (``ppo``, ``evaluate``, ``reward``), else ``sft``."""
+    """The stage kind a config belongs to, told by its own section (``ppo``, ``evaluate``, ``reward``, ``dpo``),
+    else ``sft``."""
     sections = cfg.sections()
-    return next((kind for kind in ("ppo", "evaluate", "reward") if kind in sections), "sft")
+    return next((kind for kind in ("ppo", "evaluate", "reward", "dpo") if kind in sections), "sft")
 
 
 def run_settings(cfg: Config) -> dict[str, Any]:

@@ -247,6 +247,7 @@ class SFTCollator:
     pad_token_id: int
     padding_free: bool = False
     flat_rows: bool = False
+    with_example_ids: bool = False  # also ``example_ids``, shaped like ``labels``: which example each token is of
 
     def __call__(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -254,23 +255,30 @@ class SFTCollator:
         if self.padding_free:
             return self._pack(examples)
         rows = [e.input_ids for e in examples]
-        return {
+        batch = {
             "input_ids": _pad_rows(rows, self.pad_token_id, "right"),
             "labels": _pad_rows([e.labels for e in examples], IGNORE_INDEX, "right"),
             "attention_mask": _attention_mask(rows, "right"),
         }
+        if self.with_example_ids:
+            batch["example_ids"] = torch.arange(len(rows)).unsqueeze(1).expand_as(batch["input_ids"]).clone()
+        return batch
 
     def _pack(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
         packed = pack_token_rows([e.input_ids for e in examples], self.pad_token_id, flat=self.flat_rows)
         labels = torch.full_like(packed.input_ids, IGNORE_INDEX).view(-1)
-        for example, start in zip(examples, packed.starts.tolist()):
+        example_ids = torch.full_like(labels, -1)
+        for i, (example, start) in enumerate(zip(examples, packed.starts.tolist())):
             labels[start + 1 : start + len(example)] = torch.tensor(example.labels[1:], dtype=torch.long)
+            example_ids[start : start + len(example)] = i
         batch = {
             "input_ids": packed.input_ids,
             "labels": labels.view_as(packed.input_ids),
             "position_ids": packed.position_ids,
             "num_tokens": torch.tensor(sum(len(e) for e in examples)),
         }
+        if self.with_example_ids:
+            batch["example_ids"] = example_ids.view_as(packed.input_ids)
         if packed.cu_seq_lens is not None:
             batch["cu_seq_lens"] = packed.cu_seq_lens
         return batch

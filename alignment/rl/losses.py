@@ -1,4 +1,4 @@
-"""Supervised losses: SFT next-token cross-entropy and reward-model ranking losses.
+"""Preference losses: the reward model's K-ranked pairwise loss and DPO's, which is that loss on implicit rewards.
 
 All losses are computed in fp32: bf16 log-sigmoids lose the small margins a ranking loss is made of. Counts are returned as 0-d long tensors so callers can
 sum them over accumulation steps and ``all_reduce`` them across processes before dividing.
@@ -8,35 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def sft_token_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy and the number of target tokens.
-
-    Position t predicts ``labels[t + 1]`` (the usual causal-LM shift; Radford et al. 2018). Returning the *sum* lets the
-    caller divide by the token count of the whole optimizer step (all micro-batches, all processes), so every target
-    token weighs the same, which a per-micro-batch mean does not (the gradient-accumulation loss bug, transformers#34191).
-
-    Args:
-        logits: ``(B, T, V)`` any float dtype.
-        labels: ``(B, T)`` token ids, ``ignore_index`` on prompt/padding positions (unshifted, like ``input_ids``).
-        ignore_index: label value that is skipped.
-
-    Returns:
-        ``(loss_sum, n_tokens)``: fp32 scalar sum of token losses and 0-d long count of target tokens.
-    """
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = labels[:, 1:].long()
-    loss_sum = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-        shifted_labels.reshape(-1),
-        ignore_index=ignore_index,
-        reduction="sum",
-    )
-    n_tokens = (shifted_labels != ignore_index).sum()
-    return loss_sum, n_tokens
 
 
 def pairwise_ranking_loss(
@@ -132,3 +103,39 @@ def reward_centering_loss(rewards: torch.Tensor) -> torch.Tensor:
         fp32 scalar.
     """
     return (rewards.float() ** 2).mean()
+
+
+def dpo_implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward ``beta * (log pi(y|x) - log pi_ref(y|x))`` of each response (Rafailov et al. 2023,
+    arXiv:2305.18290, eq. 5, up to the prompt's partition term, which cancels in every comparison).
+
+    Args:
+        policy_logps: ``(N,)`` summed log-probs of each response's tokens under the policy.
+        reference_logps: ``(N,)`` the same under the frozen reference.
+        beta: the KL strength; larger keeps the policy closer to the reference.
+
+    Returns:
+        ``(N,)`` fp32.
+    """
+    return beta * (policy_logps.float() - reference_logps.float())
+
+
+def dpo_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    ranks: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023, eq. 7): ``-log sigma(r_w - r_l)`` on the implicit rewards, for every untied pair.
+
+    A K-ranked group uses all its ``C(K, 2)`` pairs, weighted as the reward model weighs them
+    (:func:`ranked_groups_loss`: pairs averaged within a prompt, prompts averaged): for K = 2 this is exactly eq. 7.
+
+    Returns:
+        ``(loss, n_pairs, n_correct, rewards)``: as :func:`ranked_groups_loss`, plus the ``(N,)`` implicit rewards
+        (n_correct: pairs whose better response has the higher implicit reward, DPO's "reward accuracy").
+    """
+    rewards = dpo_implicit_rewards(policy_logps, reference_logps, beta)
+    loss, n_pairs, n_correct = ranked_groups_loss(rewards, ranks, group_ids)
+    return loss, n_pairs, n_correct, rewards

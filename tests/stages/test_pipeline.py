@@ -148,3 +148,28 @@ def test_swapping_the_base_model_leaves_a_reward_model_on_its_own_base(tmp_path,
     assert encoder.lora.lora_r != 2 and encoder.train.learning_rate == 1e-5  # training keys still reach it
     for name in ("sft", "ppo_a"):
         assert configs[name].model.model_name_or_path == "org/bigger-model" and configs[name].lora.lora_r == 2
+
+
+def test_a_dpo_stage_starts_from_sft_and_is_evaluated_beside_the_ppo_runs(tmp_path, tiny_llama_dir):
+    recipe = {
+        "model_name_or_path": str(tiny_llama_dir),
+        "output_dir": str(tmp_path / "run"),
+        "dataset_name": "demo",
+        "stages": ["sft", "reward", "ppo", "dpo", "ppo_grpo", "evaluate"],
+        "dpo": {"model_name_or_path": "sft", "beta": 0.2},
+        "ppo_grpo": {"algorithm": "grpo", "samples_per_prompt": 4},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    configs, run_dir, stages = load_pipeline(str(path), {})
+    assert configs["dpo"].model.model_name_or_path == str(run_dir / "sft") and configs["dpo"].dpo.beta == 0.2
+    assert configs["ppo_grpo"].ppo.algorithm == "grpo" and configs["ppo"].ppo.algorithm == "ppo"
+    names = configs["evaluate"].evaluate.policy_names
+    assert names[:2] == ["base", "sft"] and sorted(names[2:]) == ["dpo", "ppo", "ppo_grpo"]
+    # A recipe without named sections still runs the four InstructGPT stages, not DPO.
+    assert load_pipeline(write_recipe(tmp_path, tiny_llama_dir), {"stages": "sft,reward,ppo,evaluate"})[2] == [
+        "sft",
+        "reward",
+        "ppo",
+        "evaluate",
+    ]

@@ -11,6 +11,7 @@ from alignment import sft
 from alignment.core.config import build_config
 from alignment.core.tracking import read_log
 from alignment.modeling.load import load_causal_lm
+from alignment.modeling.target_logits import output_head
 from tests.helpers import interrupt_after
 
 
@@ -75,7 +76,7 @@ def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_l
         tokenizer, load_records(cfg.data, "demonstration").records[:4], 128, "all"
     )
     model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
-    head = sft.output_head(model)
+    head = output_head(model)
     assert head is not None
     results = []
     for target_only in (False, True):
@@ -104,7 +105,7 @@ def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, 
     assert model.config._attn_implementation == SDPA_VARLEN and supports_flat_packing(model)
     results = {}
     for layout in ("padded", "rows", "flat"):
-        spec = sft.sft_loop_spec(tokenizer, layout != "padded", sft.output_head(model), flat_rows=layout == "flat")
+        spec = sft.sft_loop_spec(tokenizer, layout != "padded", output_head(model), flat_rows=layout == "flat")
         batch = spec.collate_fn(examples)
         model.zero_grad()
         loss, _ = spec.loss_fn(model, batch)

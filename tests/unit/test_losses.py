@@ -9,25 +9,12 @@ import pytest
 import torch
 
 from alignment.rl.losses import (
+    dpo_loss,
     pairwise_ranking_loss,
     ranked_group_loss,
     ranked_groups_loss,
     reward_centering_loss,
-    sft_token_loss,
 )
-
-
-def test_sft_token_loss_shifts_and_sums() -> None:
-    # position 0 predicts labels[1] = 1 with p = 3/4 -> 0.287682; position 1 predicts labels[2] = 0 with p = 4/5 -> 0.223144
-    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(4.0), 0.0], [50.0, -50.0]]])
-    loss_sum, n_tokens = sft_token_loss(logits, torch.tensor([[-100, 1, 0]]))
-    assert loss_sum.item() == pytest.approx(0.287682 + 0.223144, abs=1e-5)
-    assert n_tokens.item() == 2
-    loss_sum, n_tokens = sft_token_loss(logits, torch.tensor([[-100, -100, 0]]))
-    assert loss_sum.item() == pytest.approx(0.223144, abs=1e-5) and n_tokens.item() == 1
-    loss_sum, _ = sft_token_loss(logits.bfloat16(), torch.tensor([[-100, 1, 0]]))
-    assert loss_sum.dtype == torch.float32
-    assert loss_sum.item() == pytest.approx(0.287682 + 0.223144, abs=1e-2)  # bf16 rounds ln 3
 
 
 def test_pairwise_loss_and_margin() -> None:
@@ -92,3 +79,23 @@ def test_batched_groups_weigh_each_prompt_equally() -> None:
 
 def test_reward_centering() -> None:
     assert reward_centering_loss(torch.tensor([1.0, -2.0, 3.0])).item() == pytest.approx(14.0 / 3.0)
+
+
+def test_dpo_loss_is_the_ranking_loss_on_implicit_rewards() -> None:
+    # beta 0.1; chosen: policy -1, reference -1.5 -> r = 0.05; rejected: policy -2, reference -1.5 -> r = -0.05.
+    # loss = -log sigmoid(0.1) = log(1 + e^-0.1) = 0.644397.
+    loss, n_pairs, n_correct, rewards = dpo_loss(
+        torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.5]), torch.tensor([0, 1]), torch.tensor([0, 0]), 0.1
+    )
+    assert rewards.tolist() == pytest.approx([0.05, -0.05])
+    assert loss.item() == pytest.approx(0.644397, abs=1e-6) and (n_pairs.item(), n_correct.item()) == (1, 1)
+    # At step 0 the policy is the reference: every implicit reward is 0 and the loss is ln 2.
+    same = torch.tensor([-3.0, -1.0, -2.0])
+    loss, _, n_correct, rewards = dpo_loss(same, same.clone(), torch.tensor([0, 1, 2]), torch.zeros(3), 0.1)
+    assert rewards.abs().max().item() == 0 and loss.item() == pytest.approx(math.log(2)) and n_correct.item() == 0
+    # K = 3 uses all three pairs of the group: rewards [0.3, 0.1, 0.0] (beta 1):
+    # pairs (0,1) d = 0.2 -> 0.598139, (0,2) d = 0.3 -> 0.554355, (1,2) d = 0.1 -> 0.644397; mean 0.598964.
+    loss, n_pairs, _, _ = dpo_loss(
+        torch.tensor([0.3, 0.1, 0.0]), torch.zeros(3), torch.tensor([0, 1, 2]), torch.zeros(3), 1.0
+    )
+    assert n_pairs.item() == 3 and loss.item() == pytest.approx((0.598139 + 0.554355 + 0.644397) / 3, abs=1e-5)
