@@ -67,6 +67,18 @@ class EvaluateConfig:
         default_factory=list,
     )
     proxy_reward: str | None = _help("Reward model name optimised by PPO (default: helpful_reward).", default=None)
+    best_of_n: int = _help(
+        "Also evaluate best-of-n (0: off): n samples of best_of_n_policy per prompt, the best by the reward mix.",
+        default=0,
+    )
+    best_of_n_policy: str | None = _help("The policy best-of-n samples from (default: the reference).", default=None)
+    best_of_n_rewards: list[str] = _help(
+        "Reward model names whose normalised, weighted sum picks the best (default: proxy_reward).",
+        default_factory=list,
+    )
+    best_of_n_weights: list[float] = _help(
+        "One weight per best_of_n_rewards entry (default 1 each).", default_factory=list
+    )
     gold_reward: str | None = _help("Reward model name used as the gold standard for over-optimisation.", default=None)
 
 

@@ -121,19 +121,19 @@ def save_generations(
 ) -> None:
     """``<name>.jsonl`` (one row per prompt) and ``<name>.meta.json`` (the key, written last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / _safe_filename(name)
-    tmp = stem.with_suffix(".jsonl.tmp")
+    stem = _safe_filename(name)  # appended to, never with_suffix: "qwen2.5" must not become "qwen2.jsonl"
+    tmp = out_dir / f"{stem}.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for g in generations:
             f.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(stem.with_suffix(".jsonl"))
-    write_json_atomic(stem.with_suffix(".meta.json"), {"key": key, "num_generations": len(generations), **meta})
+    tmp.replace(out_dir / f"{stem}.jsonl")
+    write_json_atomic(out_dir / f"{stem}.meta.json", {"key": key, "num_generations": len(generations), **meta})
 
 
 def load_generations(out_dir: Path, name: str, key: str, expected: int) -> list[Generation] | None:
     """The saved generations of ``name`` when their key matches ``key``; None otherwise."""
-    stem = out_dir / _safe_filename(name)
-    meta_path, rows_path = stem.with_suffix(".meta.json"), stem.with_suffix(".jsonl")
+    stem = _safe_filename(name)
+    meta_path, rows_path = out_dir / f"{stem}.meta.json", out_dir / f"{stem}.jsonl"
     if not (meta_path.is_file() and rows_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -270,6 +270,13 @@ def write_report(
     if tradeoff:
         lines += ["## Trade-off (95% confidence intervals)", ""] + tradeoff + [""]
     lines += ["## Metrics (95% confidence intervals)", ""] + metrics_table(results) + [""]
+    for name, cost in results.get("inference_cost", {}).items():
+        lines += [
+            f"**{name}** trains nothing and pays at inference: {cost['samples_per_prompt']} samples per prompt "
+            f"({cost['generation_seconds']:.0f} s to sample, {cost['scoring_seconds']:.0f} s to score them with "
+            f"{' + '.join(cost['rewards'])}). Its KL is the analytic log n - (n-1)/n, not a teacher-forced estimate.",
+            "",
+        ]
     by_label = reward_by_label_table(results)
     if by_label:
         lines += ["### Reward by prompt label", ""] + by_label + [""]

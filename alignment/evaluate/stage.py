@@ -22,6 +22,7 @@ import torch
 
 from alignment.core.config import Config, ConfigError, parse_config
 from alignment.core.tracking import write_json_atomic
+from alignment.evaluate.best_of_n import best_of_n_outputs, check_best_of_n
 from alignment.evaluate.config import (
     CONFIG_TYPES,
     check_settings,
@@ -32,7 +33,7 @@ from alignment.evaluate.config import (
 )
 from alignment.evaluate.generate import collect_outputs, score_outputs
 from alignment.evaluate.metrics import aggregate, finite, headline_metrics, overoptimization_curve
-from alignment.evaluate.prompts import load_prompt_sets, sampling_settings
+from alignment.evaluate.prompts import GENERATIONS_DIR, load_prompt_sets, sampling_settings
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal import RefusalDetector
 
@@ -65,6 +66,9 @@ def plan_evaluation(cfg: Config) -> EvaluationPlan:
     if len(set(names)) != len(names):
         raise ConfigError(f"policy and checkpoint names must be unique, got {names}")
     helpful = ev.helpful_reward or (reward_names[0] if reward_names else None)
+    check_best_of_n(ev, reward_names, [s.name for s in policies] + [s.path for s in policies])
+    if ev.best_of_n and f"best-of-{ev.best_of_n}" in names:
+        raise ConfigError(f"policy_names: 'best-of-{ev.best_of_n}' is the name of the best-of-n policy")
     detector = make_detector(ev.refusal_detector)
     return EvaluationPlan(
         policies, reference_index, snapshots, reward_names, helpful, ev.proxy_reward or helpful, detector
@@ -80,10 +84,18 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
     prompts = load_prompt_sets(ev.prompt_sets, ev.max_prompts_per_label, cfg.train.seed, cfg.data.invalid_records)
     outputs = collect_outputs(cfg, plan.policies + plan.snapshots, plan.reference_index, prompts, output_dir, device)
     policies, snapshot_outputs = outputs[: len(plan.policies)], outputs[len(plan.policies) :]
+    inference_cost = {}
+    if ev.best_of_n:
+        base_name = ev.best_of_n_policy or plan.policies[plan.reference_index].name
+        base = next(out for out in policies if base_name in (out.name, out.path))
+        best, inference_cost[f"best-of-{ev.best_of_n}"] = best_of_n_outputs(
+            cfg, base, plan.reward_names, prompts, output_dir / GENERATIONS_DIR, device
+        )
+        policies.append(best)
     snapshot_names = {out.name for out in snapshot_outputs}
     score_outputs(
         cfg,
-        outputs,
+        policies + snapshot_outputs,
         plan.reward_names,
         device,
         wanted=lambda out, rm: out.name not in snapshot_names or rm in (plan.proxy_reward, ev.gold_reward),
@@ -93,6 +105,8 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
         reward_models=plan.reward_names, refusal_detector=ev.refusal_detector, settings=sampling_settings(cfg)
     )
     results["prompt_sets"] = list(dict.fromkeys(p.source for p in prompts))
+    if inference_cost:
+        results["inference_cost"] = inference_cost
     if snapshot_outputs:
         results["overoptimization"] = overoptimization_curve(snapshot_outputs, plan.proxy_reward, ev.gold_reward)
     results["plots"] = write_plots(results, output_dir)

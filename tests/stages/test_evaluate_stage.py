@@ -154,3 +154,50 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
         model, batch["input_ids"], batch["attention_mask"], response_ids, mask, 0.7
     )
     torch.testing.assert_close(recomputed, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_best_of_n_keeps_the_best_of_the_reference_samples_by_the_proxy_and_counts_its_cost(
+    eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import math
+
+    import alignment.evaluate.best_of_n as best_of_n_mod
+    from alignment.core.config import ConfigError
+
+    monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
+    out = tmp_path / "eval"
+    results = _run(_argv(eval_inputs, out, "--best_of_n", "3"), out)
+    best, a = results["metrics"]["best-of-3"], results["metrics"]["a"]
+    assert best["kl"]["value"] == pytest.approx(math.log(3) - 2 / 3)
+    # a's own sample is one of the three candidates, so on every prompt the kept answer scores at least as high.
+    rows = {
+        name: [json.loads(line) for line in (out / "generations" / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("a", "a.sample-1", "a.sample-2")
+    }
+    assert all(len(r) == 6 for r in rows.values())
+    assert best["reward"]["rm"]["all"]["value"] >= a["reward"]["rm"]["all"]["value"] - 1e-6
+    cost = results["inference_cost"]["best-of-3"]
+    assert cost["samples_per_prompt"] == 3 and cost["generation_seconds"] > 0 and cost["rewards"] == ["rm"]
+    assert "best-of-3** trains nothing" in (out / "report.md").read_text(encoding="utf-8")
+    # A second run samples nothing again.
+    calls = []
+    monkeypatch.setattr(best_of_n_mod, "generate_responses", lambda *a, **k: calls.append(1))
+    assert _run(_argv(eval_inputs, out, "--best_of_n", "3"), out)["metrics"]["best-of-3"] == best and not calls
+    for extra, message in (
+        (["--best_of_n", "1"], "at least 2"),
+        (["--best_of_n", "2", "--temperature", "0"], "needs sampling"),
+        (["--best_of_n", "2", "--best_of_n_rewards", "judge"], "must name reward models"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _run(_argv(eval_inputs, tmp_path / "bad", *extra), tmp_path / "bad")
+
+
+def test_best_of_n_picks_the_highest_weighted_normalised_score() -> None:
+    from alignment.evaluate.best_of_n import best_of_n_kl, combined_scores, pick_best
+
+    helpful = torch.tensor([[1.0, 0.0], [0.5, 2.0], [0.0, 1.0]])  # 3 candidates x 2 prompts
+    harmless = torch.tensor([[0.0, 0.0], [0.0, -3.0], [2.0, 0.0]])
+    # Prompt 0: 1, 0.5, 2 -> candidate 2; prompt 1: 0, -1, 1 -> candidate 2 (with harmless weighted 1).
+    assert pick_best(combined_scores([helpful, harmless], [1.0, 1.0])) == [2, 2]
+    assert pick_best(combined_scores([helpful, harmless], [1.0, 0.0])) == [0, 1]
+    assert best_of_n_kl(1) == 0 and best_of_n_kl(4) == pytest.approx(1.386294 - 0.75, abs=1e-6)

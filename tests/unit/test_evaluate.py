@@ -283,3 +283,15 @@ def test_sweep_trains_each_grid_point_once_then_evaluates_them_together(tmp_path
     recipe.write_text("ppo_config: a\nevaluate_config: b\ngrids: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown key 'grids'"):
         sweep.load_sweep(str(recipe))
+
+
+def test_policy_names_with_dots_keep_their_own_generation_files(tmp_path) -> None:
+    from alignment.evaluate.records import Generation
+
+    def one(text: str) -> list[Generation]:
+        return [Generation(0, (), "helpful", "jsonl", text, 1, True, [5])]
+
+    save_generations(tmp_path, "qwen2.5", "key-a", one("from 2.5"), {})
+    save_generations(tmp_path, "qwen2.7", "key-b", one("from 2.7"), {})  # "qwen2" + suffix would overwrite the first
+    assert load_generations(tmp_path, "qwen2.5", "key-a", 1)[0].response == "from 2.5"
+    assert load_generations(tmp_path, "qwen2.7", "key-b", 1)[0].response == "from 2.7"
