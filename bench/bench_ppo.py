@@ -3,6 +3,7 @@
     python bench/bench_ppo.py                 # ours, fp32 (settings: bench/README.md, "Workload and settings")
     python bench/bench_ppo.py --peer          # trl.experimental.ppo.PPOTrainer 1.12 in bench/.venv-trl112
     python bench/bench_ppo.py --quick         # 16 prompts, 2 updates, 8-token responses: a smoke test
+    python bench/bench_ppo.py --algorithm grpo --samples-per-prompt 4   # ours, critic-free: 2 prompts x 4 samples
 
 Settings (both sides): 64 prompts, 8 per update, 8 updates, 1 PPO epoch, 1 minibatch, 48-token responses sampled
 at temperature 0.7 (top_k 0, top_p 1), stop at ``<|im_end|>``, KL coefficient 0.05 (k1), missing-EOS penalty 1.0,
@@ -136,8 +137,11 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
             "bf16": args.bf16,
             "sft_model_path": sft_dir,
             "reward_model_paths": [reward_dir],
-            "total_episodes": sizes["updates"] * batch,
-            "rollout_batch_size": batch,
+            # A critic-free run samples the same 8 responses per update: batch / K prompts, K samples each.
+            "algorithm": args.algorithm,
+            "samples_per_prompt": args.samples_per_prompt,
+            "total_episodes": sizes["updates"] * (batch // args.samples_per_prompt),
+            "rollout_batch_size": batch // args.samples_per_prompt,
             "mini_batch_size": batch // PPO_SETTINGS["mini_batches"],
             "ppo_epochs": PPO_SETTINGS["ppo_epochs"],
             "max_new_tokens": sizes["response_length"],
@@ -329,7 +333,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--sft-dir", default=None, help="SFT output of the same side (default: the latest)")
     parser.add_argument("--reward-dir", default=None, help="reward output of the same side (default: the latest)")
+    parser.add_argument("--algorithm", default="ppo", help="ours: ppo, rloo, grpo or reinforce_pp (memory, speed)")
+    parser.add_argument("--samples-per-prompt", type=int, default=1, help="ours: K responses per prompt")
     args = parser.parse_args(argv)
+    if args.peer and args.algorithm != "ppo":
+        parser.error("--algorithm is ours only: the peer is trl 1.12's PPOTrainer")
     ensure_pools()
     side = "peer" if args.peer else "ours"
     sft_dir, reward_dir = ensure_inputs(side, args.quick, args.sft_dir, args.reward_dir)
@@ -346,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         result = run_ours(args, sft_dir, reward_dir)
     result["settings"] = {**PPO_SETTINGS, **ppo_sizes(args.quick), "lora": LORA_SETTINGS}
+    result["algorithm"], result["samples_per_prompt"] = args.algorithm, args.samples_per_prompt
     emit_result(result, args.out)
     return result
 
