@@ -26,12 +26,16 @@ tokenizer add its own ([CLS] ... [SEP]).
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from data_schemas.records import Message
 
 PLAIN_TEXT_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+EMPTY_REASONING = re.compile(r"\s*(<think>\s*</think>\s*)?")
+logger = logging.getLogger(__name__)
 
 
 class ChatTemplateError(ValueError):
@@ -46,13 +50,48 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def fold_system_message(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system message(s) written at the start of the first user turn, for templates without a system role
+    (Gemma 1 and 2 raise "System role not supported"). Gemma 3's own template folds it the same way."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    first_user = next((m for m in rest if m["role"] == "user"), None)
+    if first_user is None:
+        return rest
+    first_user["content"] = "\n\n".join([*system, first_user["content"]])
+    return rest
+
+
+_warned_folding: set[str] = set()
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> Any:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception:  # jinja's TemplateError from the template's raise_exception, or anything a template throws
+        if not any(m["role"] == "system" for m in messages):
+            raise
+        folded = fold_system_message(messages)
+        text = tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=add_generation_prompt)
+        name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+        if name not in _warned_folding:
+            _warned_folding.add(name)
+            logger.warning(
+                "%s: the chat template refuses a system message; it is written at the start of the first user turn",
+                name,
+            )
+        return text
+
+
 def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     if not has_chat_template(tokenizer):
         raise ChatTemplateError(
             f"{type(tokenizer).__name__} has no chat template; set one (a tokenizer with a template, or "
             "tokenizer.chat_template) to train a chat model"
         )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = _apply(tokenizer, messages, add_generation_prompt)
     if not isinstance(text, str):
         raise ChatTemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
     return text
@@ -91,7 +130,9 @@ def _end_of_turn(segment: str, content: str, message_index: int, specials: set[s
     """Length of ``segment`` (assistant turn as rendered) that is learned: content + end-of-turn token."""
     stripped = content.strip()
     at = segment.find(stripped)
-    if at < 0 or segment[:at].strip():
+    # Scaffolding the template writes before the content: nothing, or an empty reasoning block (Qwen3 writes
+    # "<think>\n\n</think>\n\n" before a reply that did not reason; the model emits it too, so it is learned).
+    if at < 0 or not EMPTY_REASONING.fullmatch(segment[:at]):
         raise ChatTemplateError(
             f"assistant message {message_index}: the rendered turn does not start with the message content "
             f"(got {segment[:60]!r}); the template's add_generation_prompt must emit the whole assistant header"
