@@ -57,19 +57,46 @@ def sdpa_varlen_attention_forward(
     bounds = _bounds(cu_seq_lens)
     if bounds[0] != 0 or bounds[-1] != query.shape[2]:
         raise ValueError(f"cu_seq_lens {bounds[:3]}...{bounds[-1]} do not cover the row's {query.shape[2]} positions")
-    # The mask transformers built from the position restarts is the same block-diagonal causal one.
+    # The mask transformers built from the position restarts is the same block-diagonal causal one. A sliding-window
+    # layer (Gemma 2/3, Mistral) and an attention logit cap (Gemma 2) arrive as kwargs and are honoured per sequence.
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            scale=scaling,
-            is_causal=True,
+        sequence_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], dropout, scaling, window, softcap
         )
         for start, end in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def sequence_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Causal attention of one sequence, ``(1, H, n, D)``: token i sees j with ``i - window < j <= i``
+    (transformers' ``sliding_window_overlay``), and with ``softcap`` the scores pass through
+    ``softcap * tanh(scores / softcap)`` before the softmax (Gemma 2; SDPA has no such option, so it runs eagerly,
+    as the model's own eager attention does)."""
+    n = query.shape[2]
+    windowed = bool(sliding_window) and n > sliding_window
+    if not softcap and not windowed:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
+    positions = torch.arange(n, device=query.device)
+    allowed = positions[:, None] >= positions[None, :]
+    if windowed:
+        allowed &= positions[None, :] > positions[:, None] - sliding_window
+    if not softcap:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout, scale=scaling)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = softcap * torch.tanh(torch.matmul(query, key.transpose(2, 3)) * scale / softcap)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = F.dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), p=dropout)
+    return torch.matmul(probs, value)
 
 
 def _bounds(cu_seq_lens: torch.Tensor) -> list[int]:

@@ -1,0 +1,57 @@
+"""Flat packed rows (sdpa_varlen) give each sequence what the model's own attention gives it alone, sliding-window
+layers included, on sequences longer than the window. (Gemma 2, whose attention logits are capped, does not run on
+SDPA in transformers, so it never takes this path; the cap is checked on the attention function itself.)"""
+
+from __future__ import annotations
+
+import torch
+
+from alignment.modeling.attention import SDPA_VARLEN, register, sequence_attention, varlen_kwargs
+
+
+def tiny_gemma3() -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    shared = {
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "num_hidden_layers": 2,
+        "sliding_window": 4,
+        "max_position_embeddings": 64,
+    }
+    torch.manual_seed(0)
+    # A sliding layer, then a full-attention one (Gemma 3 has five to one).
+    config = Gemma3TextConfig(**shared, layer_types=["sliding_attention", "full_attention"])
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_packed_sequences_match_each_sequence_run_alone():
+    model = tiny_gemma3()
+    model.set_attn_implementation("eager")  # the reference: the model's own masks, window and cap
+    lengths = [11, 3, 9]  # two longer than the window of 4
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 128, (n,)) for n in lengths]
+    with torch.no_grad():
+        alone = [model(input_ids=s.unsqueeze(0)).logits[0] for s in sequences]
+        register()
+        model.set_attn_implementation(SDPA_VARLEN)
+        flat = torch.cat(sequences).unsqueeze(0)
+        positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+        bounds = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+        packed = model(input_ids=flat, position_ids=positions, use_cache=False, **varlen_kwargs(bounds)).logits[0]
+    torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-4)
+
+
+def test_capped_scores_and_the_window_match_eager_attention_by_hand():
+    torch.manual_seed(2)
+    query, key, value = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    scale, cap, window = 0.5, 0.3, 3
+    scores = cap * torch.tanh(query @ key.transpose(2, 3) * scale / cap)
+    i = torch.arange(6)
+    allowed = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+    expected = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ value
+    torch.testing.assert_close(sequence_attention(query, key, value, 0.0, scale, window, cap), expected)
