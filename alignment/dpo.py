@@ -196,7 +196,7 @@ def train(cfg: Config) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             **after,
             "train_loss": result.train_loss,
-            "pairs_per_second": _pairs_per_second(result),
+            "pairs_per_second": result.rate("train/n_pairs"),
             "train_seconds": result.train_seconds,
             "steps": result.steps,
             "num_train_records": len(examples),
@@ -210,11 +210,6 @@ def train(cfg: Config) -> dict[str, Any]:
             mark_done(run.output_dir)
         run.accelerator.wait_for_everyone()
     return metrics
-
-
-def _pairs_per_second(result) -> float:
-    pairs_seen = sum(row.get("train/n_pairs", 0.0) for row in result.history)
-    return pairs_seen / result.train_seconds if result.train_seconds else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -182,7 +182,7 @@ def train(cfg: Config) -> dict[str, Any]:
             after = evaluate() if eval_records else {}
             metrics = {**after, "eval_accuracy_before": before.get("eval_accuracy"), "train_loss": result.train_loss}
             metrics.update(
-                pairs_per_second=_pairs_per_second(result), train_seconds=result.train_seconds, steps=result.steps
+                pairs_per_second=result.rate("train/n_pairs"), train_seconds=result.train_seconds, steps=result.steps
             )
             metrics.update(num_train_records=len(records.records), num_truncated=spec.collate_fn.num_truncated)
             stats = after or summarize_eval(evaluate_loss(run, model, list(records.records)[:256], spec, batch_size))
@@ -203,11 +203,6 @@ def train(cfg: Config) -> dict[str, Any]:
                 mark_done(run.output_dir)
         run.accelerator.wait_for_everyone()
     return metrics
-
-
-def _pairs_per_second(result) -> float:
-    pairs_seen = sum(row.get("train/n_pairs", 0.0) for row in result.history)
-    return pairs_seen / result.train_seconds if result.train_seconds else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

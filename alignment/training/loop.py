@@ -65,6 +65,11 @@ class LoopResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
 
+    def rate(self, stat: str) -> float:
+        """A per-step logged count (``train/n_pairs``, say) summed over the run, per training second."""
+        total = sum(row.get(stat, 0.0) for row in self.history)
+        return total / self.train_seconds if self.train_seconds else 0.0
+
 
 def evaluate_loss(
     run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec, batch_size: int
