@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class ActorCritic(torch.nn.Module):
-    """Policy, reference, critic and shared-base reward model as adapters of one ``PeftModel``.
+    """Policy, reference, critic and shared-base reward (and cost) models as adapters of one ``PeftModel``.
 
     ``value_head`` is None for the critic-free estimators: no value adapter, no value pass (:attr:`has_critic`).
     """
@@ -34,7 +34,7 @@ class ActorCritic(torch.nn.Module):
         self,
         model: PeftModel,
         value_head: torch.nn.Linear | None,
-        reward_head: torch.nn.Linear | None = None,
+        reward_heads: dict[str, torch.nn.Linear] | None = None,
         reference_adapter: str | None = SFT,
         padding_free: bool = True,
     ) -> None:
@@ -42,7 +42,8 @@ class ActorCritic(torch.nn.Module):
         self.padding_free = padding_free
         self.model = model
         self.value_head = value_head
-        self.reward_head = reward_head
+        # Reward (and cost) models that are LoRA outputs on this base: adapter name -> score head.
+        self.reward_heads = torch.nn.ModuleDict(reward_heads or {})
         self.reference_adapter = reference_adapter
         causal_lm = model.get_base_model()
         self._backbone = causal_lm.base_model  # e.g. LlamaModel: LoRA layers are injected in place
@@ -53,6 +54,11 @@ class ActorCritic(torch.nn.Module):
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
         # The tied LM head in the autocast dtype, swapped in for generation (precision.tied_head_copy).
         self.generation_head: torch.Tensor | None = None
+
+    @property
+    def reward_head(self) -> torch.nn.Linear | None:
+        """The first reward model's head (the one the critic starts from), when it shares the base."""
+        return self.reward_heads[REWARD] if REWARD in self.reward_heads else None
 
     @property
     def has_critic(self) -> bool:
@@ -98,13 +104,13 @@ class ActorCritic(torch.nn.Module):
         return self.value_head(hidden.float()).squeeze(-1)
 
     @torch.no_grad()
-    def reward_scores(self, batch: SequenceBatch) -> torch.Tensor:
-        """``(B,)`` raw scores of the shared-base reward model, read at the last attended token."""
-        if self.reward_head is None:
-            raise ValueError("this actor-critic has no shared-base reward model")
-        with use_adapter(self.model, REWARD), self.autocast():
+    def reward_scores(self, batch: SequenceBatch, adapter: str = REWARD) -> torch.Tensor:
+        """``(B,)`` raw scores of the shared-base reward model ``adapter``, read at the last attended token."""
+        if adapter not in self.reward_heads:
+            raise ValueError(f"this actor-critic has no shared-base reward model {adapter!r}")
+        with use_adapter(self.model, adapter), self.autocast():
             picked = last_hidden(self._backbone, batch, self.padding_free, self._flat)
-        return self.reward_head(picked.float()).squeeze(-1)
+        return self.reward_heads[adapter](picked.float()).squeeze(-1)
 
     @torch.no_grad()
     def generate(

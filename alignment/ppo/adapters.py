@@ -7,8 +7,8 @@ small adapters, so one base (fp32, bf16, 8-bit or 4-bit) carries:
 - ``sft``: the SFT adapter, frozen. It is the reference: disabling adapters would give the
   *pretrained* model, not the SFT policy, and KL would start high (trl#1340).
 - ``policy``: trainable, initialised as a copy of ``sft`` (so KL = 0 at step 0).
-- ``reward``: the reward model's adapter, frozen, with its scalar head, when the reward model
-  was trained on the same base.
+- ``reward`` (and ``reward_1``, ..., ``cost``): each reward or cost model's adapter, frozen, with its scalar
+  head, when that model was trained on the same base.
 - ``value``: trainable, initialised from ``reward`` (value head from the reward head), as
   InstructGPT and trl do; otherwise from ``sft`` with a zero value head and critic warm-up.
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SFT, POLICY, REWARD, VALUE = "sft", "policy", "reward", "value"
+SFT, POLICY, REWARD, VALUE, COST = "sft", "policy", "reward", "value", "cost"
 HEAD_KEYS = ("score.", "classifier.", "v_head.")
 
 

@@ -26,6 +26,7 @@ from alignment.modeling.stage_dir import ADAPTER_DIR, save_stage_model, shares_b
 from alignment.modeling.tokenizer import load_tokenizer
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.adapters import (
+    COST,
     POLICY,
     REWARD,
     SFT,
@@ -38,8 +39,9 @@ from alignment.ppo.adapters import (
 from alignment.ppo.rewards import SharedScorer
 
 
-def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
-    """Load one base and put the PPO roles on it as adapters; returns (actor-critic, tokenizer, shared scorer)."""
+def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedScorer]]:
+    """Load one base and put the PPO roles on it as adapters; returns (actor-critic, tokenizer, the reward and cost
+    models that ride on it as adapters, by path)."""
 
     def fresh_lora():  # a new config object per adapter: peft keeps (and edits) the one it is given
         return peft_lora_config(cfg.lora, "CAUSAL_LM", trainable_token_targets(base, "CAUSAL_LM"))
@@ -60,23 +62,38 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, Any]:
         model = get_peft_model(base, fresh_lora(), adapter_name=POLICY)
         reference = None
     hidden = base.config.hidden_size
-    reward_head, shared_scorer = None, None
-    rm_path = ppo.reward_model_paths[0] if ppo.reward_model_paths else None
-    reward_on_base = rm_path is not None and shares_base(rm_path, base_cfg)
-    if reward_on_base:
-        head_weights = add_adapter_from(model, REWARD, Path(rm_path) / ADAPTER_DIR, trainable=False)
-        reward_head = scalar_head(hidden, head_weights, trainable=False)
-        shared_scorer = SharedScorer(Path(rm_path).name, RewardStats.load(rm_path))
+    reward_heads, shared = add_shared_reward_models(model, ppo, base_cfg, hidden)
     value_head = None  # the critic-free estimators (rloo, grpo, reinforce_pp) carry no value adapter at all
     if ppo.algorithm == "ppo":
-        value_head = add_critic(model, ppo.critic_init, reward_head, reference, hidden, fresh_lora)
+        value_head = add_critic(model, ppo.critic_init, reward_heads.get(REWARD), reference, hidden, fresh_lora)
     model.requires_grad_(False)
     for adapter in (POLICY, VALUE) if value_head is not None else (POLICY,):
         for _, param in adapter_parameters(model, adapter):
             param.requires_grad_(True)
     disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
-    ac = ActorCritic(model, value_head, reward_head, reference_adapter=reference, padding_free=ppo.padding_free)
-    return ac, tokenizer, shared_scorer
+    ac = ActorCritic(model, value_head, reward_heads, reference_adapter=reference, padding_free=ppo.padding_free)
+    return ac, tokenizer, shared
+
+
+def add_shared_reward_models(
+    model: PeftModel, ppo: Any, base_cfg: Any, hidden: int
+) -> tuple[dict[str, torch.nn.Linear], dict[str, SharedScorer]]:
+    """Every reward and cost model that is a LoRA output on the policy's base, added as a frozen adapter with its
+    score head: ``reward`` for the first reward model (the critic starts from it), ``reward_<i>`` for the others,
+    ``cost`` for the cost model. One base instead of one full model copy each. Returns the heads by adapter name and
+    the scorers by path."""
+    roles = [(path, REWARD if i == 0 else f"{REWARD}_{i}") for i, path in enumerate(ppo.reward_model_paths)]
+    if ppo.cost_model_path:
+        roles.append((ppo.cost_model_path, COST))
+    heads: dict[str, torch.nn.Linear] = {}
+    shared: dict[str, SharedScorer] = {}
+    for path, adapter in roles:
+        if path in shared or not shares_base(path, base_cfg):
+            continue
+        weights = add_adapter_from(model, adapter, Path(path) / ADAPTER_DIR, trainable=False)
+        heads[adapter] = scalar_head(hidden, weights, trainable=False)
+        shared[path] = SharedScorer(Path(path).name, RewardStats.load(path), adapter)
+    return heads, shared
 
 
 def add_critic(

@@ -18,13 +18,12 @@ class CombinedReward:
         self,
         scorers: list,
         weights: list[float],
-        shared_index: int | None,
         cost_scorer=None,
         lagrange=None,
         clip: float = 10.0,
         cost_sign: float = 1.0,
     ) -> None:
-        self.scorers, self.weights, self.shared_index = scorers, weights, shared_index
+        self.scorers, self.weights = scorers, weights
         self.cost_scorer, self.lagrange, self.clip = cost_scorer, lagrange, clip
         self.cost_sign = cost_sign  # -1: the cost model is a harmlessness reward, its negated score is the cost
 
@@ -33,15 +32,13 @@ class CombinedReward:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raw: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(responses))
-        for i, (scorer, weight) in enumerate(zip(self.scorers, self.weights)):
-            if i == self.shared_index:
-                score = ac.reward_scores(batch).float().cpu()  # same tokenizer and template: score the sampled ids
-            else:
-                score = scorer.score(prompts, responses)
+        for scorer, weight in zip(self.scorers, self.weights):
+            score = _score(scorer, ac, batch, prompts, responses)
             raw[scorer.name] = score
             total += weight * scorer.stats.normalize(score)
         if self.cost_scorer is not None:
-            cost = self.cost_sign * self.cost_scorer.stats.normalize(self.cost_scorer.score(prompts, responses))
+            cost_score = _score(self.cost_scorer, ac, batch, prompts, responses)
+            cost = self.cost_sign * self.cost_scorer.stats.normalize(cost_score)
             raw["cost"] = cost
             lam = self.lagrange.value
             # PPO-Lagrangian (Safe RLHF, Dai et al. 2023): maximise R - lambda C, rescaled by 1 / (1 + lambda).
@@ -49,26 +46,36 @@ class CombinedReward:
         return total.clamp(-self.clip, self.clip), raw
 
 
-def build_rewards(cfg: Config, ac: ActorCritic, shared_scorer) -> CombinedReward:
+def _score(scorer, ac: ActorCritic, batch: SequenceBatch, prompts: list, responses: list[str]) -> torch.Tensor:
+    if isinstance(scorer, SharedScorer):  # on the policy's base: same tokenizer and template, score the sampled ids
+        return ac.reward_scores(batch, scorer.adapter).float().cpu()
+    return scorer.score(prompts, responses)
+
+
+def build_rewards(cfg: Config, ac: ActorCritic, shared: dict[str, SharedScorer]) -> CombinedReward:
+    """``shared``: the reward and cost models riding on the policy's base, by path; the others load on their own."""
     ppo = cfg.ppo
-    scorers, shared_index = [], None
-    for i, path in enumerate(ppo.reward_model_paths):
-        if i == 0 and shared_scorer is not None:
-            scorers.append(shared_scorer)
-            shared_index = 0
-        else:
-            scorers.append(load_reward_scorer(path, quant_cfg=cfg.quant, device=ac.device))
+    scorers = [
+        shared.get(path) or load_reward_scorer(path, quant_cfg=cfg.quant, device=ac.device)
+        for path in ppo.reward_model_paths
+    ]
     weights = list(ppo.reward_weights) or [1.0] * len(scorers)
     cost_scorer = lagrange = None
     if ppo.cost_model_path:
-        cost_scorer = load_reward_scorer(ppo.cost_model_path, name="cost", quant_cfg=cfg.quant, device=ac.device)
+        on_base = shared.get(ppo.cost_model_path)
+        cost_scorer = (
+            SharedScorer("cost", on_base.stats, on_base.adapter)
+            if on_base is not None
+            else load_reward_scorer(ppo.cost_model_path, name="cost", quant_cfg=cfg.quant, device=ac.device)
+        )
         lagrange = LagrangeMultiplier(init=ppo.lagrange_init, lr=ppo.lagrange_lr, threshold=ppo.cost_threshold)
     cost_sign = -1.0 if ppo.cost_model_is_reward else 1.0
-    return CombinedReward(scorers, weights, shared_index, cost_scorer, lagrange, ppo.reward_clip, cost_sign)
+    return CombinedReward(scorers, weights, cost_scorer, lagrange, ppo.reward_clip, cost_sign)
 
 
 class SharedScorer:
-    """Name and statistics of the reward model that lives on the shared base (scored by ``ActorCritic``)."""
+    """A reward (or cost) model living on the shared base as a LoRA adapter: its name, reference statistics and
+    adapter (scored by ``ActorCritic.reward_scores``)."""
 
-    def __init__(self, name: str, stats) -> None:
-        self.name, self.stats = name, stats
+    def __init__(self, name: str, stats, adapter: str = "reward") -> None:
+        self.name, self.stats, self.adapter = name, stats, adapter

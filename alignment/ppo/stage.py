@@ -36,13 +36,13 @@ def train(cfg: Config) -> dict[str, Any]:
 
     with start_run(cfg, "ppo") as run:
         records = load_records(cfg.data, "prompt", seed=train_cfg.seed)
-        ac, tokenizer, shared_scorer = build_actor_critic(cfg)
+        ac, tokenizer, shared_scorers = build_actor_critic(cfg)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
         if not quantized:
             ac.to(run.device)
         else:  # bitsandbytes placed the quantized base when loading; the heads were built on the CPU
-            for head in (ac.value_head, ac.reward_head):
+            for head in (ac.value_head, *ac.reward_heads.values()):
                 if head is not None:
                     head.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
@@ -50,7 +50,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if not quantized:
                 store_frozen_weights_in(ac.model, compute_dtype)
             ac.generation_head = tied_head_copy(ac.model.get_base_model(), compute_dtype)
-        rewards = build_rewards(cfg, ac, shared_scorer)
+        rewards = build_rewards(cfg, ac, shared_scorers)
         if not rewards.scorers:
             raise ValueError("PPO needs at least one reward model: set reward_model_paths")
         eval_prompts = list(records.eval_records)[: ppo.eval_prompts]

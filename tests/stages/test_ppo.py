@@ -66,7 +66,7 @@ def ppo_config(stage_dirs, out, **overrides):
 def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(stage_dirs, tmp_path):
     cfg = ppo_config(stage_dirs, tmp_path)
     ac, tokenizer, shared = ppo_policy.build_actor_critic(cfg)
-    assert shared is not None, "the reward model shares the base, so it must ride on it as an adapter"
+    assert set(shared) == {str(stage_dirs / "reward")}, "the reward model shares the base: it rides on it as an adapter"
     from alignment.data.collate import PromptCollator
     from alignment.data.load import load_records
 
@@ -430,3 +430,42 @@ def test_critic_free_settings_that_cannot_work_are_refused_before_loading():
                 algorithm="rloo", samples_per_prompt=2, critic_warmup_steps=2, reward_model_paths=["rm"]
             )
         )
+
+
+def test_every_reward_and_cost_model_on_the_policys_base_rides_on_it_as_an_adapter(stage_dirs, tmp_path, monkeypatch):
+    """Two reward models and a cost model, all LoRA outputs on the policy's base: one base, no extra model loaded; a
+    model named both as a reward and as the cost is one adapter."""
+    from alignment.modeling.load import load_reward_model
+
+    base_path = json.loads((stage_dirs / "reward" / "base_model.json").read_text())["model_name_or_path"]
+    for name, seed in (("reward_b", 7), ("cost_c", 11)):
+        values = {"model_name_or_path": base_path, "dataset_name": "demo", "max_samples": 8, "max_steps": 1}
+        values.update(learning_rate=1e-2, seed=seed, output_dir=str(tmp_path / name), **FAST)
+        reward.train(build_config(reward.CONFIG_TYPES, values))
+    paths = [str(stage_dirs / "reward"), str(tmp_path / "reward_b")]
+    cost = str(tmp_path / "cost_c")
+    cfg = ppo_config(stage_dirs, tmp_path / "ppo", reward_model_paths=paths, cost_model_path=cost, total_episodes=8)
+    monkeypatch.setattr(ppo_rewards, "load_reward_scorer", lambda *a, **k: pytest.fail("a reward model was loaded"))
+    ac, tokenizer, shared = ppo_policy.build_actor_critic(cfg)
+    assert set(shared) == {*paths, cost} and {"reward", "reward_1", "cost"} <= set(ac.model.peft_config)
+    base = sum(p.numel() for n, p in ac.model.named_parameters() if "lora_" not in n)
+    assert sum(p.numel() for p in ac.parameters()) < 1.1 * base  # one base; three full copies more without sharing
+    rewards = ppo_rewards.build_rewards(cfg, ac, shared)
+    assert [s.adapter for s in rewards.scorers] == ["reward", "reward_1"] and rewards.cost_scorer.adapter == "cost"
+    # Each adapter scores as its own model does when loaded alone.
+    ids = torch.tensor([tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>")])
+    batch = SequenceBatch.build(ids[:, :-3], torch.ones_like(ids[:, :-3]), ids[:, -3:], torch.ones_like(ids[:, -3:]))
+    for path, adapter in [*zip(paths, ["reward", "reward_1"]), (cost, "cost")]:
+        model_cfg = build_config(reward.CONFIG_TYPES, {"model_name_or_path": path}).model
+        alone = load_reward_model(model_cfg, cfg.lora, cfg.quant, trainable=False)
+        with torch.no_grad():
+            expected = alone(input_ids=ids).logits[0, 0]
+            torch.testing.assert_close(ac.reward_scores(batch, adapter)[0], expected, atol=1e-5, rtol=1e-5)
+    # The same model as a reward and as the cost: one adapter, scored under both names.
+    both = ppo_config(stage_dirs, tmp_path / "both", reward_model_paths=paths, cost_model_path=paths[1])
+    ac_both, _, shared_both = ppo_policy.build_actor_critic(both)
+    assert "cost" not in ac_both.model.peft_config
+    assert ppo_rewards.build_rewards(both, ac_both, shared_both).cost_scorer.adapter == "reward_1"
+    monkeypatch.undo()
+    ppo.train(cfg)  # and a Lagrangian run on them trains
+    assert "objective/raw_score/cost" in read_log(tmp_path / "ppo")[-1]

@@ -20,7 +20,7 @@ class FixedScorer:
 def test_weighted_rewards_minus_a_lagrange_weighted_cost_by_hand():
     helpful = FixedScorer("helpful", [3.0, 1.0], mean=1.0, std=2.0)  # normalised: 1.0, 0.0
     harmful = FixedScorer("cost", [0.5, -0.5], mean=0.0, std=0.5)  # normalised cost: 1.0, -1.0
-    reward = CombinedReward([helpful], [2.0], None, harmful, LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0))
+    reward = CombinedReward([helpful], [2.0], harmful, LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0))
     total, raw = reward.combined(None, None, ["p", "q"], ["a", "b"])
     # (2 * 1.0 - 1 * 1.0) / (1 + 1) = 0.5 ; (2 * 0.0 - 1 * -1.0) / 2 = 0.5
     torch.testing.assert_close(total, torch.tensor([0.5, 0.5]))
@@ -31,7 +31,7 @@ def test_a_harmlessness_reward_as_the_cost_is_negated():
     helpful = FixedScorer("helpful", [1.0, 1.0], mean=1.0, std=1.0)  # normalised: 0, 0
     harmless = FixedScorer("harmless", [2.0, -2.0], mean=0.0, std=2.0)  # normalised: 1, -1 -> cost -1, +1
     lagrange = LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0)
-    reward = CombinedReward([helpful], [1.0], None, harmless, lagrange, cost_sign=-1.0)
+    reward = CombinedReward([helpful], [1.0], harmless, lagrange, cost_sign=-1.0)
     total, raw = reward.combined(None, None, ["p", "q"], ["safe", "unsafe"])
     torch.testing.assert_close(raw["cost"], torch.tensor([-1.0, 1.0]))
     torch.testing.assert_close(total, torch.tensor([0.5, -0.5]))  # (0 - 1 * cost) / 2: the harmless reply wins
