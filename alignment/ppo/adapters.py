@@ -160,14 +160,21 @@ def copy_adapter(model: PeftModel, source: str, target: str, trainable: bool) ->
     with torch.no_grad():
         for param_name, param in list(adapter_parameters(model, source)):
             parts = [target if part == source else part for part in param_name.split(".")]
-            params[".".join(parts)].copy_(param)
+            if not param.is_meta:  # a base on the meta device (placement checks) has no values to copy
+                params[".".join(parts)].copy_(param)
     for _, param in adapter_parameters(model, target):
         param.requires_grad_(trainable)
 
 
-def scalar_head(hidden_size: int, weights: dict[str, torch.Tensor] | None, trainable: bool) -> torch.nn.Linear:
-    """A (hidden -> 1) head from saved weights, or zero-initialised (N implementation details: value head)."""
-    head = torch.nn.Linear(hidden_size, 1, bias=bool(weights and "bias" in weights))
+def scalar_head(
+    hidden_size: int,
+    weights: dict[str, torch.Tensor] | None,
+    trainable: bool,
+    device: torch.device | str | None = None,
+) -> torch.nn.Linear:
+    """A (hidden -> 1) fp32 head from saved weights, or zero-initialised (N implementation details: value head),
+    made on ``device``: the base's, which bitsandbytes chose for a quantized base that cannot be moved after."""
+    head = torch.nn.Linear(hidden_size, 1, bias=bool(weights and "bias" in weights), device=device)
     with torch.no_grad():
         if weights:
             head.weight.copy_(weights["weight"].reshape(1, hidden_size))

@@ -62,10 +62,12 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedS
         model = get_peft_model(base, fresh_lora(), adapter_name=POLICY)
         reference = None
     hidden = base.config.hidden_size
-    reward_heads, shared = add_shared_reward_models(model, ppo, base_cfg, hidden)
+    device = base.get_output_embeddings().weight.device  # every head is made where the base is
+    reward_heads, shared = add_shared_reward_models(model, ppo, base_cfg, hidden, device)
     value_head = None  # the critic-free estimators (rloo, grpo, reinforce_pp) carry no value adapter at all
     if ppo.algorithm == "ppo":
-        value_head = add_critic(model, ppo.critic_init, reward_heads.get(REWARD), reference, hidden, fresh_lora)
+        critic_from = reward_heads.get(REWARD)
+        value_head = add_critic(model, ppo.critic_init, critic_from, reference, hidden, fresh_lora, device)
     model.requires_grad_(False)
     for adapter in (POLICY, VALUE) if value_head is not None else (POLICY,):
         for _, param in adapter_parameters(model, adapter):
@@ -76,7 +78,7 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedS
 
 
 def add_shared_reward_models(
-    model: PeftModel, ppo: Any, base_cfg: Any, hidden: int
+    model: PeftModel, ppo: Any, base_cfg: Any, hidden: int, device: torch.device
 ) -> tuple[dict[str, torch.nn.Linear], dict[str, SharedScorer]]:
     """Every reward and cost model that is a LoRA output on the policy's base, added as a frozen adapter with its
     score head: ``reward`` for the first reward model (the critic starts from it), ``reward_<i>`` for the others,
@@ -91,7 +93,7 @@ def add_shared_reward_models(
         if path in shared or not shares_base(path, base_cfg):
             continue
         weights = add_adapter_from(model, adapter, Path(path) / ADAPTER_DIR, trainable=False)
-        heads[adapter] = scalar_head(hidden, weights, trainable=False)
+        heads[adapter] = scalar_head(hidden, weights, trainable=False, device=device)
         shared[path] = SharedScorer(Path(path).name, RewardStats.load(path), adapter)
     return heads, shared
 
@@ -103,6 +105,7 @@ def add_critic(
     reference: str | None,
     hidden: int,
     fresh_lora: Callable[[], Any],
+    device: torch.device,
 ) -> torch.nn.Linear:
     """Add the trainable ``value`` adapter: a copy of the shared-base reward model (adapter and head) when there is
     one, else of the SFT adapter with a zero value head. Returns the value head."""
@@ -113,12 +116,12 @@ def add_critic(
         )
     if from_reward:
         copy_adapter(model, REWARD, VALUE, trainable=True)
-        return scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True)
+        return scalar_head(hidden, {"weight": reward_head.weight.detach().clone()}, trainable=True, device=device)
     if reference is not None:  # value adapter starts as the SFT adapter, with a zero value head
         copy_adapter(model, reference, VALUE, trainable=True)
     else:
         model.add_adapter(VALUE, fresh_lora())
-    return scalar_head(hidden, None, trainable=True)
+    return scalar_head(hidden, None, trainable=True, device=device)
 
 
 def save_policy(ac: ActorCritic, tokenizer: Any, output_dir: Path, cfg: Config) -> Path:

@@ -39,12 +39,8 @@ def train(cfg: Config) -> dict[str, Any]:
         ac, tokenizer, shared_scorers = build_actor_critic(cfg)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
-        if not quantized:
+        if not quantized:  # a quantized base stays where bitsandbytes placed it, its heads made beside it
             ac.to(run.device)
-        else:  # bitsandbytes placed the quantized base when loading; the heads were built on the CPU
-            for head in (ac.value_head, *ac.reward_heads.values()):
-                if head is not None:
-                    head.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
         if compute_dtype is not None:  # every pass runs under autocast: see precision.py
             if not quantized:

@@ -469,3 +469,14 @@ def test_every_reward_and_cost_model_on_the_policys_base_rides_on_it_as_an_adapt
     monkeypatch.undo()
     ppo.train(cfg)  # and a Lagrangian run on them trains
     assert "objective/raw_score/cost" in read_log(tmp_path / "ppo")[-1]
+
+
+def test_every_head_is_made_on_the_bases_device(stage_dirs, tmp_path, monkeypatch):
+    """A quantized base cannot be moved after loading, so its heads must be made where it is (a device mismatch on a
+    GPU otherwise). Here the base is put on the meta device, the only other device this CPU has."""
+    real_load = ppo_policy.load_causal_lm
+    monkeypatch.setattr(ppo_policy, "load_causal_lm", lambda *a, **k: real_load(*a, **k).to("meta"))
+    ac, _, _ = ppo_policy.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    heads = {"value": ac.value_head, **ac.reward_heads}
+    assert set(heads) == {"value", "reward"}
+    assert all(p.device.type == "meta" for head in heads.values() for p in head.parameters())
