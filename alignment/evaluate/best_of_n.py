@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from alignment.core.config import Config, ConfigError
-from alignment.evaluate.generate import _release_memory, generate_responses, load_policy
+from alignment.evaluate.generate import _release_memory, generate_responses, load_eval_scorer, load_policy
 from alignment.evaluate.prompts import generation_key, load_generations, sampling_settings, save_generations
 from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs, PolicySpec
 
@@ -72,8 +72,6 @@ def best_of_n_outputs(
     device: torch.device,
 ) -> tuple[PolicyOutputs, dict[str, float]]:
     """The best of ``best_of_n`` samples of ``base`` per prompt, and what it cost (seconds, samples)."""
-    from alignment.modeling.scoring import load_reward_scorer
-
     ev = cfg.evaluate
     n = ev.best_of_n
     rewards = ev.best_of_n_rewards or [ev.proxy_reward or ev.helpful_reward or reward_names[0]]
@@ -85,10 +83,7 @@ def best_of_n_outputs(
     paths = dict(zip(reward_names, ev.reward_model_paths))
     per_model = []
     for name in rewards:
-        scorer = load_reward_scorer(
-            paths[name], name=name, batch_size=cfg.train.per_device_eval_batch_size, quant_cfg=cfg.quant, device=device
-        )
-        scorer.max_length = cfg.train.max_length
+        scorer = load_eval_scorer(cfg, paths[name], name, device)
         per_model.append(
             torch.stack(
                 [scorer.score([g.messages for g in c], [g.response for g in c], normalize=True) for c in candidates]

@@ -306,18 +306,27 @@ def score_outputs(
     wanted: Callable[[PolicyOutputs, str], bool] = lambda out, name: True,
 ) -> None:
     """Fill ``outputs[i].rewards[name]`` with raw scores, loading one reward model at a time."""
-    from alignment.modeling.scoring import load_reward_scorer
-
     for path, name in zip(cfg.evaluate.reward_model_paths, reward_names):
         targets = [out for out in outputs if wanted(out, name)]
         if not targets:
             continue
-        scorer = load_reward_scorer(
-            path, name=name, batch_size=cfg.train.per_device_eval_batch_size, quant_cfg=cfg.quant, device=device
-        )
-        scorer.max_length = cfg.train.max_length
+        scorer = load_eval_scorer(cfg, path, name, device)
         for out in progress(targets, desc=f"score {name}"):
             messages = [g.messages for g in out.generations]
             out.rewards[name] = scorer.score(messages, [g.response for g in out.generations]).tolist()
         scorer = None
         _release_memory()
+
+
+def load_eval_scorer(cfg: Config, path: str, name: str, device: torch.device) -> Any:
+    """A reward model for scoring evaluation answers: the recipe's batch size, quantization and ``max_length``."""
+    from alignment.modeling.scoring import load_reward_scorer
+
+    return load_reward_scorer(
+        path,
+        name=name,
+        batch_size=cfg.train.per_device_eval_batch_size,
+        quant_cfg=cfg.quant,
+        device=device,
+        max_length=cfg.train.max_length,
+    )

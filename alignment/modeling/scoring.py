@@ -66,8 +66,17 @@ class RewardScorer:
         self.tokenizer = tokenizer
         self.stats = stats or RewardStats()
         self.batch_size = batch_size
-        self.max_length = scoring_max_length(model, max_length)
+        self.max_length = max_length
         self.name = name
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        # Capped at the model's positions however it is set: an encoder fails on longer inputs instead of degrading.
+        self._max_length = scoring_max_length(self.model, value)
 
     @property
     def device(self) -> torch.device:
@@ -109,8 +118,10 @@ def load_reward_scorer(
     batch_size: int = 8,
     quant_cfg=None,
     device: torch.device | str | None = None,
+    max_length: int = DEFAULT_SCORING_MAX_LENGTH,
 ) -> RewardScorer:
-    """A scorer for a reward stage output directory (or any sequence-classification model)."""
+    """A scorer for a reward stage output directory (or any sequence-classification model); inputs longer than
+    ``max_length`` (or than the model's positions) lose the start of the prompt."""
 
     model_cfg = ModelConfig(model_name_or_path=str(model_dir))
     tokenizer = load_tokenizer(model_cfg)
@@ -126,6 +137,7 @@ def load_reward_scorer(
         tokenizer,
         RewardStats.load(model_dir),
         batch_size=batch_size,
+        max_length=max_length,
         name=name or Path(model_dir).name,
     )
 

@@ -201,3 +201,28 @@ def test_best_of_n_picks_the_highest_weighted_normalised_score() -> None:
     assert pick_best(combined_scores([helpful, harmless], [1.0, 1.0])) == [2, 2]
     assert pick_best(combined_scores([helpful, harmless], [1.0, 0.0])) == [0, 1]
     assert best_of_n_kl(1) == 0 and best_of_n_kl(4) == pytest.approx(1.386294 - 0.75, abs=1e-6)
+
+
+def test_an_encoder_reward_model_scores_answers_longer_than_its_positions(
+    eval_inputs: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny BERT has 128 positions; the recipe's max_length is 1024 and one prompt is ~600 tokens."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.num_labels = 1
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert_rm")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "bert_rm")
+    prompts = tmp_path / "long.jsonl"
+    rows = [{"prompt": "Tell me about the sea. " * 100, "label": "helpful"}, {"prompt": "Hi", "label": "helpful"}]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    argv = [
+        "--policies", str(eval_inputs["policy_a"]), "--reward_model_paths", str(tmp_path / "bert_rm"),
+        "--prompt_sets", str(prompts), "--max_new_tokens", "4", "--max_prompt_length", "1024",
+        "--max_length", "1024", "--output_dir", str(out),
+    ]  # fmt: skip
+    results = _run(argv, out)
+    reward = results["metrics"][results["reference_policy"]]["reward"]["bert_rm"]["all"]
+    assert reward["n"] == 2

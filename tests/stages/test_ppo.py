@@ -480,3 +480,28 @@ def test_every_head_is_made_on_the_bases_device(stage_dirs, tmp_path, monkeypatc
     heads = {"value": ac.value_head, **ac.reward_heads}
     assert set(heads) == {"value", "reward"}
     assert all(p.device.type == "meta" for head in heads.values() for p in head.parameters())
+
+
+def test_an_encoder_reward_model_scores_rollouts_longer_than_its_positions(stage_dirs, tiny_bert_dir, tmp_path):
+    """A BERT-class reward model (the tiny one has 128 positions) on prompts of ~300 tokens: cut, not a crash."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.num_labels = 1
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert_rm")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path / "bert_rm")
+    prompts = tmp_path / "long_prompts.jsonl"
+    rows = [{"prompt": f"Question {i}: tell me about the sea. " * 40} for i in range(8)]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    cfg = ppo_config(
+        stage_dirs,
+        tmp_path / "ppo",
+        reward_model_paths=[str(tmp_path / "bert_rm")],
+        dataset_name=str(prompts),
+        max_prompt_length=400,
+        total_episodes=4,
+        eval_split_size=0,
+        eval_prompts=0,
+    )
+    ppo.train(cfg)
+    assert all(math.isfinite(row["objective/scores"]) for row in read_log(tmp_path / "ppo"))
