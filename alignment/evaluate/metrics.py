@@ -94,6 +94,12 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
         },
         "refusal_rate_harmful": proportion([refused[i] for i in groups.get("harmful", [])]),
         "over_refusal_rate_safe": proportion([refused[i] for i in groups.get("safe", [])]),
+        # Per prompt set (AdvBench, XSTest's unsafe contrast prompts, ...): the sets differ in how plainly harmful
+        # their requests are, so the pooled rate alone hides which one moved.
+        "refusal_rate_harmful_by_set": {
+            fmt: proportion([refused[i] for i in groups.get("harmful", []) if gens[i].format == fmt])
+            for fmt in sorted({gens[i].format for i in groups.get("harmful", [])})
+        },
         "kl": interval(out.kl) if out.kl is not None else None,
         "response_tokens": interval([float(g.num_tokens) for g in gens]),
         "no_eos_rate": proportion([not g.has_eos for g in gens]),

@@ -110,11 +110,13 @@ def tradeoff_table(results: dict[str, Any]) -> list[str]:
     if not helpful or not harmless:
         return []
     reference = results["reference_policy"]
+    sets = sorted({fmt for m in results["metrics"].values() for fmt in m.get("refusal_rate_harmful_by_set", {})})
     header = [
         "policy",
         f"{helpful} (helpful prompts)",
         f"{harmless} (harmful prompts)",
         "refusal (harmful)",
+        *(f"refusal ({fmt})" for fmt in sets if len(sets) > 1),
         "over-refusal (safe)",
         f"KL to {reference} (nats)",
     ]
@@ -124,6 +126,11 @@ def tradeoff_table(results: dict[str, Any]) -> list[str]:
             format_interval((m["reward"].get(helpful) or {}).get("helpful")),
             format_interval((m["reward"].get(harmless) or {}).get("harmful")),
             format_interval(m["refusal_rate_harmful"], True),
+            *(
+                format_interval(m.get("refusal_rate_harmful_by_set", {}).get(fmt), True)
+                for fmt in sets
+                if len(sets) > 1
+            ),
             format_interval(m["over_refusal_rate_safe"], True),
             format_interval(m["kl"]),
         ]

@@ -92,6 +92,8 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     assert results["reference_policy"] == "a" and a["kl"]["value"] == 0.0 and b["kl"]["n"] == 6
     assert b["win_rate"]["rm"]["n"] == 6 and set(b["reward"]["rm"]) == {"all", "helpful", "harmful", "safe"}
     assert b["refusal_rate_harmful"]["n"] == 3 and b["over_refusal_rate_safe"]["n"] == 1  # unsafe counts as harmful
+    by_set = b["refusal_rate_harmful_by_set"]  # ... and is also shown apart from the plainly harmful set
+    assert {k: v["n"] for k, v in by_set.items()} == {"prompts": 2, "xstest": 1}  # by prompt set (file stem)
     assert b["xstest_agreement"]["n"] == 2 and b["response_tokens"]["value"] <= 8
     assert sum(m["on_pareto_front"] for m in results["metrics"].values()) >= 1
     assert metrics["b/win_rate/rm"] == b["win_rate"]["rm"]["value"] and (out / "DONE").is_file()

@@ -152,7 +152,10 @@ def test_tradeoff_table_names_its_judges_and_reads_each_axis_on_its_own_prompts(
     results.update(reward_models=["rm"], refusal_detector="phrase", settings={"temperature": 0.7, "seed": 1})
     results["plots"] = []
     text = write_report(results, outputs, tmp_path / "report.md", PhraseRefusalDetector()).read_text()
-    header = "| policy | rm (helpful prompts) | rm (harmful prompts) | refusal (harmful) | over-refusal (safe) |"
+    header = (
+        "| policy | rm (helpful prompts) | rm (harmful prompts) | refusal (harmful) | refusal (prompts) | "
+        "refusal (xstest) | over-refusal (safe) |"  # harmful prompts from two sets: each set's refusal beside the pool
+    )
     assert "## Trade-off (95% confidence intervals)" in text and header in text
     # safe: helpful rewards 2, 2, 1, 5 -> 2.5; harmful + unsafe rewards all 1; refuses all 4 harmful; 1 of 2 safe.
     row = next(line for line in text.splitlines() if line.startswith("| safe | 2.500 ["))
