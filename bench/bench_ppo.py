@@ -117,6 +117,8 @@ def ppo_sizes(quick: bool) -> dict[str, int]:
 def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[str, Any]:
     import torch
 
+    import alignment.ppo.loop as ppo_loop_module
+    import alignment.ppo.rollout as ppo_rollout_module
     import alignment.ppo.stage as ppo
     from alignment.core.config import build_config
     from alignment.ppo.actor_critic import ActorCritic
@@ -185,8 +187,9 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
     timer.wrap(ActorCritic, "reward_scores", lambda a, k: "rollout/reward", mask_tokens)
     timer.wrap(torch.Tensor, "backward", lambda a, k: "train/backward")
     timer.wrap(torch.nn.utils, "clip_grad_norm_", lambda a, k: "train/clip_grad")
-    timer.wrap(ppo, "collect_rollout", lambda a, k: "total/rollout")
-    timed_rollout = ppo.collect_rollout
+    # The loop looks these up in its own module (alignment.ppo.loop), the rollout its EOS mask in alignment.ppo.rollout.
+    timer.wrap(ppo_loop_module, "collect_rollout", lambda a, k: "total/rollout")
+    timed_rollout = ppo_loop_module.collect_rollout
 
     def flagged_rollout(*a, **k):
         in_rollout["now"] = True
@@ -195,9 +198,9 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         finally:
             in_rollout["now"] = False
 
-    ppo.collect_rollout = flagged_rollout
-    timer.wrap(ppo, "ppo_update_synced", lambda a, k: "total/update")
-    original_mask = ppo.first_eos_mask
+    ppo_loop_module.collect_rollout = flagged_rollout
+    timer.wrap(ppo_loop_module, "ppo_update_synced", lambda a, k: "total/update")
+    original_mask = ppo_rollout_module.first_eos_mask
 
     def counting_mask(*a, **k):
         response_mask, has_eos = original_mask(*a, **k)
@@ -206,9 +209,9 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         counts["with_eos"] += int(has_eos.sum())
         return response_mask, has_eos
 
-    ppo.first_eos_mask = counting_mask
+    ppo_rollout_module.first_eos_mask = counting_mask
     captured: dict[str, Any] = {}
-    original_loop = ppo.ppo_loop
+    original_loop = ppo_loop_module.ppo_loop
 
     def timed_loop(run, ac, rewards, prompts, eval_prompts, tokenizer):
         captured["n_params"] = base_parameters(ac.model)
@@ -223,11 +226,11 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         captured.update(window=window, clock=clock)
         return out
 
-    ppo.ppo_loop = timed_loop
+    ppo_loop_module.ppo_loop = timed_loop
     try:
         metrics = ppo.train(cfg)
     finally:
-        ppo.ppo_loop, ppo.first_eos_mask = original_loop, original_mask
+        ppo_loop_module.ppo_loop, ppo_rollout_module.first_eos_mask = original_loop, original_mask
         timer.restore()
     window, clock = captured["window"], captured["clock"]
     timer.add("train/optimizer_step", clock.optimizer_s)
