@@ -43,6 +43,13 @@ def combined_scores(per_model: Sequence[torch.Tensor], weights: Sequence[float])
     return sum(w * s for w, s in zip(weights, per_model))
 
 
+def picking_rewards(ev: Any, reward_names: Sequence[str]) -> list[str]:
+    """The reward models whose mix picks the best: ``best_of_n_rewards``, else the proxy (or helpful, or first) one."""
+    if ev.best_of_n_rewards:
+        return list(ev.best_of_n_rewards)
+    return [ev.proxy_reward or ev.helpful_reward or reward_names[0]] if reward_names else []
+
+
 def check_best_of_n(ev: Any, reward_names: Sequence[str], policy_names: Sequence[str]) -> None:
     """best_of_n settings that cannot work, refused before anything loads, naming the key."""
     if ev.best_of_n == 0:
@@ -51,9 +58,7 @@ def check_best_of_n(ev: Any, reward_names: Sequence[str], policy_names: Sequence
         raise ConfigError(f"best_of_n must be 0 (off) or at least 2, got {ev.best_of_n}")
     if ev.temperature == 0:
         raise ConfigError("best_of_n needs sampling: with temperature 0 every candidate is the same greedy answer")
-    rewards = ev.best_of_n_rewards or (
-        [ev.proxy_reward or ev.helpful_reward or reward_names[0]] if reward_names else []
-    )
+    rewards = picking_rewards(ev, reward_names)
     unknown = [r for r in rewards if r not in reward_names]
     if not rewards or unknown:
         raise ConfigError(f"best_of_n_rewards {unknown or rewards} must name reward models of {list(reward_names)}")
@@ -74,7 +79,7 @@ def best_of_n_outputs(
     """The best of ``best_of_n`` samples of ``base`` per prompt, and what it cost (seconds, samples)."""
     ev = cfg.evaluate
     n = ev.best_of_n
-    rewards = ev.best_of_n_rewards or [ev.proxy_reward or ev.helpful_reward or reward_names[0]]
+    rewards = picking_rewards(ev, reward_names)
     weights = list(ev.best_of_n_weights) or [1.0] * len(rewards)
     spec = PolicySpec(base.name, base.path)
     started = time.perf_counter()
