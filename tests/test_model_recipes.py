@@ -6,6 +6,9 @@ family's config class and saved with a tokenizer to a temporary directory, which
 template, like the real ones); recipes that set ``chat_template`` (base models: GPT-2, Pythia) get a
 GPT-2-style byte-level BPE tokenizer with ``<|endoftext|>`` as bos/eos/unk and no pad token or template,
 so the ChatML tokens, the pad token and the embedding resize all happen as they would on the real model.
+The Gemma recipe (``chat_template: gemma``) gets the same BPE with Gemma's special tokens already in the
+vocabulary (``<bos>``, ``<eos>``, ``<pad>``, ``<start_of_turn>``, ``<end_of_turn>``) and no template, as the base
+model's GGUF tokenizer has them.
 Recipes are combined with configs/sft.yaml's keys, as the documented ``alignment sft`` command does.
 """
 
@@ -15,7 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    Qwen2Config,
+)
 
 from alignment.core.config import Config, build_config, load_yaml
 from tests.conftest import REPO_ROOT, assert_params_changed, trainable_snapshot
@@ -71,6 +82,18 @@ def tiny_family_config(model_id: str, tokenizer) -> PretrainedConfig:
     }
     if "qwen2" in name:
         return Qwen2Config(**llama_like)
+    if "gemma3" in name or "gemma-3" in name:
+        # Gemma 3's pattern at 2 layers: a sliding-window layer (window 4, shorter than the test's sequences)
+        # and a full-attention one; head_dim is its own setting in Gemma.
+        gemma = {k: v for k, v in llama_like.items() if k != "max_position_embeddings"}
+        return Gemma3TextConfig(
+            **gemma,
+            head_dim=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     if "llama" in name or "smollm" in name:
         return LlamaConfig(**llama_like)
     pytest.fail(f"no tiny config for the family of {model_id}: add its config class to tiny_family_config()")
@@ -115,14 +138,34 @@ def base_model_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def recipe_model_dir(tmp_path_factory, instruct_tokenizer, base_model_tokenizer):
+def gemma_base_tokenizer():
+    """Gemma base style: its special tokens in the vocabulary, ``<bos>``/``<eos>``/``<pad>``, no chat template."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    texts = [m["content"] for messages in DEMONSTRATIONS for m in messages] * 2
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=600, min_frequency=2, special_tokens=specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    assert not tokenizer.chat_template
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def recipe_model_dir(tmp_path_factory, instruct_tokenizer, base_model_tokenizer, gemma_base_tokenizer):
     """``recipe path -> directory`` with a tiny random model of the recipe's family and its tokenizer."""
     built: dict[Path, Path] = {}
 
     def build(path: Path) -> Path:
         if path not in built:
             data, _ = load_yaml(path)
-            tokenizer = base_model_tokenizer if data.get("chat_template") else instruct_tokenizer
+            tokenizer = {"chatml": base_model_tokenizer, "gemma": gemma_base_tokenizer}.get(
+                data.get("chat_template"), instruct_tokenizer
+            )
             out = tmp_path_factory.mktemp(path.stem)
             torch.manual_seed(0)
             config = tiny_family_config(data["model_name_or_path"], tokenizer)
@@ -209,7 +252,7 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name or "trainable_tokens_delta" in name for name in trainable), trainable[:5]
     # Only base models given ChatML grow their vocabulary, and only they train embedding rows (see below).
-    assert any("trainable_tokens_delta" in name for name in trainable) == bool(cfg.model.chat_template)
+    assert any("trainable_tokens_delta" in name for name in trainable) == (cfg.model.chat_template == "chatml")
     if load_in_8bit:
         assert {type(m.base_layer).__name__ for m in adapted.values()} == {"Linear8bitLt"}
 
@@ -226,7 +269,34 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     assert_params_changed(before, model, "lora_B")  # B starts at zero, so A gets no gradient on step one
 
 
-BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template")]
+BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template") == "chatml"]
+GEMMA_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template") == "gemma"]
+
+
+@pytest.mark.parametrize("path", GEMMA_RECIPES, ids=lambda p: p.stem)
+def test_gemma_recipe_uses_gemma_turns_learns_end_of_turn_and_stops_there(path, recipe_model_dir):
+    """A Gemma base model: no template of its own, turns end with <end_of_turn>, which is not its EOS."""
+    from alignment.core.config import ModelConfig
+    from alignment.modeling.sources import ModelLoadError
+    from alignment.modeling.tokenizer import load_tokenizer, stop_token_ids
+
+    model_dir = recipe_model_dir(path)
+    with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
+        load_tokenizer(ModelConfig(model_name_or_path=str(model_dir)), require_chat_template=True)
+    cfg = recipe_config(path, model_dir)
+    tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
+    prompt = tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn != tokenizer.eos_token_id and end_of_turn in stop_token_ids(tokenizer)
+    assert len(tokenizer) == len(gemma_vocab := tokenizer.get_vocab()) and "<|im_end|>" not in gemma_vocab
+
+    # SFT learns every model turn up to and including <end_of_turn>; the system message rides in the first user turn.
+    _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
+    assert [len(e.target_spans) for e in examples] == [1, 2, 1]
+    for example in examples:
+        for start, end in example.target_spans:
+            assert example.labels[end - 1] == end_of_turn, tokenizer.decode(example.input_ids[start:end])
 
 
 @pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
@@ -439,6 +509,10 @@ def test_generation_from_a_packed_prefill_and_a_preallocated_cache_equals_plain_
 
     plain = generate(None)
     prefilled_cache = generation_cache(model, encoded.input_ids, encoded.attention_mask, greedy)
+    if getattr(base.config, "sliding_window", None) and "sliding_attention" in getattr(base.config, "layer_types", []):
+        # Gemma 3: sliding-window layers keep transformers' own cache (the preallocated one is full-attention only).
+        assert prefilled_cache is None
+        return
     assert prefilled_cache.get_seq_length() == encoded.input_ids.shape[1] - 1  # every prompt token but the last
     assert all(isinstance(layer, PreallocatedLayer) for layer in prefilled_cache.layers)
     prefilled = generate(prefilled_cache)
