@@ -199,6 +199,7 @@ def train(cfg: Config) -> dict[str, Any]:
             "pairs_per_second": result.rate("train/n_pairs"),
             "train_seconds": result.train_seconds,
             "steps": result.steps,
+            **result.budget,
             "num_train_records": len(examples),
             "num_rejected": sum(rejected.values()),
             "rejected_by_reason": dict(rejected),

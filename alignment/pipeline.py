@@ -49,6 +49,7 @@ from alignment.core.config import (
     split_config_arg,
 )
 from alignment.core.identity import describe_changes, is_run_directory, read_identity, run_identity, stage_kind
+from alignment.core.peak_memory import peak_memory_mib, reset_peak_memory
 from alignment.core.run import is_done, package_versions
 from alignment.core.tracking import write_json_atomic
 
@@ -264,8 +265,10 @@ def run_pipeline(path: str | list[str], overrides: dict[str, Any] | None = None)
         start = time.perf_counter()
         kind = stage_kind(cfg)
         module = _stage_module(kind)
+        reset_peak_memory()  # each stage's own peak, not the process's (the stages share this process)
         metrics = (module.evaluate if kind == "evaluate" else module.train)(cfg)
         summary["stages"][stage] = _stage_summary(status, time.perf_counter() - start, output_dir, metrics, kind)
+        summary["stages"][stage].update(peak_memory_mib())
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
 

@@ -184,6 +184,7 @@ def train(cfg: Config) -> dict[str, Any]:
             metrics.update(
                 pairs_per_second=result.rate("train/n_pairs"), train_seconds=result.train_seconds, steps=result.steps
             )
+            metrics.update(result.budget)
             metrics.update(num_train_records=len(records.records), num_truncated=spec.collate_fn.num_truncated)
             stats = after or summarize_eval(evaluate_loss(run, model, list(records.records)[:256], spec, batch_size))
             if run.is_main:

@@ -111,6 +111,7 @@ def train(cfg: Config) -> dict[str, Any]:
             "train_tokens_per_second": result.tokens_per_second,
             "train_seconds": result.train_seconds,
             "steps": result.steps,
+            **result.budget,
             "num_examples": len(examples),
             "num_eval_examples": len(eval_examples),
             "num_truncated": truncated,

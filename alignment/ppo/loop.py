@@ -37,6 +37,7 @@ from alignment.rl.controllers import AdaptiveKLController, FixedKLController
 from alignment.rl.critic_free import critic_free_advantages
 from alignment.rl.ppo_math import gae_advantages, kl_shaped_rewards
 from alignment.training.batching import adamw, local_shard, micro_batch_indices, reduce_sum
+from alignment.training.budget import TrainingBudget
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def ppo_loop(
         kl_ctl.load_state_dict(state["kl_controller"])
         if rewards.lagrange is not None:
             rewards.lagrange.load_state_dict(state["lagrange"])
+    budget = TrainingBudget(train_cfg.max_train_minutes, state.get("budget_seconds_spent", 0.0))
     reward_before = state.get("heldout_reward_before")
     if reward_before is None:
         reward_before = heldout_reward(ac, rewards, eval_prompts, tokenizer, cfg, train_cfg.seed)
@@ -133,6 +135,7 @@ def ppo_loop(
                 )
             timing["generate"] += t1 - t0
             timing["train"] += t2 - t1
+            budget.spend(t2 - t0)
             episodes += global_batch * cfg.samples_per_prompt
             stats.update(speed_statistics(rollout, global_batch * cfg.samples_per_prompt, world, t1 - t0, t2 - t1))
             first_scores = stats["objective/scores"] if first_scores is None else first_scores
@@ -151,12 +154,22 @@ def ppo_loop(
                     "kl_controller": kl_ctl.state_dict(),
                     "heldout_reward_before": reward_before,
                     "reward_mean_first": first_scores,
+                    **budget.state(),
                 }
                 if rewards.lagrange is not None:
                     extra["lagrange"] = rewards.lagrange.state_dict()
                 path = save_ppo_checkpoint(run, ac, optimizer, tokenizer, step + 1, extra)
                 if stop:
                     raise TrainingInterrupted(path)
+            if step + 1 < total_updates and budget.exhausted(run):
+                logger.info(
+                    "the %.1f-minute training budget is spent after %d of %d updates",
+                    train_cfg.max_train_minutes,
+                    step + 1,
+                    total_updates,
+                )
+                total_updates = step + 1
+                break
     bar.close()
     reward_after = heldout_reward(ac, rewards, eval_prompts, tokenizer, cfg, train_cfg.seed)
     total_time = timing["generate"] + timing["train"]
@@ -171,6 +184,7 @@ def ppo_loop(
         "updates": total_updates,
         "episodes_per_second": episodes / total_time if total_time else 0.0,
         "rollout_time_share": timing["generate"] / total_time if total_time else 0.0,
+        **budget.summary(),
     }
 
 

@@ -37,6 +37,7 @@ from alignment.core.checkpointing import (
 from alignment.core.run import Run
 from alignment.core.tracking import progress
 from alignment.training.batching import build_optimizer, local_shard, micro_batch_indices, reduce_sum
+from alignment.training.budget import TrainingBudget
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class LoopResult:
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    budget: dict[str, float | bool] = field(default_factory=dict)  # TrainingBudget.summary(), for the metrics
 
     def rate(self, stat: str) -> float:
         """A per-step logged count (``train/n_pairs``, say) summed over the run, per training second."""
@@ -126,13 +128,14 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
         num_training_steps=total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
-    start_step, history, evals = 0, [], []
+    start_step, history, evals, state = 0, [], [], None
     if cfg.resume:
         state = resume_from_newest(
             run.output_dir, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
         )
         start_step = state["step"] if state else 0
         run.metrics.drop_steps_after(start_step)
+    budget = TrainingBudget(cfg.max_train_minutes, (state or {}).get("budget_seconds_spent", 0.0))
     logger.info(
         "training %d steps (%d examples, global batch %d x %d accumulation)",
         total_steps,
@@ -183,6 +186,7 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
             optimizer.zero_grad(set_to_none=True)
             elapsed = time.perf_counter() - t0
             train_seconds += elapsed
+            budget.spend(elapsed)
             tokens_seen += global_tokens
             items_seen += global_items
             row = {
@@ -204,9 +208,18 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
                 run.metrics.log(done, {f"eval/{k}": v for k, v in evals[-1].items() if k != "step"})
             stop = interrupt.requested
             if stop or (cfg.save_steps > 0 and done % cfg.save_steps == 0 and done < total_steps):
-                path = _save(run, model, optimizer, scheduler, done)
+                path = _save(run, model, optimizer, scheduler, done, budget.state())
                 if stop:
                     raise TrainingInterrupted(path)
+            if done < total_steps and budget.exhausted(run):
+                logger.info(
+                    "the %.1f-minute training budget is spent after %d of %d steps",
+                    cfg.max_train_minutes,
+                    done,
+                    total_steps,
+                )
+                total_steps = done
+                break
     bar.close()
     last = history[-max(1, min(len(history), max(1, total_steps // 10))) :] if history else []
     return LoopResult(
@@ -217,10 +230,11 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
         train_seconds=train_seconds,
         history=history,
         evals=evals,
+        budget=budget.summary(),
     )
 
 
-def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int) -> Any:
+def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict) -> Any:
     path = None
     if run.is_main:
         path = save_checkpoint(
@@ -229,6 +243,7 @@ def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step
             model=run.accelerator.unwrap_model(model),
             optimizer=optimizer,
             scheduler=scheduler,
+            extra=extra,
             save_total_limit=run.cfg.train.save_total_limit,
         )
     run.accelerator.wait_for_everyone()

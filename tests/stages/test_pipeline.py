@@ -66,6 +66,8 @@ def test_rerun_skips_finished_stages_and_resumes_a_killed_ppo(tmp_path, tiny_lla
     assert statuses == {"sft": "skipped (already complete)", "reward": "skipped (already complete)", "ppo": "ran"}
     assert [row["step"] for row in read_log(run_dir / "ppo")] == [1, 2, 3]  # resumed at update 3, not restarted
     assert json.loads((run_dir / "summary.json").read_text())["stages"]["ppo"]["metrics"]["updates"] == 3
+    # Each stage that ran reports its own peak memory (the high-water mark restarts per stage).
+    assert summary["stages"]["ppo"]["peak_rss_mib"] > 0 and "peak_rss_mib" not in summary["stages"]["sft"]
 
 
 def write_named_recipe(tmp_path, model_dir) -> str:

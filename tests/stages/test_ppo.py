@@ -323,6 +323,18 @@ def test_short_run_trains_only_policy_and_value_and_writes_outputs(stage_dirs, t
     assert metrics["updates"] == 3
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_a_training_budget_ends_the_rl_loop_after_the_update_that_spends_it(stage_dirs, tmp_path, algorithm):
+    """Equal compute across methods: every algorithm stops at the same rule, and the spent seconds are checkpointed."""
+    extra = {"samples_per_prompt": 2, "mini_batch_size": 4} if algorithm == "grpo" else {}
+    metrics = ppo.train(ppo_config(stage_dirs, tmp_path, algorithm=algorithm, max_train_minutes=1e-6, **extra))
+    assert metrics["updates"] == 1 and metrics["budget_stopped"] is True and metrics["budget_seconds_spent"] > 0
+    assert [row["step"] for row in read_log(tmp_path) if "objective/kl" in row] == [1]
+    assert (tmp_path / "DONE").is_file() and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    state = json.loads((newest_checkpoint(tmp_path) / "state.json").read_text())
+    assert state["budget_seconds_spent"] == pytest.approx(metrics["budget_seconds_spent"])
+
+
 def test_resume_continues_with_the_same_kl_coefficient_and_data_position(stage_dirs, tmp_path, monkeypatch):
     adaptive = {"adaptive_kl": True, "kl_target": 0.01, "kl_horizon": 10}
     reference_dir = tmp_path / "reference"

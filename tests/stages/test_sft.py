@@ -196,3 +196,26 @@ def test_embedded_default_learns_lima(shared_data, tmp_path):
     )
     metrics = sft.train(cfg)
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
+
+
+def test_a_training_budget_stops_at_a_step_boundary_and_checkpoints_the_seconds_spent(tiny_llama_dir, tmp_path):
+    """max_train_minutes: the equal-compute rule. A budget shorter than one step stops after the first step."""
+    from alignment.core.checkpointing import newest_checkpoint
+
+    tiny_budget = {"max_steps": 4, "save_steps": 1, "max_train_minutes": 1e-6}
+    metrics = sft.train(sft_config(tiny_llama_dir, tmp_path / "budget", **tiny_budget))
+    assert metrics["steps"] == 1 and metrics["budget_stopped"] is True
+    assert 0 < metrics["budget_seconds_spent"] == pytest.approx(metrics["train_seconds"])
+    assert [row["step"] for row in read_log(tmp_path / "budget") if "train/loss" in row] == [1]
+    assert (tmp_path / "budget" / "DONE").is_file()
+
+    # The seconds spent travel in the checkpoint (a resume starts its TrainingBudget from them).
+    state = json.loads((newest_checkpoint(tmp_path / "budget") / "state.json").read_text())
+    assert state["budget_seconds_spent"] == pytest.approx(metrics["budget_seconds_spent"])
+    unlimited = sft.train(sft_config(tiny_llama_dir, tmp_path / "unlimited", max_steps=4, save_steps=0))
+    assert unlimited["steps"] == 4 and "budget_stopped" not in unlimited
+
+
+def test_a_negative_training_budget_is_refused():
+    with pytest.raises(ValueError, match="max_train_minutes"):
+        sft_config("smollm2-135m-instruct", "unused", max_train_minutes=-1)

@@ -135,3 +135,24 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert a == micro_batch_indices(10, 4, epoch=0, seed=1)
     assert a != micro_batch_indices(10, 4, epoch=1, seed=1)
     assert sorted(i for b in a for i in b) == list(range(10)) and [len(b) for b in a] == [4, 4, 2]
+
+
+def test_training_budget_counts_spent_seconds_including_a_resumed_runs():
+    from types import SimpleNamespace
+
+    from alignment.training.budget import TrainingBudget
+
+    one_process = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1))
+    unlimited = TrainingBudget(0.0)
+    unlimited.spend(1e9)
+    assert not unlimited.exhausted(one_process) and unlimited.summary() == {}
+
+    budget = TrainingBudget(1.0)  # 60 s
+    budget.spend(59.0)
+    assert not budget.exhausted(one_process)
+    budget.spend(1.0)
+    assert budget.exhausted(one_process)
+    assert budget.summary() == {"budget_stopped": True, "budget_seconds_spent": 60.0}
+    resumed = TrainingBudget(1.0, **{"spent_seconds": budget.state()["budget_seconds_spent"]})
+    assert resumed.exhausted(one_process), "a resumed run must not get a fresh budget"
+    assert not TrainingBudget(2.0, 60.0).exhausted(one_process)
