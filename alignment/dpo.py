@@ -17,7 +17,6 @@ survive kill -9, resume, and exact averaging across accumulation and processes.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 
 from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
-from alignment.core.stats import proportion_confidence_interval
+from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, progress
 from alignment.data.collate import RejectedExample, SFTCollator, SFTExample, render_sft_example
 from alignment.data.load import load_records
@@ -154,14 +153,9 @@ def with_reference_logps(
 
 def summarize_eval(result: dict[str, float]) -> dict[str, float]:
     """Preference accuracy of the implicit reward (Wilson 95% interval), loss, and the mean implicit rewards."""
-    n_pairs = int(result["n_pairs"])
-    accuracy, low, high = proportion_confidence_interval(result["n_correct"], n_pairs) if n_pairs else (math.nan,) * 3
     return {
-        "eval_accuracy": accuracy,
-        "eval_accuracy_ci_low": low,
-        "eval_accuracy_ci_high": high,
+        **pair_accuracy(result["n_correct"], result["n_pairs"]),
         "eval_loss": result["loss"],
-        "num_pairs": n_pairs,
         "eval_reward_chosen": result["reward_chosen_sum"] / max(result["n_chosen"], 1.0),
         "eval_reward_rejected": result["reward_rejected_sum"] / max(result["n_rejected"], 1.0),
     }

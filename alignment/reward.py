@@ -23,7 +23,7 @@ import torch
 
 from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
-from alignment.core.stats import proportion_confidence_interval
+from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, write_json_atomic
 from alignment.data.collate import RewardCollator
 from alignment.data.load import load_records
@@ -128,17 +128,12 @@ def reward_loop_spec(
 def summarize_eval(result: dict[str, float]) -> dict[str, float]:
     """Accuracy with a Wilson 95% interval, loss, and the reward mean/std over the evaluated responses."""
 
-    n_pairs = int(result["n_pairs"])
-    accuracy, low, high = proportion_confidence_interval(result["n_correct"], n_pairs) if n_pairs else (math.nan,) * 3
     n = max(result["n_responses"], 1.0)
     mean = result["reward_sum"] / n
     std = math.sqrt(max(result["reward_sq_sum"] / n - mean * mean, 0.0))
     return {
-        "eval_accuracy": accuracy,
-        "eval_accuracy_ci_low": low,
-        "eval_accuracy_ci_high": high,
+        **pair_accuracy(result["n_correct"], result["n_pairs"]),
         "eval_loss": result["loss"],
-        "num_pairs": n_pairs,
         "reward_mean": mean,
         "reward_std": std,
     }

@@ -162,3 +162,10 @@ def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bo
         )
 
     return sorted((i for i in valid if not dominated(i)), key=lambda i: (points[i][0], i))
+
+
+def pair_accuracy(n_correct: float, n_pairs: float) -> dict[str, float]:
+    """Pairwise preference accuracy with its Wilson 95% interval, as the reward and DPO stages report it."""
+    n = int(n_pairs)
+    accuracy, low, high = proportion_confidence_interval(n_correct, n) if n else (math.nan,) * 3
+    return {"eval_accuracy": accuracy, "eval_accuracy_ci_low": low, "eval_accuracy_ci_high": high, "num_pairs": n}
