@@ -270,12 +270,21 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
 
 
 BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template") == "chatml"]
-GEMMA_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template") == "gemma"]
+TEMPLATE_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template")]
+# What each built-in template renders for one user turn, and the token that ends an assistant turn.
+TEMPLATE_FORMS = {
+    "chatml": ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
+    "gemma": ("<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
+}
 
 
-@pytest.mark.parametrize("path", GEMMA_RECIPES, ids=lambda p: p.stem)
-def test_gemma_recipe_uses_gemma_turns_learns_end_of_turn_and_stops_there(path, recipe_model_dir):
-    """A Gemma base model: no template of its own, turns end with <end_of_turn>, which is not its EOS."""
+@pytest.mark.parametrize("path", TEMPLATE_RECIPES, ids=lambda p: p.stem)
+def test_base_model_recipe_gets_a_working_chat_template_and_learns_to_end_its_turn(path, recipe_model_dir):
+    """A base model ships no template: the recipe's one renders turns, and SFT learns the token that ends them.
+
+    ChatML adds its two tokens and makes <|im_end|> the EOS; Gemma's tokens are already in its vocabulary, and its
+    <end_of_turn> is not the EOS, so the one stop rule must find it in the template.
+    """
     from alignment.core.config import ModelConfig
     from alignment.modeling.sources import ModelLoadError
     from alignment.modeling.tokenizer import load_tokenizer, stop_token_ids
@@ -283,50 +292,31 @@ def test_gemma_recipe_uses_gemma_turns_learns_end_of_turn_and_stops_there(path, 
     model_dir = recipe_model_dir(path)
     with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
         load_tokenizer(ModelConfig(model_name_or_path=str(model_dir)), require_chat_template=True)
-    cfg = recipe_config(path, model_dir)
-    tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
-    prompt = tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
-    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    assert end_of_turn != tokenizer.eos_token_id and end_of_turn in stop_token_ids(tokenizer)
-    assert len(tokenizer) == len(gemma_vocab := tokenizer.get_vocab()) and "<|im_end|>" not in gemma_vocab
-
-    # SFT learns every model turn up to and including <end_of_turn>; the system message rides in the first user turn.
-    _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
-    assert [len(e.target_spans) for e in examples] == [1, 2, 1]
-    for example in examples:
-        for start, end in example.target_spans:
-            assert example.labels[end - 1] == end_of_turn, tokenizer.decode(example.input_ids[start:end])
-
-
-@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
-def test_base_model_recipe_gets_a_working_chatml_template(path, recipe_model_dir):
-    from alignment.core.config import ModelConfig
-    from alignment.modeling.sources import ModelLoadError
-    from alignment.modeling.tokenizer import load_tokenizer
-
-    model_dir = recipe_model_dir(path)
-    with pytest.raises(ModelLoadError, match="chat_template"):  # why the recipe sets it
-        load_tokenizer(ModelConfig(model_name_or_path=str(model_dir)), require_chat_template=True)
 
     cfg = recipe_config(path, model_dir)
-    assert cfg.model.chat_template == "chatml"
+    expected_prompt, end_token = TEMPLATE_FORMS[cfg.model.chat_template]
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
     prompt = tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == expected_prompt
     full = tokenizer.apply_chat_template(MESSAGES, tokenize=False)
-    assert full.startswith(prompt) and full.endswith("Hello! How can I help?<|im_end|>\n")
-    for token in ("<|im_start|>", "<|im_end|>"):
-        assert tokenizer.tokenize(token) == [token], f"{token} must be one token"
-    assert tokenizer.eos_token == "<|im_end|>"
-    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
+    assert full.startswith(prompt) and full.endswith(f"Hello! How can I help?{end_token}\n")
+    assert tokenizer.tokenize(end_token) == [end_token], f"{end_token} must be one token"
+    end_id = tokenizer.convert_tokens_to_ids(end_token)
+    assert end_id in stop_token_ids(tokenizer)
+    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id, end_id)
+    if cfg.model.chat_template == "chatml":
+        assert tokenizer.eos_token == "<|im_end|>" and tokenizer.tokenize("<|im_start|>") == ["<|im_start|>"]
+    else:  # nothing added: the vocabulary (and so the embedding) keeps its size
+        from transformers import AutoTokenizer
 
-    # SFT learns every assistant turn up to and including <|im_end|>, so the model learns to stop.
+        assert end_id != tokenizer.eos_token_id and len(tokenizer) == len(AutoTokenizer.from_pretrained(model_dir))
+
+    # SFT learns every assistant turn up to and including its end token (the system message rides along).
     _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
     assert [len(e.target_spans) for e in examples] == [1, 2, 1]
     for example in examples:
         for start, end in example.target_spans:
-            assert example.labels[end - 1] == tokenizer.eos_token_id, tokenizer.decode(example.input_ids[start:end])
+            assert example.labels[end - 1] == end_id, tokenizer.decode(example.input_ids[start:end])
 
 
 def token_rows(model, ids: list[int]) -> dict[str, torch.Tensor]:
