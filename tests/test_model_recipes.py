@@ -14,6 +14,7 @@ Recipes are combined with configs/sft.yaml's keys, as the documented ``alignment
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from transformers import (
 )
 
 from alignment.core.config import Config, build_config, load_yaml
+from alignment.data.chat_template import template_turn_tokens
 from tests.conftest import REPO_ROOT, assert_params_changed, trainable_snapshot
 
 MODEL_RECIPES = sorted((REPO_ROOT / "configs" / "models").glob("*.yaml"))
@@ -251,8 +253,8 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     assert {name.rsplit(".", 1)[-1] for name in adapted} == set(targets)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name or "trainable_tokens_delta" in name for name in trainable), trainable[:5]
-    # Only base models given ChatML grow their vocabulary, and only they train embedding rows (see below).
-    assert any("trainable_tokens_delta" in name for name in trainable) == (cfg.model.chat_template == "chatml")
+    # Only base models given a template train embedding rows: ChatML's added tokens, Gemma's unused turn tokens.
+    assert any("trainable_tokens_delta" in name for name in trainable) == bool(cfg.model.chat_template)
     if load_in_8bit:
         assert {type(m.base_layer).__name__ for m in adapted.values()} == {"Linear8bitLt"}
 
@@ -269,7 +271,6 @@ def test_recipe_lora_targets_match_and_an_sft_step_trains_them(path, load_in_8bi
     assert_params_changed(before, model, "lora_B")  # B starts at zero, so A gets no gradient on step one
 
 
-BASE_MODEL_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template") == "chatml"]
 TEMPLATE_RECIPES = [p for p in MODEL_RECIPES if load_yaml(p)[0].get("chat_template")]
 # What each built-in template renders for one user turn, and the token that ends an assistant turn.
 TEMPLATE_FORMS = {
@@ -311,6 +312,14 @@ def test_base_model_recipe_gets_a_working_chat_template_and_learns_to_end_its_tu
 
         assert end_id != tokenizer.eos_token_id and len(tokenizer) == len(AutoTokenizer.from_pretrained(model_dir))
 
+    # The turn tokens' embedding rows are trained (a base model never used them; lora.trainable_token_targets).
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.lora import trainable_token_targets
+
+    model = load_causal_lm(cfg.model, dataclasses.replace(cfg.lora, use_lora=False), cfg.quant, tokenizer=tokenizer)
+    trained_ids = next(iter(trainable_token_targets(model, "CAUSAL_LM").values()))  # the input embedding's rows
+    assert end_id in trained_ids and tokenizer.bos_token_id not in trained_ids
+
     # SFT learns every assistant turn up to and including its end token (the system message rides along).
     _, _, examples = sft_batch(cfg, tokenizer, padding_free=True)
     assert [len(e.target_spans) for e in examples] == [1, 2, 1]
@@ -327,11 +336,10 @@ def token_rows(model, ids: list[int]) -> dict[str, torch.Tensor]:
     return {"input": inputs.clone(), "output": outputs.clone()}
 
 
-@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
-def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_and_ppo(
-    path, recipe_model_dir, tmp_path
-):
-    """<|im_start|>/<|im_end|> start as the same mean row; LoRA alone would never train them apart."""
+@pytest.mark.parametrize("path", TEMPLATE_RECIPES, ids=lambda p: p.stem)
+def test_turn_token_rows_are_trained_under_lora_and_survive_save_load_merge_and_ppo(path, recipe_model_dir, tmp_path):
+    """ChatML's added <|im_start|>/<|im_end|> start as the same mean row, and Gemma's <end_of_turn> row was never
+    trained in pretraining; LoRA alone would never train either."""
     from peft import PeftModel
 
     from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
@@ -344,11 +352,13 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
     cfg = recipe_config(path, recipe_model_dir(path))
     tokenizer = load_tokenizer(cfg.model, require_chat_template=True)
     model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, tokenizer=tokenizer, device="cpu", dropout=False)
-    chat_ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    chat_ids = tokenizer.convert_tokens_to_ids(template_turn_tokens(tokenizer))
+    assert len(chat_ids) == 2, template_turn_tokens(tokenizer)  # the turn's start and end tokens
     before = token_rows(model, chat_ids)
     pad_before = token_rows(model, [tokenizer.pad_token_id])
-    for side in ("input", "output"):
-        assert torch.equal(before[side][0], before[side][1]), "new rows start equal (the mean embedding)"
+    if cfg.model.chat_template == "chatml":
+        for side in ("input", "output"):
+            assert torch.equal(before[side][0], before[side][1]), "new rows start equal (the mean embedding)"
 
     spec, batch, _ = sft_batch(cfg, tokenizer, padding_free=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -359,7 +369,8 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
         optimizer.zero_grad()
     after = token_rows(model, chat_ids)
     for side in ("input", "output"):  # the output rows are tied to the input (GPT-2) or their own (Pythia)
-        assert not torch.equal(after[side][0], after[side][1]), f"{side} rows of the ChatML tokens did not train"
+        assert not torch.equal(after[side][0], after[side][1]), f"{side} rows of the turn tokens did not train apart"
+        assert not torch.equal(after[side][1], before[side][1]), f"{side} row of the end-of-turn token did not train"
     pad_after = token_rows(model, [tokenizer.pad_token_id])
     assert all(torch.equal(pad_before[side], pad_after[side]) for side in pad_before), "the pad row is not trained"
 
@@ -388,7 +399,7 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
 
     # PPO's layout: the SFT adapter as the frozen reference, the policy an exact (trainable) copy of it.
     base = load_causal_lm(
-        ModelConfig(model_name_or_path=str(recipe_model_dir(path)), chat_template="chatml"),
+        ModelConfig(model_name_or_path=str(recipe_model_dir(path)), chat_template=cfg.model.chat_template),
         LoraConfig(use_lora=False),
         QuantConfig(),
         trainable=False,
@@ -402,9 +413,9 @@ def test_added_chatml_tokens_are_trained_under_lora_and_survive_save_load_merge_
         torch.testing.assert_close(ppo_model(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", BASE_MODEL_RECIPES, ids=lambda p: p.stem)
-def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, recipe_model_dir, tmp_path):
-    """The three stages chained on a family that needed ChatML tokens: PPO's adapters carry their trained rows."""
+@pytest.mark.parametrize("path", TEMPLATE_RECIPES, ids=lambda p: p.stem)
+def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_turn_token_rows(path, recipe_model_dir, tmp_path):
+    """The three stages chained on a base family given a template: PPO's adapters carry the trained turn rows."""
     from safetensors.torch import load_file
 
     import alignment.ppo as ppo
@@ -414,7 +425,7 @@ def test_base_model_recipe_runs_sft_reward_and_ppo_with_its_added_tokens(path, r
 
     common = {
         "model_name_or_path": str(recipe_model_dir(path)),
-        "chat_template": "chatml",
+        "chat_template": load_yaml(path)[0]["chat_template"],
         "lora_target_modules": load_yaml(path)[0]["lora_target_modules"],
         "dataset_name": "demo",
         "max_samples": 8,

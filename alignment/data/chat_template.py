@@ -172,6 +172,24 @@ def template_end_of_turn(tokenizer: Any) -> str | None:
     return min(found)[1] if found else None
 
 
+def template_turn_tokens(tokenizer: Any) -> list[str]:
+    """The special tokens the chat template writes around turns (``<start_of_turn>``, ``<end_of_turn>``,
+    ``<|im_start|>``...), found by rendering a short chat with a generation prompt; BOS and padding left out."""
+    if not has_chat_template(tokenizer):
+        return []
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Ok"},
+    ]
+    try:
+        text = _render(tokenizer, chat, True)
+    except Exception:  # as in template_end_of_turn: nothing to learn from a template that rejects this chat
+        return []
+    skip = {getattr(tokenizer, "bos_token", None), getattr(tokenizer, "pad_token", None)}
+    return sorted(s for s in special_token_strings(tokenizer) - skip if s in text)
+
+
 def render_reward_texts(tokenizer: Any, prompt_messages: Sequence[Message], response: str) -> str:
     """The prompt + ``response`` as the reward model reads it.
 

@@ -34,9 +34,10 @@ from transformers import (
 
 from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.core.precision import resolve_dtype
+from alignment.data.chat_template import template_turn_tokens
 from alignment.modeling.attention import use_varlen_sdpa
 from alignment.modeling.embedded import cache_root
-from alignment.modeling.lora import GROWN_TOKENS_ATTR, peft_lora_config, trainable_token_targets
+from alignment.modeling.lora import TRAINED_TOKENS_ATTR, peft_lora_config, trainable_token_targets
 from alignment.modeling.module_utils import count_parameters, disable_dropout
 from alignment.modeling.quantization import bnb_config
 from alignment.modeling.sources import ModelLoadError, ModelSource, hub_error, resolve_model_source
@@ -232,7 +233,10 @@ def _load_base(
     auto_cls = AutoModelForCausalLM if task == "CAUSAL_LM" else AutoModelForSequenceClassification
     extra = {} if task == "CAUSAL_LM" else {"num_labels": 1}
     model, missing = _from_pretrained(auto_cls, source, model_cfg, quantization, device, extra)
-    setattr(model, GROWN_TOKENS_ATTR, sync_vocab_and_special_tokens(model, tokenizer))
+    grown = sync_vocab_and_special_tokens(model, tokenizer)
+    # A template the recipe supplies is new to the base: its turn tokens' rows are trained too (lora.py says why).
+    turns = tokenizer.convert_tokens_to_ids(template_turn_tokens(tokenizer)) if model_cfg.chat_template else []
+    setattr(model, TRAINED_TOKENS_ATTR, sorted(set(grown) | set(turns)))
     if task == "SEQ_CLS":
         _init_fresh_head(model, missing)
     if task == "CAUSAL_LM" or hasattr(model, "score"):  # decoders: packed batches become one row, no filler

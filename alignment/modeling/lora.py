@@ -7,11 +7,8 @@ from transformers import PreTrainedModel
 
 from alignment.core.config import LoraConfig
 
-# Attribute set on loaded bases: ids of the embedding rows the loader grew for tokens the checkpoint lacks.
-
-
-# Attribute set on loaded bases: ids of the embedding rows the loader grew for tokens the checkpoint lacks.
-GROWN_TOKENS_ATTR = "alignment_grown_token_ids"
+# Attribute set on loaded bases: ids of the embedding rows an adapter must train (see trainable_token_targets).
+TRAINED_TOKENS_ATTR = "alignment_trained_token_ids"
 
 
 def peft_lora_config(
@@ -34,18 +31,21 @@ def peft_lora_config(
 
 
 def trainable_token_targets(model: PreTrainedModel, task: str) -> dict[str, list[int]] | None:
-    """Embedding rows a LoRA adapter must train besides its low-rank matrices: those the loader grew.
+    """Embedding rows a LoRA adapter must train besides its low-rank matrices: those the loader marked.
 
-    Tokens added to the vocabulary (ChatML's ``<|im_start|>``/``<|im_end|>`` on GPT-2 or Pythia)
-    start as the mean embedding, identical to one another; LoRA leaves embeddings frozen, so the
-    model could never tell them apart nor learn to emit ``<|im_end|>`` (trl's ``setup_chat_format``
-    has the same trap). peft's trainable tokens train just those rows: the input embedding, and
-    the output embedding of a causal LM that does not tie it (a tied one follows the input).
-    The pad token is left out: no loss or attention ever reads it.
+    Two kinds, both where a recipe gives a base model a chat template (``chat_template``):
+    - Tokens added to the vocabulary (ChatML's ``<|im_start|>``/``<|im_end|>`` on GPT-2 or Pythia) start as the
+      mean embedding, identical to one another; LoRA leaves embeddings frozen, so the model could never tell them
+      apart nor learn to emit ``<|im_end|>`` (trl's ``setup_chat_format`` has the same trap).
+    - Turn tokens the base's vocabulary has but its pretraining never used: Gemma 3 270M's ``<end_of_turn>`` row
+      is at cosine 0.995 to hundreds of ``<unusedN>`` rows, so an SFT policy trained with LoRA alone wrote
+      ``<unused1603>`` or ``<unused5>`` where the turn should end and ran on (52% of its answers never ended).
+    peft's trainable tokens train just those rows: the input embedding, and the output embedding of a causal LM
+    that does not tie it (a tied one follows the input). The pad token is left out: no loss or attention reads it.
     """
-    grown = getattr(model, GROWN_TOKENS_ATTR, None) or []
+    marked = getattr(model, TRAINED_TOKENS_ATTR, None) or []
     pad_id = getattr(model.config, "pad_token_id", None)
-    ids = [i for i in grown if i != pad_id]
+    ids = [i for i in marked if i != pad_id]
     if not ids:
         return None
     names = {module: name for name, module in model.named_modules()}
