@@ -12,6 +12,14 @@ only) cannot feed. Every response is rendered exactly as SFT renders a demonstra
 learned (:func:`alignment.data.collate.render_sft_example`), and the LM head runs on response tokens only
 (:mod:`alignment.modeling.target_logits`). The shared loop (``alignment.training.loop``) gives checkpoints that
 survive kill -9, resume, and exact averaging across accumulation and processes.
+
+Why our loop and not trl's ``DPOTrainer``, measured (``bench/bench_dpo.py``, 2026-12-05, AMD EPYC 2 cores with
+AVX-512, fp32, SmolLM2-135M-Instruct, LoRA r8 on all linear layers, 128 HH-RLHF pairs, batch 8, max_length 256, one
+epoch): this stage trained at 0.72 pairs/s (the reference pass included) against trl 1.16's ``DPOTrainer`` at
+0.20 pairs/s (3.5x), at the same peak resident memory (8.3 GB each) and a like training loss (0.70 against 0.69
+after 16 steps). The trainer runs the reference (the adapter disabled) on every step and the LM head on every
+position; here the reference is taken once and the head runs on response tokens only. So trl is not a dependency of
+the library: the benchmark's peer side installs it (``pip install -e .[peer]``).
 """
 
 from __future__ import annotations

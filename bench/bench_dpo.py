@@ -4,9 +4,10 @@
     python bench/bench_dpo.py --peer          # trl's DPOTrainer (the version installed here), fp32
     python bench/bench_dpo.py --quick         # 8 pairs: a smoke test
 
-This decides whether the DPO stage is built on trl's ``DPOTrainer`` or on our loop (issue: "decide by measurement").
-Unlike the other benchmarks, the peer is the trl of the main environment (DPO is current in trl, not a removed
-trainer), run in its own process like ours.
+This decided that the DPO stage is built on our loop, not trl's ``DPOTrainer`` (the figures are in
+``alignment/dpo.py`` and bench/RESULTS.md). Unlike the other benchmarks, the peer is a current trl in the main
+environment (DPO is current in trl, not a removed trainer): ``pip install -e .[peer]``, run in its own process like
+ours.
 
 Settings (both sides): SmolLM2-135M-Instruct as the start policy, LoRA r=8 alpha=16 all-linear, dropout off, fp32,
 128 pairs (``bench/work/rm_train.jsonl``), batch 8 pairs, 1 epoch (16 steps), max_length 256, lr 1e-4 linear,
@@ -117,7 +118,11 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    import trl
+
+    try:
+        import trl
+    except ImportError as e:
+        raise SystemExit("the DPO peer is trl's DPOTrainer: pip install -e .[peer]") from e
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
