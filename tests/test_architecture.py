@@ -158,3 +158,32 @@ def test_contributing_maps_every_module():
         if path.name != "__init__.py" and path.name not in text
     ]
     assert not missing, f"modules CONTRIBUTING.md does not map: {missing}"
+
+
+# Declared dependencies the library never imports itself: transformers uses them on its behalf.
+USED_THROUGH_TRANSFORMERS = {
+    "bitsandbytes": "BitsAndBytesConfig quantizes with it (load_in_8bit / load_in_4bit)",
+    "gguf": "from_pretrained(gguf_file=...) reads the embedded models' GGUF files with it",
+}
+IMPORT_NAMES = {"pyyaml": "yaml"}
+
+
+def test_every_declared_dependency_is_used():
+    """A runtime dependency the library does not use goes (trl was one until DPO was measured against it)."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = [re.split(r"[<>=!~ \[;]", spec, maxsplit=1)[0].lower() for spec in declared]
+    sources = "\n".join(
+        path.read_text(encoding="utf-8")
+        for folder in ("alignment", "data_schemas", "stages")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+    )
+    unused = [
+        name
+        for name in names
+        if name not in USED_THROUGH_TRANSFORMERS
+        and not re.search(rf"^\s*(import|from) {IMPORT_NAMES.get(name, name)}\b", sources, flags=re.MULTILINE)
+    ]
+    assert not unused, f"declared in pyproject.toml but imported by no module: {unused}"
