@@ -25,6 +25,7 @@ the library: the benchmark's peer side installs it (``pip install -e .[peer]``).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,13 +188,17 @@ def train(cfg: Config) -> dict[str, Any]:
         head = output_head(model)
         collator = PreferenceCollator(tokenizer.pad_token_id, cfg.dpo.padding_free, supports_flat_packing(model))
         batch_size = cfg.train.per_device_eval_batch_size
+        started = time.perf_counter()
         with run.accelerator.autocast():
             examples = with_reference_logps(model, head, examples, collator, batch_size)
+            # The training pairs' reference pass is training compute (PPO's rollouts count theirs): it is charged to
+            # max_train_minutes. The held-out pairs' pass is evaluation, as in every stage.
+            reference_seconds = time.perf_counter() - started
             eval_examples = with_reference_logps(model, head, eval_examples, collator, batch_size)
         spec = dpo_loop_spec(collator, head, cfg.dpo.beta)
         evaluate = lambda: summarize_eval(evaluate_loss(run, model, eval_examples, spec, batch_size))  # noqa: E731
         spec.eval_fn = evaluate if eval_examples else None
-        result = train_loop(run, model, examples, spec)
+        result = train_loop(run, model, examples, spec, budget_spent_before=reference_seconds)
         after = evaluate() if eval_examples else {}
         metrics: dict[str, Any] = {
             **after,

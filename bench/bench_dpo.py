@@ -86,9 +86,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         captured["pairs"] = captured.get("pairs") or len(examples)
         return out
 
-    def timed_loop(run, model, examples, spec):
+    def timed_loop(run, model, examples, spec, **kwargs):
         with cpu_window() as window:
-            result = original_loop(run, model, examples, spec)
+            result = original_loop(run, model, examples, spec, **kwargs)
         captured.update(window=window, loop=result)
         return result
 

@@ -110,8 +110,14 @@ def _step_batches(examples: Sequence[Any], run: Run, step: int, accum: int, glob
     return batches, epoch
 
 
-def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec) -> LoopResult:
-    """Train ``model`` on pre-tokenized ``examples``; checkpoints, resume, Ctrl-C and logging included."""
+def train_loop(
+    run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: LoopSpec, budget_spent_before: float = 0.0
+) -> LoopResult:
+    """Train ``model`` on pre-tokenized ``examples``; checkpoints, resume, Ctrl-C and logging included.
+
+    ``budget_spent_before``: seconds of training compute the stage spent before the loop (DPO's reference pass),
+    charged to ``max_train_minutes`` on a fresh start; a resumed run reads what its checkpoint spent instead.
+    """
     from transformers import get_scheduler  # imported here: it pulls in peft/bitsandbytes, too slow for `--help`
 
     cfg, accelerator = run.cfg.train, run.accelerator
@@ -135,7 +141,7 @@ def train_loop(run: Run, model: torch.nn.Module, examples: Sequence[Any], spec: 
         )
         start_step = state["step"] if state else 0
         run.metrics.drop_steps_after(start_step)
-    budget = TrainingBudget(cfg.max_train_minutes, (state or {}).get("budget_seconds_spent", 0.0))
+    budget = TrainingBudget(cfg.max_train_minutes, (state or {}).get("budget_seconds_spent", budget_spent_before))
     logger.info(
         "training %d steps (%d examples, global batch %d x %d accumulation)",
         total_steps,

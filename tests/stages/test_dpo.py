@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -114,3 +115,21 @@ def test_an_interrupted_dpo_run_resumes_where_it_stopped(sft_dir, tmp_path, monk
     expected = [r["train/loss"] for r in read_log(reference_dir) if "train/loss" in r]
     resumed = [r["train/loss"] for r in read_log(resumed_dir) if "train/loss" in r]
     assert resumed == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_reference_pass_is_charged_to_the_training_budget(sft_dir, tmp_path, monkeypatch):
+    """Equal compute: DPO's up-front reference pass is training compute, as PPO's reference passes in its rollouts."""
+    original = dpo.with_reference_logps
+    calls = []
+
+    def slow_reference(*args, **kwargs):  # the training pairs' pass takes 3 s; the held-out pairs' pass is free
+        result = original(*args, **kwargs)
+        calls.append(len(args[2]))
+        if len(calls) == 1:
+            time.sleep(3.0)
+        return result
+
+    monkeypatch.setattr(dpo, "with_reference_logps", slow_reference)
+    metrics = dpo.train(dpo_config(sft_dir, tmp_path, max_train_minutes=3.05 / 60))  # 3.05 s
+    assert calls[0] == 8 and metrics["budget_seconds_spent"] >= 3.0 + metrics["train_seconds"] - 1e-6
+    assert metrics["budget_stopped"] is True and metrics["steps"] < 8  # 8 steps without the budget
