@@ -1,10 +1,11 @@
 """A wall-clock budget for a training stage: the equal-compute rule for comparing methods.
 
 Comparing PPO, GRPO and DPO "at equal compute" on one host means giving each method's own training the same
-minutes. ``max_train_minutes`` counts the time spent in training steps only (rollouts and updates for RL, forward
-and backward for SFT, reward and DPO), not model loading, reference passes or the evaluations before and after,
-so the figure is the same kind of time for every method. The seconds spent travel in each checkpoint, so a
-resumed run spends what is left, not a fresh budget.
+minutes. ``max_train_minutes`` counts training compute only: rollouts and updates for RL (their reference passes
+included), forward and backward for SFT and reward, and for DPO its steps plus the reference pass it takes once
+before them (``train_loop``'s ``budget_spent_before``); not model loading or the evaluations before and after, so
+the figure is the same kind of time for every method. The seconds spent travel in each checkpoint, so a resumed run
+spends what is left, not a fresh budget.
 
 A budget makes the number of steps depend on the machine's speed: two runs of one recipe on different hosts
 stop at different steps. The learning-rate schedule is still planned over ``max_steps`` (or the epochs); set those
@@ -32,8 +33,7 @@ class TrainingBudget:
         """True once the budget is spent on any process (all-reduced, so every rank leaves the loop together)."""
         if self.limit_seconds is None:
             return False
-        over = float(self.spent_seconds >= self.limit_seconds)
-        self.stopped = reduce_sum(run, [over])[0] > 0 if run.accelerator.num_processes > 1 else bool(over)
+        self.stopped = reduce_sum(run, [float(self.spent_seconds >= self.limit_seconds)])[0] > 0
         return self.stopped
 
     def state(self) -> dict[str, float]:

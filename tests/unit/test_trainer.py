@@ -142,7 +142,7 @@ def test_training_budget_counts_spent_seconds_including_a_resumed_runs():
 
     from alignment.training.budget import TrainingBudget
 
-    one_process = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1))
+    one_process = SimpleNamespace(accelerator=SimpleNamespace(num_processes=1), device="cpu")
     unlimited = TrainingBudget(0.0)
     unlimited.spend(1e9)
     assert not unlimited.exhausted(one_process) and unlimited.summary() == {}
