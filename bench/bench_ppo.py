@@ -137,6 +137,7 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
             "save_steps": 0,
             "logging_steps": 1,
             "bf16": args.bf16,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "sft_model_path": sft_dir,
             "reward_model_paths": [reward_dir],
             # A critic-free run samples the same 8 responses per update: batch / K prompts, K samples each.
@@ -155,7 +156,7 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
             "sample_table_steps": 0,
         },
     )
-    timer = PhaseTimer()
+    timer = PhaseTimer(memory=args.memory_phases)
     counts = {"gen_positions": 0, "prompt_tokens": 0, "valid_tokens": 0, "responses": 0, "with_eos": 0}
 
     def mask_tokens(_phase, args_, _kwargs, _result):
@@ -176,6 +177,12 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
             return "rollout/reference"
         return "rollout/policy_logprobs" if in_rollout["now"] else "train/policy_forward"
 
+    if timer.memory is not None:  # loading is not timed (it is outside the training window), but it may hold memory
+        import alignment.ppo.policy as ppo_policy_module
+        import alignment.ppo.rewards as ppo_rewards_module
+
+        timer.wrap(ppo_policy_module, "build_actor_critic", lambda a, k: "load/actor_critic")
+        timer.wrap(ppo_rewards_module, "build_rewards", lambda a, k: "load/rewards")
     timer.wrap(ActorCritic, "generate", lambda a, k: "rollout/generate", generate_tokens)
     timer.wrap(ActorCritic, "response_logprobs", logprob_phase, mask_tokens)
     timer.wrap(
@@ -255,6 +262,8 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
         reward_dir=reward_dir,
         output_dir=str(output_dir),
     )
+    if timer.memory is not None:
+        result["memory_phases"] = timer.memory.as_dict()
     flops = result.pop("_model_flops")
     return finalize(result, window, flops, args.bf16, not args.no_peak, T_PROCESS)
 
@@ -338,6 +347,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reward-dir", default=None, help="reward output of the same side (default: the latest)")
     parser.add_argument("--algorithm", default="ppo", help="ours: ppo, rloo, grpo or reinforce_pp (memory, speed)")
     parser.add_argument("--samples-per-prompt", type=int, default=1, help="ours: K responses per prompt")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="ours: recompute activations in the update's backward"
+    )
+    parser.add_argument(
+        "--memory-phases", action="store_true", help="ours: which phase raised peak resident memory, by how much"
+    )
     args = parser.parse_args(argv)
     if args.peer and args.algorithm != "ppo":
         parser.error("--algorithm is ours only: the peer is trl 1.12's PPOTrainer")

@@ -387,11 +387,12 @@ class PhaseTimer:
     (monkeypatching), so the library itself carries no timing code beyond its step log.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, memory: bool = False) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.tokens: dict[str, float] = {}
         self._patches: list[tuple[Any, str, Any]] = []
+        self.memory = RssAttribution() if memory else None
 
     def add(self, phase: str, seconds: float, tokens: float = 0.0) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
@@ -408,7 +409,11 @@ class PhaseTimer:
             if phase is None:
                 return original(*args, **kwargs)
             t0 = time.perf_counter()
-            result = original(*args, **kwargs)
+            if timer.memory is not None:
+                with timer.memory.phase(phase):
+                    result = original(*args, **kwargs)
+            else:
+                result = original(*args, **kwargs)
             tokens = tokens_fn(phase, args, kwargs, result) if tokens_fn else 0.0
             timer.add(phase, time.perf_counter() - t0, float(tokens or 0.0))
             return result
@@ -421,9 +426,72 @@ class PhaseTimer:
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._patches.clear()
+        if self.memory is not None:
+            self.memory.stop()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seconds": dict(self.seconds), "calls": dict(self.calls), "tokens": dict(self.tokens)}
+        out = {"seconds": dict(self.seconds), "calls": dict(self.calls), "tokens": dict(self.tokens)}
+        if self.memory is not None:
+            out["memory"] = self.memory.as_dict()
+        return out
+
+
+class RssAttribution:
+    """Which phase raised the process's resident-memory high-water mark, and by how much.
+
+    A thread samples resident memory (``/proc/self/statm``) every ``interval_s``; each rise of the running maximum
+    is charged to the innermost phase active at that moment (``"outside"`` when none). Charging rises, not levels,
+    matters on the CPU: glibc keeps freed blocks for reuse (``alignment.core.cpu_memory``), so resident memory stays
+    at its peak after the phase that set it, and every later phase would otherwise look as large. Samples are taken
+    while torch kernels run (they release the GIL); a rise shorter than the interval can be missed.
+    """
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stack: list[str] = []
+        self.start_mib = self._rss_mib()
+        self.peak_mib = self.start_mib
+        self.raised_mib: dict[str, float] = {}
+        self.peak_phase: dict[str, float] = {}  # highest resident memory seen while each phase was active
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _rss_mib(self) -> float:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * self._page / 2**20
+
+    def _sample(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            rss, stack = self._rss_mib(), list(self._stack)
+            for name in stack:
+                self.peak_phase[name] = max(self.peak_phase.get(name, 0.0), rss)
+            if rss > self.peak_mib:
+                owner = stack[-1] if stack else "outside"
+                self.raised_mib[owner] = self.raised_mib.get(owner, 0.0) + rss - self.peak_mib
+                self.peak_mib = rss
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._stack.append(name)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start_mib": round(self.start_mib, 1),
+            "peak_mib": round(self.peak_mib, 1),
+            "raised_mib": {k: round(v, 1) for k, v in sorted(self.raised_mib.items(), key=lambda kv: -kv[1])},
+            "peak_while_mib": {k: round(v, 1) for k, v in sorted(self.peak_phase.items())},
+        }
 
 
 class StepClock:
