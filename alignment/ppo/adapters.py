@@ -42,7 +42,7 @@ HEAD_KEYS = ("score.", "classifier.", "v_head.")
 def use_adapter(model: PeftModel, name: str | None) -> Iterator[None]:
     """Run the block with adapter ``name`` active (``None``: all adapters disabled)."""
     flags = {p: p.requires_grad for p in model.parameters()}
-    previous = model.active_adapter
+    previous = active_adapter(model)
     try:
         if name is None:
             with model.disable_adapter():
@@ -55,6 +55,33 @@ def use_adapter(model: PeftModel, name: str | None) -> Iterator[None]:
         if name is not None:
             model.base_model.set_adapter(previous)
         _restore(flags)
+
+
+def active_adapter(model: PeftModel) -> str:
+    """The adapter the LoRA layers run now. ``PeftModel.active_adapter`` keeps the name given to its own
+    ``set_adapter`` and misses ``base_model.set_adapter``, the switch ``use_adapter`` makes."""
+    return model.base_model.active_adapter
+
+
+def checkpoint_under_the_active_adapter(model: PeftModel) -> None:
+    """Activation checkpointing (``gradient_checkpointing``) on a base whose adapters switch between passes.
+
+    Non-reentrant checkpointing re-runs each layer's forward during the backward, with the module state of that
+    moment. ``use_adapter`` restores the previous adapter when a pass ends, before its loss is back-propagated, so a
+    critic pass would be recomputed under the policy adapter: a wrong gradient with no error. ``context_fn`` hands
+    torch's checkpoint a recompute context that re-activates the adapter the forward ran under. Only passes with
+    autograd on are recomputed; rollouts run in eval mode, where transformers does not checkpoint.
+    """
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), use_adapter(model, active_adapter(model))
+
+    kwargs = {"use_reentrant": False, "context_fn": contexts}
+    base = model.get_base_model()
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _restore(flags: dict[torch.nn.Parameter, bool]) -> None:

@@ -33,6 +33,7 @@ from alignment.ppo.adapters import (
     VALUE,
     adapter_parameters,
     add_adapter_from,
+    checkpoint_under_the_active_adapter,
     copy_adapter,
     scalar_head,
 )
@@ -73,6 +74,8 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedS
         for _, param in adapter_parameters(model, adapter):
             param.requires_grad_(True)
     disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
+    if cfg.model.gradient_checkpointing:  # the base is loaded frozen, so the loader does not switch it on
+        checkpoint_under_the_active_adapter(model)
     ac = ActorCritic(model, value_head, reward_heads, reference_adapter=reference, padding_free=ppo.padding_free)
     return ac, tokenizer, shared
 

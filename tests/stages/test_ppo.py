@@ -219,6 +219,49 @@ def test_rollout_graphs_are_kept_for_one_mini_batch_unless_checkpointing(
     assert kept == [(not checkpointing, not checkpointing)]
 
 
+def test_gradient_checkpointing_recomputes_each_pass_under_its_own_adapter_and_gives_the_same_step(
+    stage_dirs, tmp_path
+):
+    """The base is loaded frozen, so checkpointing must be switched on by the actor-critic; and the critic's layers,
+    recomputed in its backward after the pass restored the policy adapter, must be recomputed under the critic's."""
+    from alignment.data.load import load_records
+    from alignment.rl.masked import masked_whiten
+    from alignment.rl.ppo_math import gae_advantages, kl_shaped_rewards
+
+    results = {}
+    for checkpointing in (False, True):
+        cfg = ppo_config(stage_dirs, tmp_path, ppo_epochs=1, gradient_checkpointing=checkpointing)
+        ac, tokenizer, shared = ppo_policy.build_actor_critic(cfg)
+        rewards = ppo_rewards.build_rewards(cfg, ac, shared)
+        prompts = load_records(cfg.data, "prompt").records[:4]
+        torch.manual_seed(0)
+        rollout = ppo_rollout.collect_rollout(ac, rewards, prompts, tokenizer, cfg.ppo)
+        shaped, _ = kl_shaped_rewards(
+            rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, 0.05
+        )
+        advantages, returns = gae_advantages(shaped, rollout.values, rollout.response_mask, 1.0, 0.95)
+        layer_calls = []
+        layer = (
+            ac.model.get_base_model().model.layers[0].mlp
+        )  # a pre-hook: recomputation stops early, before the MLP returns
+        hook = layer.register_forward_pre_hook(lambda *_, calls=layer_calls: calls.append(1))
+        optimizer = torch.optim.AdamW(ac.trainable_parameters(), lr=1e-2)
+        ppo_update_module.ppo_update(
+            ac, optimizer, rollout, masked_whiten(advantages, rollout.response_mask), returns, cfg.ppo, True, 1.0
+        )
+        hook.remove()
+        results[checkpointing] = (
+            len(layer_calls),
+            {n: p.detach().clone() for n, p in ac.named_parameters() if p.requires_grad},
+        )
+    (plain_calls, plain), (recomputed_calls, recomputed) = results[False], results[True]
+    # 2 mini-batches x (critic + policy pass): 4 forwards, and with checkpointing each layer runs again in backward
+    assert (plain_calls, recomputed_calls) == (4, 8)
+    assert any("value" in name for name in recomputed) and any("policy" in name for name in recomputed)
+    for name, value in recomputed.items():  # Adam moves each weight ~1e-2: a gradient under the wrong adapter shows
+        torch.testing.assert_close(value, plain[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 @pytest.fixture
 def fresh_accelerator_state():
     """accelerate keeps one mixed-precision setting per process; a bf16 run needs it unset before and after."""
