@@ -38,7 +38,7 @@ from alignment.data.chat_template import template_turn_tokens
 from alignment.modeling.attention import use_varlen_sdpa
 from alignment.modeling.embedded import cache_root
 from alignment.modeling.lora import TRAINED_TOKENS_ATTR, peft_lora_config, trainable_token_targets
-from alignment.modeling.module_utils import count_parameters, disable_dropout
+from alignment.modeling.module_utils import count_parameters, disable_dropout, enable_activation_checkpointing
 from alignment.modeling.quantization import bnb_config
 from alignment.modeling.sources import ModelLoadError, ModelSource, hub_error, resolve_model_source
 from alignment.modeling.stage_dir import ADAPTER_BASE_ATTR, absolute_name
@@ -302,10 +302,7 @@ def _prepare_for_training(
             gradient_checkpointing_kwargs=checkpointing_kwargs,
         )
     elif model_cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+        enable_activation_checkpointing(model, checkpointing_kwargs)
     if model_cfg.gradient_checkpointing:
         model.config.use_cache = False  # the KV cache is useless in training and conflicts with recomputation
     if not use_lora:

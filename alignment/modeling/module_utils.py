@@ -35,6 +35,15 @@ def disable_dropout(model: nn.Module) -> None:
             setattr(config, key, 0.0)
 
 
+def enable_activation_checkpointing(model: nn.Module, checkpoint_kwargs: dict) -> None:
+    """Recompute a transformers model's layer activations in the backward (``checkpoint_kwargs`` go to torch's
+    ``checkpoint``), by the method's name in transformers 5 (the old name warns) or before."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit weights count as the values they hold, not bytes."""
     trainable = total = 0

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
+from alignment.modeling.module_utils import enable_activation_checkpointing
+
 if TYPE_CHECKING:
     from peft import PeftModel
 
@@ -76,12 +78,7 @@ def checkpoint_under_the_active_adapter(model: PeftModel) -> None:
     def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
         return contextlib.nullcontext(), use_adapter(model, active_adapter(model))
 
-    kwargs = {"use_reentrant": False, "context_fn": contexts}
-    base = model.get_base_model()
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    enable_activation_checkpointing(model.get_base_model(), {"use_reentrant": False, "context_fn": contexts})
 
 
 def _restore(flags: dict[torch.nn.Parameter, bool]) -> None:
