@@ -409,10 +409,7 @@ class PhaseTimer:
             if phase is None:
                 return original(*args, **kwargs)
             t0 = time.perf_counter()
-            if timer.memory is not None:
-                with timer.memory.phase(phase):
-                    result = original(*args, **kwargs)
-            else:
+            with timer.memory.phase(phase) if timer.memory is not None else contextlib.nullcontext():
                 result = original(*args, **kwargs)
             tokens = tokens_fn(phase, args, kwargs, result) if tokens_fn else 0.0
             timer.add(phase, time.perf_counter() - t0, float(tokens or 0.0))
@@ -430,10 +427,7 @@ class PhaseTimer:
             self.memory.stop()
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"seconds": dict(self.seconds), "calls": dict(self.calls), "tokens": dict(self.tokens)}
-        if self.memory is not None:
-            out["memory"] = self.memory.as_dict()
-        return out
+        return {"seconds": dict(self.seconds), "calls": dict(self.calls), "tokens": dict(self.tokens)}
 
 
 class RssAttribution:
