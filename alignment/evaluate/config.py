@@ -16,6 +16,7 @@ from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConf
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal import PhraseRefusalDetector, RefusalDetector
 from alignment.evaluate.refusal_classifier import ClassifierRefusalDetector
+from alignment.evaluate.refusal_training import XSTEST_MODELS, xstest_completions_path
 
 # "classifier" (the default) loads its encoder on first use; constructing it only checks that the files are there.
 REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {
@@ -80,6 +81,11 @@ class EvaluateConfig:
         "One weight per best_of_n_rewards entry (default 1 each).", default_factory=list
     )
     gold_reward: str | None = _help("Reward model name used as the gold standard for over-optimisation.", default=None)
+    refusal_pairs_data_dir: str | None = _help(
+        "A data directory holding safety/xstest-completions/ (XSTest v2's human-labelled completions): every reward "
+        "model is checked on whether it prefers refusing the unsafe prompts and answering the safe ones (None: off).",
+        default=None,
+    )
 
 
 CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, EvaluateConfig)
@@ -161,3 +167,11 @@ def check_settings(ev: EvaluateConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {getattr(ev, key)}")
     if not ev.prompt_sets:
         raise ConfigError("prompt_sets is empty: give prompt files or 'demo'")
+    if ev.refusal_pairs_data_dir is not None:
+        missing = [
+            str(path)
+            for path in (xstest_completions_path(Path(ev.refusal_pairs_data_dir), m) for m in XSTEST_MODELS)
+            if not path.is_file()
+        ]
+        if missing:
+            raise ConfigError(f"refusal_pairs_data_dir: XSTest completions not found: {', '.join(missing)}")

@@ -175,6 +175,29 @@ def xstest_table(results: dict[str, Any]) -> list[str]:
     return _table(["policy", "agreement with ideal behaviour", "precision", "recall", "n"], rows) if rows else []
 
 
+REFUSAL_PREFERENCE_NOTE = (
+    "Pairs of human-labelled XSTest completions to the same prompt (a full refusal and a full compliance, by "
+    "different chat models): the share in which the reward model scores the right one higher. On unsafe prompts "
+    "the refusal should win, on safe prompts the answer. A reward model that prefers the wrong side there teaches "
+    "PPO that side."
+)
+
+
+def refusal_preference_table(results: dict[str, Any]) -> list[str]:
+    """Per reward model: how often it prefers refusing unsafe prompts and answering safe ones (human labels)."""
+    preference = results.get("refusal_preference") or {}
+    rows = []
+    for name, by_label in preference.items():
+        cells = []
+        for label in ("unsafe", "safe"):
+            stats = by_label.get(label)
+            value = stats and {"value": stats["accuracy"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"]}
+            cells.append(f"{format_interval(value)} ({stats['num_pairs']})" if stats else "-")
+        rows.append([name] + cells)
+    header = ["reward model", "prefers the refusal, unsafe prompts (pairs)", "prefers the answer, safe prompts (pairs)"]
+    return _table(header, rows) if rows else []
+
+
 def sample_indices(generations: Sequence[Any], per_label: int) -> dict[str, list[int]]:
     """The first ``per_label`` prompt indices of each label, labels in first-seen order."""
     chosen: dict[str, list[int]] = {}
@@ -253,6 +276,10 @@ def plot_sections(results: dict[str, Any]) -> list[str]:
     xstest = xstest_table(results)
     if xstest:
         lines += ["## Refusal detector agreement on XSTest", "", XSTEST_NOTE] + xstest + [""]
+    preference = refusal_preference_table(results)
+    if preference:
+        lines += ["## Reward models on human-labelled refusals (XSTest)", "", REFUSAL_PREFERENCE_NOTE, ""]
+        lines += preference + [""]
     if OVEROPTIMIZATION_PNG in plots:
         curve = results["overoptimization"]
         text = (

@@ -36,6 +36,7 @@ from alignment.evaluate.metrics import aggregate, finite, headline_metrics, over
 from alignment.evaluate.prompts import GENERATIONS_DIR, load_prompt_sets, sampling_settings
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal import RefusalDetector
+from alignment.evaluate.refusal_pairs import score_refusal_pairs
 
 __all__ = ["CONFIG_TYPES", "EvaluationPlan", "evaluate", "main", "plan_evaluation", "run_evaluation", "summary_text"]
 
@@ -105,6 +106,8 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
         reward_models=plan.reward_names, refusal_detector=ev.refusal_detector, settings=sampling_settings(cfg)
     )
     results["prompt_sets"] = list(dict.fromkeys(p.source for p in prompts))
+    if ev.refusal_pairs_data_dir:
+        results["refusal_preference"] = score_refusal_pairs(cfg, plan.reward_names, device)
     if inference_cost:
         results["inference_cost"] = inference_cost
     if snapshot_outputs:

@@ -12,6 +12,7 @@ import torch
 import alignment.evaluate as stage
 import alignment.evaluate.generate as generate_mod
 import alignment.evaluate.stage as evaluate_mod
+from tests.helpers import write_xstest_dir
 
 XSTEST_ROWS = (
     "id,prompt,type,label,focus,note\n"
@@ -43,6 +44,7 @@ def eval_inputs(tmp_path_factory, tiny_llama_dir: Path) -> dict[str, Path]:
     tokenizer.save_pretrained(root / "rm")
     (root / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in PROMPT_ROWS) + "\n", encoding="utf-8")
     (root / "xstest.csv").write_text(XSTEST_ROWS, encoding="utf-8")
+    write_xstest_dir(root / "labelled")
     return {"policy_a": tiny_llama_dir, **{p.stem if p.is_file() else p.name: p for p in root.iterdir()}}
 
 
@@ -82,7 +84,8 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
         shutil.copytree(source, snapshots / f"snapshot-{step}")
     overopt = ["--checkpoint_dirs", f"{snapshots / 'snapshot-0'},{snapshots / 'snapshot-10'}", "--gold_reward"]
     generated = _count_calls(monkeypatch, "generate_responses")
-    metrics = stage.main(_argv(eval_inputs, out, *overopt, "rm"))
+    labelled = ["--refusal_pairs_data_dir", str(eval_inputs["labelled"])]
+    metrics = stage.main(_argv(eval_inputs, out, *overopt, "rm", *labelled))
     summary = stage.summary_text(metrics).splitlines()
     assert any("report.md" in line for line in summary) and len(generated) == 4
     assert [line.split()[0] for line in summary if line.startswith(("a ", "b "))] == ["a", "b"]  # a row per policy
@@ -106,6 +109,9 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     for name in ("tradeoff.png", "refusals.png", "overoptimization.png", "report.md"):
         assert (out / name).stat().st_size > 0
     assert "| **b** |" in (out / "report.md").read_text(encoding="utf-8")
+    preference = results["refusal_preference"]["rm"]  # the reward model on the labelled refusal pairs
+    assert preference["unsafe"]["num_pairs"] == 2 and preference["safe"]["num_pairs"] == 1
+    assert "## Reward models on human-labelled refusals (XSTest)" in (out / "report.md").read_text(encoding="utf-8")
 
     # Other scorers: no policy is loaded and nothing is generated again.
     saved = (out / "generations" / "b.jsonl").read_bytes()
