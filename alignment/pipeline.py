@@ -16,8 +16,10 @@ stage of that kind. In a recipe with named stages they run in the order of their
 them. Each named stage keeps its own directory, settings and resume.
 
 Each stage writes to ``<output_dir>/<stage name>``; ``run_pipeline`` alone decides which output feeds which input.
-By default the SFT adapter is every PPO run's policy and reference, the first reward stage is PPO's reward (and
-critic init), and evaluation compares the base model, SFT and every PPO stage, scored by every reward stage. In a
+By default the SFT adapter (the last SFT stage's, where a recipe has several: a second SFT stage, say ``sft_safety``
+with ``model_name_or_path: sft``, trains on top of the first) is every PPO run's policy and reference, the first
+reward stage is PPO's reward (and critic init), and evaluation compares the base model, every SFT stage and every
+PPO stage against the last SFT stage, scored by every reward stage. In a
 path-valued key (``sft_model_path``, ``reward_model_paths``, ``cost_model_path``, ``policies``, ...) a value naming a
 stage of the recipe means that stage's output directory: ``reward_model_paths: [reward_helpful, reward_harmless]``,
 and a path under a stage's name a folder inside it: ``checkpoint_dirs: [ppo_helpful/snapshots/step-4]``.
@@ -171,16 +173,17 @@ def wire_stage_inputs(
     values["output_dir"] = str(run_dir / name)
     values["resume"] = not values.get("overwrite", False)  # an unfinished stage of the same settings resumes
     rewards = [n for n, k in kinds.items() if k == "reward"] or ["reward"]
+    sfts = [n for n, k in kinds.items() if k == "sft"] or ["sft"]  # several: each starts from the one before
     if kind == "ppo":
-        values.setdefault("sft_model_path", "sft")
+        values.setdefault("sft_model_path", sfts[-1])
         values.setdefault("reward_model_paths", rewards[:1])
     if kind == "evaluate":
         trained = [n for n, k in kinds.items() if k in POLICY_KINDS] or ["ppo"]
         if "policies" not in values:
-            values["policies"] = [base_model, "sft", *trained]
-            values.setdefault("policy_names", ["base", "sft", *trained])
+            values["policies"] = [base_model, *sfts, *trained]
+            values.setdefault("policy_names", ["base", *sfts, *trained])
+        values.setdefault("reference_policy", sfts[-1])  # PPO's own reference: KL and win rates against it
         values.setdefault("reward_model_paths", rewards)
-        values.setdefault("reference_policy", "sft")  # PPO's own reference: KL and win rates against it
     known = set(kinds) | set(STAGES)  # the defaults above may name a kind the recipe has no section for
 
     def resolve(value: Any) -> Any:

@@ -115,6 +115,28 @@ def test_named_stages_run_in_file_order_each_in_its_own_directory_and_wired_by_n
     assert ev.checkpoint_dirs == [str(run_dir / "ppo_plain" / "snapshots" / "step-4")]
 
 
+def test_a_second_sft_stage_trains_on_the_first_and_is_the_start_and_reference_of_ppo(tmp_path, tiny_llama_dir):
+    text = f"""\
+model_name_or_path: {tiny_llama_dir}
+output_dir: {tmp_path / "run"}
+dataset_name: demo
+sft: {{max_steps: 1}}
+sft_safety: {{model_name_or_path: sft, max_steps: 1}}
+reward: {{max_steps: 1}}
+ppo: {{total_episodes: 8}}
+evaluate: {{max_prompts_per_label: 2}}
+"""
+    path = tmp_path / "two_sft.yaml"
+    path.write_text(text, encoding="utf-8")
+    configs, run_dir, stages = load_pipeline(str(path), {})
+    assert stages == ["sft", "sft_safety", "reward", "ppo", "evaluate"]
+    assert configs["sft_safety"].model.model_name_or_path == str(run_dir / "sft")
+    assert configs["ppo"].ppo.sft_model_path == str(run_dir / "sft_safety")
+    ev = configs["evaluate"].evaluate
+    assert ev.policy_names == ["base", "sft", "sft_safety", "ppo"] and ev.reference_policy == "sft_safety"
+    assert ev.policies[1:] == [str(run_dir / n) for n in ("sft", "sft_safety", "ppo")]
+
+
 def test_named_stages_can_be_chosen_from_the_command_line(tmp_path, tiny_llama_dir):
     configs, run_dir, stages = load_pipeline(
         write_named_recipe(tmp_path, tiny_llama_dir), {"stages": "ppo_constrained,evaluate"}
