@@ -254,10 +254,12 @@ def policy_outputs(
     """Generations (saved or fresh) and per-sample KL of one policy; the policy is loaded only when needed."""
     settings = sampling_settings(cfg)
     key = generation_key(spec, prompts, settings, cfg.model)
-    kl_key = _hash([key, generation_key(reference.spec, prompts, settings, cfg.model), "kl"])
+    reference_key = generation_key(reference.spec, prompts, settings, cfg.model)
+    kl_key = _hash([key, reference_key, "kl"])
     generations = load_generations(gen_dir, spec.name, key, len(prompts)) if cfg.evaluate.reuse_generations else None
-    kl_known, kl = (True, [0.0] * len(prompts)) if is_reference else (False, None)
-    if generations is not None and not is_reference:
+    same_weights = is_reference or key == reference_key  # the reference listed again (the curve's step 0)
+    kl_known, kl = (True, [0.0] * len(prompts)) if same_weights else (False, None)
+    if generations is not None and not same_weights:
         kl_known, kl = _cached_kl(gen_dir, spec.name, kl_key)
     if generations is not None and kl_known:
         logger.info("%s: reusing saved generations (%s)", spec.name, gen_dir)

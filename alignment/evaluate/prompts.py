@@ -131,18 +131,25 @@ def save_generations(
 
 
 def load_generations(out_dir: Path, name: str, key: str, expected: int) -> list[Generation] | None:
-    """The saved generations of ``name`` when their key matches ``key``; None otherwise."""
-    stem = _safe_filename(name)
-    meta_path, rows_path = out_dir / f"{stem}.meta.json", out_dir / f"{stem}.jsonl"
-    if not (meta_path.is_file() and rows_path.is_file()):
-        return None
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("key") != key:
-        logger.info("%s: saved generations are for other settings or weights; generating again", name)
-        return None
-    with open(rows_path, encoding="utf-8") as f:
-        generations = [Generation.from_json(json.loads(line)) for line in f if line.strip()]
-    return generations if len(generations) == expected else None
+    """The saved generations of ``name`` when their key matches ``key``, else those of another name with that key
+    (one policy listed twice: the reference as the over-optimisation curve's step 0); None when there are none."""
+    own = out_dir / f"{_safe_filename(name)}.meta.json"
+    others = sorted(path for path in out_dir.glob("*.meta.json") if path != own) if out_dir.is_dir() else []
+    for meta_path in [own, *others]:
+        rows_path = meta_path.with_name(meta_path.name.removesuffix(".meta.json") + ".jsonl")
+        if not (meta_path.is_file() and rows_path.is_file()):
+            continue
+        if json.loads(meta_path.read_text(encoding="utf-8")).get("key") != key:
+            if meta_path == own:
+                logger.info("%s: saved generations are for other settings or weights", name)
+            continue
+        with open(rows_path, encoding="utf-8") as f:
+            generations = [Generation.from_json(json.loads(line)) for line in f if line.strip()]
+        if len(generations) == expected:
+            if meta_path != own:
+                logger.info("%s: the same policy and settings as %s: its generations are reused", name, rows_path.stem)
+            return generations
+    return None
 
 
 def _cached_kl(gen_dir: Path, name: str, key: str) -> tuple[bool, list[float] | None]:

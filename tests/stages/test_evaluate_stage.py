@@ -127,6 +127,20 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     )
 
 
+def test_the_reference_listed_again_as_a_snapshot_is_neither_sampled_nor_loaded_again(
+    eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
+    out = tmp_path / "eval"
+    generated, loaded = _count_calls(monkeypatch, "generate_responses"), _count_calls(monkeypatch, "load_policy")
+    results = _run(
+        _argv(eval_inputs, out, "--checkpoint_dirs", str(eval_inputs["policy_a"]), "--gold_reward", "rm"), out
+    )
+    assert len(generated) == 2 and len(loaded) == 2  # a (the reference) and b; the snapshot reuses a's samples
+    point = results["overoptimization"]["points"][0]
+    assert point["kl"]["value"] == 0.0 and point["gold"] == results["metrics"]["a"]["reward"]["rm"]["all"]
+
+
 def _run(argv: list[str], out: Path) -> dict:
     from alignment.core.config import parse_config
 
