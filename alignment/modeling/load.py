@@ -141,6 +141,7 @@ def load_causal_lm(
     device: str | torch.device | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     dropout: bool = True,
+    merge_adapters: bool = False,
 ) -> PreTrainedModel | PeftModel:
     """A causal LM (policy, reference or SFT model) from any source, ready to train or to evaluate.
 
@@ -151,8 +152,12 @@ def load_causal_lm(
     ``tokenizer``: the one from :func:`load_tokenizer`, when the caller already has it (its pad
     token and added tokens are applied to the model); loaded here otherwise.
     ``dropout``: False sets every dropout probability to 0 (PPO needs deterministic log-probs).
+    ``merge_adapters``: merge every adapter of a stage output into the weights, the last one too (a frozen model
+    keeps its last adapter apart otherwise): PPO puts its own adapters on the plain weights this returns.
     """
-    return _load_model("CAUSAL_LM", model_cfg, lora_cfg, quant_cfg, adapter_path, trainable, device, tokenizer, dropout)
+    return _load_model(
+        "CAUSAL_LM", model_cfg, lora_cfg, quant_cfg, adapter_path, trainable, device, tokenizer, dropout, merge_adapters
+    )
 
 
 def load_reward_model(
@@ -187,6 +192,7 @@ def _load_model(
     device: str | torch.device | None,
     tokenizer: PreTrainedTokenizerBase | None,
     dropout: bool,
+    merge_adapters: bool = False,
 ) -> PreTrainedModel | PeftModel:
     device = _resolve_device(device)
     source = resolve_model_source(model_cfg.model_name_or_path, model_cfg.revision)
@@ -199,7 +205,9 @@ def _load_model(
     tokenizer = tokenizer or load_tokenizer(model_cfg)
     here = {"model_name_or_path": absolute_name(model_cfg.model_name_or_path), "revision": model_cfg.revision}
     adapters = list(source.adapters) + ([(adapter_path, here)] if adapter_path else [])
-    keep_last = bool(adapters) and (not trainable or (adapter_path is not None and lora_cfg.use_lora))
+    keep_last = (
+        bool(adapters) and not merge_adapters and (not trainable or (adapter_path is not None and lora_cfg.use_lora))
+    )
     to_merge = [adapter_dir for adapter_dir, _ in (adapters[:-1] if keep_last else adapters)]
     if quantization is not None and to_merge:
         with tempfile.TemporaryDirectory(prefix="merged-", dir=_scratch_dir()) as scratch:

@@ -53,7 +53,8 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedS
         cfg.model, model_name_or_path=ppo.sft_model_path or cfg.model.model_name_or_path
     )
     tokenizer = load_tokenizer(policy_source, padding_side="left")
-    base = load_causal_lm(base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False)
+    # An SFT output trained on another stage's (sft_safety on sft) sits on a stage dir: its adapters are merged.
+    base = load_causal_lm(base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False, merge_adapters=True)
     base.requires_grad_(False)
     if sft_adapter is not None:
         model = PeftModel.from_pretrained(base, str(sft_adapter), adapter_name=SFT, is_trainable=False)

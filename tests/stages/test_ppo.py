@@ -101,6 +101,18 @@ def test_reference_is_the_sft_policy_and_rollout_logprobs_match_recomputation(st
     assert (bare - reference)[valid].abs().max() > 1e-4
 
 
+def test_ppo_starts_from_an_sft_output_trained_on_top_of_another_at_kl_0(stage_dirs, tmp_path):
+    # sft_safety: {model_name_or_path: sft}: its adapter sits on a stage dir, whose adapter the loader merges
+    stacked = tmp_path / "sft_safety"
+    stacked_cfg = {"model_name_or_path": str(stage_dirs / "sft"), "dataset_name": "demo", "max_samples": 8}
+    sft.train(build_config(sft.CONFIG_TYPES, {**stacked_cfg, "max_steps": 1, **FAST, "output_dir": str(stacked)}))
+    out = tmp_path / "ppo"
+    ppo.train(
+        ppo_config(stage_dirs, out, model_name_or_path=str(stacked), sft_model_path=str(stacked), total_episodes=4)
+    )
+    assert (out / "DONE").is_file() and abs(read_log(out)[0]["objective/kl"]) < 1e-4
+
+
 def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     """Packing the sequences (prompts of different lengths, responses cut at different EOS) changes no output."""
     from alignment.data.collate import PromptCollator
