@@ -10,8 +10,9 @@ answering the same 450 prompts). For every prompt, each full refusal is paired w
 model. On XSTest's unsafe contrast prompts the refusal is the preferred reply; on its safe prompts (which only sound
 harmful) the compliance is. Partial refusals are left out: which side of a pair they belong on is not clear. The
 measure is the share of pairs in which the reward model scores the preferred reply higher, with a 95% Wilson interval.
-Prompts that appear in no training data the project ships; the completions are written by large chat models, so the
-check also says whether a reward model's preference carries over to replies unlike its training data.
+None of these prompts is in any data the project trains on. The replies are written by large chat models, so the
+check also says whether a preference carries over to replies unlike the reward model's training data: a reward model
+at chance here may still separate a small policy's own refusals from its compliance (the quickstart's does).
 """
 
 from __future__ import annotations
