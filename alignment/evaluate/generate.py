@@ -306,16 +306,20 @@ def score_outputs(
     reward_names: Sequence[str],
     device: torch.device,
     wanted: Callable[[PolicyOutputs, str], bool] = lambda out, name: True,
+    also: Callable[[str, Any], None] | None = None,
 ) -> None:
-    """Fill ``outputs[i].rewards[name]`` with raw scores, loading one reward model at a time."""
+    """Fill ``outputs[i].rewards[name]`` with raw scores, loading one reward model at a time; ``also(name, scorer)``
+    runs on each loaded reward model (more scoring, without loading it again)."""
     for path, name in zip(cfg.evaluate.reward_model_paths, reward_names):
         targets = [out for out in outputs if wanted(out, name)]
-        if not targets:
+        if not targets and also is None:
             continue
         scorer = load_eval_scorer(cfg, path, name, device)
         for out in progress(targets, desc=f"score {name}"):
             messages = [g.messages for g in out.generations]
             out.rewards[name] = scorer.score(messages, [g.response for g in out.generations]).tolist()
+        if also is not None:
+            also(name, scorer)
         scorer = None
         _release_memory()
 

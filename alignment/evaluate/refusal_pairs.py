@@ -17,23 +17,16 @@ at chance here may still separate a small policy's own refusals from its complia
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from alignment.core.config import Config
 from alignment.core.stats import proportion_confidence_interval
 from alignment.core.tracking import progress
-from alignment.evaluate.generate import load_eval_scorer
 from alignment.evaluate.refusal_training import XSTEST_MODELS, read_xstest_completions
 from data_schemas.records import Message
-
-logger = logging.getLogger(__name__)
 
 PAIRS_PER_STEP = 32  # pairs scored between progress-bar updates
 UNSAFE_TYPE_PREFIX = "contrast_"  # XSTest names its 200 unsafe prompts' types contrast_<type of the safe twin>
@@ -90,14 +83,4 @@ def refusal_preference(scorer: Any, pairs: Sequence[RefusalPair], name: str = ""
         correct = sum(int(preferred[i] > other[i]) for i in rows)
         accuracy, low, high = proportion_confidence_interval(correct, len(rows))
         result[label] = {"accuracy": accuracy, "ci_low": low, "ci_high": high, "num_pairs": len(rows)}
-    return result
-
-
-def score_refusal_pairs(cfg: Config, reward_names: Sequence[str], device: torch.device) -> dict[str, Any]:
-    """:func:`refusal_preference` of every reward model of the evaluation, on the pairs in ``refusal_pairs_data_dir``."""
-    pairs = xstest_refusal_pairs(cfg.evaluate.refusal_pairs_data_dir)
-    logger.info("refusal pairs: %d from XSTest's labelled completions", len(pairs))
-    result = {}
-    for path, name in zip(cfg.evaluate.reward_model_paths, reward_names):
-        result[name] = refusal_preference(load_eval_scorer(cfg, path, name, device), pairs, name)
     return result

@@ -36,7 +36,7 @@ from alignment.evaluate.metrics import aggregate, finite, headline_metrics, over
 from alignment.evaluate.prompts import GENERATIONS_DIR, load_prompt_sets, sampling_settings
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal import RefusalDetector
-from alignment.evaluate.refusal_pairs import score_refusal_pairs
+from alignment.evaluate.refusal_pairs import refusal_preference, xstest_refusal_pairs
 
 __all__ = ["CONFIG_TYPES", "EvaluationPlan", "evaluate", "main", "plan_evaluation", "run_evaluation", "summary_text"]
 
@@ -94,20 +94,25 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
         )
         policies.append(best)
     snapshot_names = {out.name for out in snapshot_outputs}
+    refusal_pairs = xstest_refusal_pairs(ev.refusal_pairs_data_dir) if ev.refusal_pairs_data_dir else []
+    preference: dict[str, Any] = {}  # each reward model on the human-labelled refusal pairs, while it is loaded
     score_outputs(
         cfg,
         policies + snapshot_outputs,
         plan.reward_names,
         device,
         wanted=lambda out, rm: out.name not in snapshot_names or rm in (plan.proxy_reward, ev.gold_reward),
+        also=(lambda rm, scorer: preference.update({rm: refusal_preference(scorer, refusal_pairs, rm)}))
+        if refusal_pairs
+        else None,
     )
     results = aggregate(policies, plan.reference_index, plan.detector, plan.helpful_reward, ev.harmless_reward)
     results.update(
         reward_models=plan.reward_names, refusal_detector=ev.refusal_detector, settings=sampling_settings(cfg)
     )
     results["prompt_sets"] = list(dict.fromkeys(p.source for p in prompts))
-    if ev.refusal_pairs_data_dir:
-        results["refusal_preference"] = score_refusal_pairs(cfg, plan.reward_names, device)
+    if preference:
+        results["refusal_preference"] = preference
     if inference_cost:
         results["inference_cost"] = inference_cost
     if snapshot_outputs:
