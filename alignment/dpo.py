@@ -34,6 +34,7 @@ import torch
 
 from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
+from alignment.core.sharding import gathered_model_state
 from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, progress
 from alignment.data.collate import RejectedExample, SFTCollator, SFTExample, render_sft_example
@@ -212,8 +213,11 @@ def train(cfg: Config) -> dict[str, Any]:
             "rejected_by_reason": dict(rejected),
             "num_skipped_invalid": records.skipped.total,
         }
+        gathered = gathered_model_state(model)  # FSDP: the whole weights, gathered by every process
         if run.is_main:
-            save_stage_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir, cfg.model)
+            save_stage_model(
+                run.accelerator.unwrap_model(model), tokenizer, run.output_dir, cfg.model, state_dict=gathered
+            )
             run.metrics.write_metrics(metrics)
             mark_done(run.output_dir)
         run.accelerator.wait_for_everyone()

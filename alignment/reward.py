@@ -23,6 +23,7 @@ import torch
 
 from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
+from alignment.core.sharding import gathered_model_state
 from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, write_json_atomic
 from alignment.data.collate import RewardCollator
@@ -182,8 +183,11 @@ def train(cfg: Config) -> dict[str, Any]:
             metrics.update(result.budget)
             metrics.update(num_train_records=len(records.records), num_truncated=spec.collate_fn.num_truncated)
             stats = after or summarize_eval(evaluate_loss(run, model, list(records.records)[:256], spec, batch_size))
+            gathered = gathered_model_state(model)  # FSDP: the whole weights, gathered by every process
             if run.is_main:
-                save_stage_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir, cfg.model)
+                save_stage_model(
+                    run.accelerator.unwrap_model(model), tokenizer, run.output_dir, cfg.model, state_dict=gathered
+                )
                 write_json_atomic(
                     run.output_dir / "reward_stats.json",
                     {

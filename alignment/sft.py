@@ -18,6 +18,7 @@ import torch
 
 from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
 from alignment.core.run import mark_done, start_run
+from alignment.core.sharding import gathered_model_state
 from alignment.core.tracking import metrics_text
 from alignment.data.collate import RejectedExample, SFTCollator, count_tokens, render_sft_example
 from alignment.data.load import load_records
@@ -83,7 +84,7 @@ def sft_loop_spec(
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run SFT; returns the metrics written to ``metrics.json``."""
-    from alignment.modeling.export import merge_and_export
+    from alignment.modeling.export import load_stage_output, merge_and_export
     from alignment.modeling.load import load_causal_lm
     from alignment.modeling.stage_dir import save_stage_model
     from alignment.modeling.tokenizer import load_tokenizer
@@ -123,11 +124,14 @@ def train(cfg: Config) -> dict[str, Any]:
             metrics.update(eval_loss_before=before["loss"], eval_loss=after["loss"])
             metrics.update(eval_perplexity_before=_ppl(before["loss"]), eval_perplexity=_ppl(after["loss"]))
             run.metrics.log(result.steps, {"eval/loss": after["loss"], "eval/loss_before": before["loss"]})
+        gathered = gathered_model_state(model)  # FSDP: the whole weights, gathered by every process
         if run.is_main:
             unwrapped = run.accelerator.unwrap_model(model)
-            save_stage_model(unwrapped, tokenizer, run.output_dir, cfg.model)
+            save_stage_model(unwrapped, tokenizer, run.output_dir, cfg.model, state_dict=gathered)
             if cfg.sft.merge_adapter:
-                merge_and_export(unwrapped, tokenizer, run.output_dir / "merged")
+                # A sharded model cannot be merged in place: the saved output is loaded whole and merged.
+                merged = unwrapped if gathered is None else load_stage_output(run.output_dir, cfg.model)
+                merge_and_export(merged, tokenizer, run.output_dir / "merged")
             run.metrics.write_metrics(metrics)
             mark_done(run.output_dir)
         run.accelerator.wait_for_everyone()

@@ -5,7 +5,8 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/``:
 - ``trainable.safetensors``: every parameter with ``requires_grad`` (LoRA adapters, value
   heads, or all weights in full fine-tuning), keyed by its name in the model;
 - ``optimizer.pt`` / ``scheduler.pt``: ``torch.save``'d state dicts, read back with
-  ``weights_only=True`` so a checkpoint can never execute code;
+  ``weights_only=True`` so a checkpoint can never execute code (an FSDP run's optimizer state is keyed by
+  parameter name, with whole tensors: see :mod:`alignment.core.sharding`);
 - ``rng.pt``: Python, NumPy and torch RNG states (NumPy's stored as plain lists);
 - ``state.json``: the step, the data position and stage extras (KL coefficient, Lagrange
   multiplier, ...).
@@ -31,6 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from alignment.core.sharding import (
+    is_sharded,
+    is_sharded_tensor,
+    load_full_optimizer_state,
+    load_full_trainable_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +77,7 @@ def load_trainable_state_dict(model: torch.nn.Module, tensors: dict[str, torch.T
             f"checkpoint does not match the model: {len(missing)} trainable parameters missing "
             f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]})"
         )
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    load_full_trainable_state_dict(model, tensors)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -122,10 +128,18 @@ def remove_partial_checkpoints(output_dir: str | Path) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def check_finite(model: torch.nn.Module, what: str) -> None:
-    """Raise :class:`FloatingPointError` naming the first trainable parameter that holds NaN or inf."""
-    for name, param in model.named_parameters():
-        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+def check_finite(model: torch.nn.Module | dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`FloatingPointError` naming the first trainable parameter that holds NaN or inf.
+
+    ``model``: a model (its trainable parameters are checked) or the trainable tensors already gathered.
+    """
+    if isinstance(model, dict):
+        named = model.items()
+    else:
+        named = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    for name, param in named:
+        local = param.to_local() if is_sharded_tensor(param) else param  # a shard: each process checks its own
+        if not bool(torch.isfinite(local.detach()).all()):
             raise FloatingPointError(f"{what}: parameter {name} is not finite (NaN or inf); lower the learning rate")
 
 
@@ -160,22 +174,26 @@ def save_checkpoint(
     scheduler: Any = None,
     extra: dict[str, Any] | None = None,
     save_total_limit: int = 2,
+    tensors: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically and prune older ones beyond ``save_total_limit``.
 
     Weights that are not finite are never saved (:class:`FloatingPointError`), so every checkpoint kept is one
-    a run can go back to.
+    a run can go back to. ``tensors`` / ``optimizer_state``: the trainable parameters and the optimizer state
+    already gathered whole from a sharded model (every process takes part in the gathering; one writes).
     """
-    check_finite(model, f"checkpoint at step {step}")
+    tensors = trainable_state_dict(model) if tensors is None else tensors
+    check_finite(tensors, f"checkpoint at step {step}")
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state_dict(model), str(tmp / TRAINABLE_FILE))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    save_file(tensors, str(tmp / TRAINABLE_FILE))
+    if optimizer_state is not None or optimizer is not None:
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     fault_point("checkpoint_write", step)
@@ -202,7 +220,11 @@ def load_checkpoint(
     path = Path(path)
     load_trainable_state_dict(model, load_file(str(path / TRAINABLE_FILE)))
     if optimizer is not None and (path / OPTIMIZER_FILE).is_file():
-        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
+        optimizer_state = torch.load(path / OPTIMIZER_FILE, weights_only=True)
+        if is_sharded(model) or any(isinstance(key, str) for key in optimizer_state["state"]):
+            load_full_optimizer_state(model, optimizer, optimizer_state)  # keyed by name, or to be sharded
+        else:
+            optimizer.load_state_dict(optimizer_state)
     if scheduler is not None and (path / SCHEDULER_FILE).is_file():
         scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=True))
     if restore_rng and (path / RNG_FILE).is_file():

@@ -1,9 +1,8 @@
 """Typed configs: small dataclasses filled from a YAML recipe, then from command-line overrides.
 
-The ecosystem's shape (trl's ``TrlParser``): ``--config recipe.yaml --learning_rate 1e-5``; keys
-are flat and keep the Hugging Face names; the command line wins over the file. Two things are
-added: an unknown key is an error that names where it was written (``file:line``) and suggests
-the nearest known key, and ``--help`` is generated from each field's ``metadata["help"]``.
+trl's ``TrlParser`` shape: ``--config recipe.yaml --learning_rate 1e-5``, flat keys with the Hugging Face names, the
+command line winning over the file. Added: an unknown key is an error naming where it was written (``file:line``)
+and the nearest known key, and ``--help`` is generated from each field's ``metadata["help"]``.
 
 Hand-written rather than ``HfArgumentParser`` because that parser cannot report YAML line
 numbers, has no nearest-key suggestion, and drags in the 100+-field ``TrainingArguments``.
@@ -154,6 +153,7 @@ class TrainConfig:
         "Extra loggers: tensorboard, wandb, trackio (JSONL is always written).", default_factory=list
     )
     cpu: bool = _help("Force the CPU even when a GPU is present.", default=False)
+    fsdp: bool = _help("Shard weights, grads and optimizer state over the processes (FSDP2).", default=False)
 
     def __post_init__(self) -> None:
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):

@@ -36,6 +36,7 @@ NOT_IDENTITY = frozenset(
         "resume",
         "overwrite",
         "report_to",
+        "fsdp",  # how the processes hold the model; FSDP and DDP make the same updates (tests/stages)
         "logging_steps",
         "save_steps",
         "save_total_limit",

@@ -10,7 +10,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alignment.core.config import LoraConfig, QuantConfig
+from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.modeling.load import LOAD_CONFIG_ATTR, load_causal_lm, load_reward_model
 from alignment.modeling.stage_dir import ADAPTER_BASE_ATTR, atomic_dir, is_quantized
 
@@ -40,6 +40,17 @@ def merge_and_export(
         tokenizer.save_pretrained(tmp)
     logger.info("exported merged model to %s", out)
     return out
+
+
+def load_stage_output(stage_dir: str | Path, model_cfg: ModelConfig) -> PreTrainedModel | PeftModel:
+    """A causal LM stage output as saved, whole and frozen on the CPU: what a sharded run merges and exports."""
+    return load_causal_lm(
+        replace(model_cfg, model_name_or_path=str(stage_dir)),
+        LoraConfig(use_lora=False),
+        QuantConfig(),
+        trainable=False,
+        device="cpu",
+    )
 
 
 def _reload_unquantized(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> PeftModel:

@@ -59,6 +59,7 @@ def save_stage_model(
     *,
     adapter_name: str | None = None,
     sits_on: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Write a stage's model hand-off: ``adapter/`` or ``model/``, ``tokenizer/``, ``base_model.json``.
 
@@ -66,24 +67,28 @@ def save_stage_model(
     rebuilds the same model: the adapter goes back on the base recorded here.
     ``adapter_name``: save only this adapter of a model that holds several (PPO's policy beside its
     reference, critic and reward adapters). ``sits_on``: ``{"model_name_or_path", "revision"}`` of the
-    base the adapter sits on, when the model does not carry that record from the loader.
+    base the adapter sits on, when the model does not carry that record from the loader. ``state_dict``: the
+    weights to write instead of the model's own (a sharded model's, gathered whole: ``core.sharding``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     is_adapter = isinstance(model, PeftModel)
+    weights = {} if state_dict is None else {"state_dict": state_dict}
     with atomic_dir(out / (ADAPTER_DIR if is_adapter else MODEL_DIR)) as tmp:
         if is_adapter and adapter_name is not None:
             # peft writes a named adapter into a sub-folder of that name: lift its files into place.
-            model.save_pretrained(str(tmp / "selected"), selected_adapters=[adapter_name], save_embedding_layers=False)
+            model.save_pretrained(
+                str(tmp / "selected"), selected_adapters=[adapter_name], save_embedding_layers=False, **weights
+            )
             saved = tmp / "selected" / adapter_name if adapter_name != "default" else tmp / "selected"
             for item in saved.iterdir():
                 os.replace(item, tmp / item.name)
             shutil.rmtree(tmp / "selected")
         elif is_adapter:
             # Embedding rows added for new tokens are rebuilt deterministically on load, not saved.
-            model.save_pretrained(tmp, save_embedding_layers=False)
+            model.save_pretrained(tmp, save_embedding_layers=False, **weights)
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **weights)
     with atomic_dir(out / TOKENIZER_DIR) as tmp:
         tokenizer.save_pretrained(tmp)
     info = _base_model_info(model, model_cfg, tokenizer, sits_on)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from alignment.core.precision import head_weight
+from alignment.core.sharding import blocks_gathered
 from alignment.modeling.attention import supports_flat_packing
 from alignment.modeling.generation import generation_cache
 from alignment.modeling.sequences import SequenceBatch, last_hidden, response_hidden, response_logprobs
@@ -54,6 +55,11 @@ class ActorCritic(torch.nn.Module):
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
         # The tied LM head in the autocast dtype, swapped in for generation (precision.tied_head_copy).
         self.generation_head: torch.Tensor | None = None
+        # FSDP (``fsdp: true``): the base's blocks are sharded (core.sharding.shard_model(root=False)); every pass
+        # is then collective, and generation runs as many decoding steps on every process. "full": the blocks are
+        # gathered once for sampling instead of once per decoding step (the fsdp_generation setting).
+        self.sharded = False
+        self.gather_for_generation = False
 
     @property
     def reward_head(self) -> torch.nn.Linear | None:
@@ -121,16 +127,20 @@ class ActorCritic(torch.nn.Module):
         Returns ``(B, T)`` response ids and, with ``with_logits``, their ``(B, T, V)`` raw sampling logits
         (else None: a rollout that recomputes its log-probs need not keep a vocabulary row per token).
         """
+        gathered = blocks_gathered(self.model) if self.gather_for_generation else contextlib.nullcontext()
         with use_adapter(self.model, POLICY), self.autocast(), head_weight(self._lm_head, self.generation_head):
             cache = generation_cache(self.model, prompt_ids, prompt_mask, generation_config, self.padding_free)
-            out = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=generation_config,
-                return_dict_in_generate=True,
-                output_logits=with_logits,
-                **({"cache": cache} if cache is not None else {}),
-            )
+            with gathered:
+                out = self.model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=generation_config,
+                    return_dict_in_generate=True,
+                    output_logits=with_logits,
+                    # Sharded: a process whose samples all ended keeps stepping until every process's have.
+                    synced_gpus=self.sharded,
+                    **({"cache": cache} if cache is not None else {}),
+                )
         response_ids = out.sequences[:, prompt_ids.shape[1] :]
         return response_ids, torch.stack(out.logits, dim=1) if with_logits else None
 

@@ -57,6 +57,13 @@ class PPOConfig:
         "bf16/fp16, where the two differ: KL 0.11 nats per sequence between identical policies otherwise).",
         default="auto",
     )
+    fsdp_generation: str = _help(
+        "With fsdp: true, how generation reads the sharded blocks: per_layer (each block all-gathered for each "
+        "decoding step and freed after it: the memory stays sharded, at one all-gather per block per token) or "
+        "full (every block gathered once for the rollout's sampling and kept until it ends: fewer all-gathers, the "
+        "whole base in memory while sampling).",
+        default="per_layer",
+    )
     total_episodes: int = _help("Prompts to sample in total (episodes).", default=64)
     rollout_batch_size: int = _help("Prompts per PPO update per process.", default=8)
     mini_batch_size: int = _help(
@@ -135,6 +142,8 @@ def validate_sampling(cfg: PPOConfig) -> None:
     if cfg.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"kl_estimator must be k1 or k3, got {cfg.kl_estimator!r}")
     check_rollout_logprobs(cfg.rollout_logprobs)  # here too, so a typo fails before any model is loaded
+    if cfg.fsdp_generation not in ("per_layer", "full"):
+        raise ConfigError(f"fsdp_generation must be per_layer or full, got {cfg.fsdp_generation!r}")
     if not cfg.reward_model_paths:
         raise ConfigError("PPO needs at least one reward model: set reward_model_paths (a reward stage's output)")
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):

@@ -19,6 +19,7 @@ from alignment.core.checkpointing import (
     save_checkpoint,
 )
 from alignment.core.run import Run
+from alignment.core.sharding import full_optimizer_state, full_trainable_state_dict, gathered_model_state
 from alignment.core.tracking import progress
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig
@@ -270,8 +271,13 @@ def save_ppo_checkpoint(
 ) -> Any:
     """Checkpoint on the main process (and a loadable policy snapshot for the over-optimisation curve)."""
     cfg, train_cfg = run.cfg.ppo, run.cfg.train
-    if cfg.policy_snapshots and run.is_main:
-        save_policy(ac, tokenizer, run.output_dir / "snapshots" / f"step-{step}", run.cfg)
+    tensors = optimizer_state = None
+    if ac.sharded:  # every process gathers, rank 0 writes: the checkpoint holds whole tensors either way
+        tensors, optimizer_state = full_trainable_state_dict(ac), full_optimizer_state(ac, optimizer)
+    if cfg.policy_snapshots:
+        gathered = gathered_model_state(ac.model)
+        if run.is_main:
+            save_policy(ac, tokenizer, run.output_dir / "snapshots" / f"step-{step}", run.cfg, state_dict=gathered)
     path = (
         save_checkpoint(
             run.output_dir,
@@ -280,6 +286,8 @@ def save_ppo_checkpoint(
             optimizer=optimizer,
             extra=extra,
             save_total_limit=train_cfg.save_total_limit,
+            tensors=tensors,
+            optimizer_state=optimizer_state,
         )
         if run.is_main
         else None

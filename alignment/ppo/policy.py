@@ -128,8 +128,14 @@ def add_critic(
     return scalar_head(hidden, None, trainable=True, device=device)
 
 
-def save_policy(ac: ActorCritic, tokenizer: Any, output_dir: Path, cfg: Config) -> Path:
-    """Write the policy adapter in the stage output layout (``adapter/`` on the SFT's base)."""
+def save_policy(
+    ac: ActorCritic, tokenizer: Any, output_dir: Path, cfg: Config, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """Write the policy adapter in the stage output layout (``adapter/`` on the SFT's base).
+
+    ``state_dict``: the trainable weights gathered whole from a sharded base (``core.sharding``)."""
     base_cfg, _ = stage_base(cfg.ppo.sft_model_path or cfg.model.model_name_or_path, cfg.model)
     sits_on = {"model_name_or_path": base_cfg.model_name_or_path, "revision": base_cfg.revision}
-    return save_stage_model(ac.model, tokenizer, output_dir, cfg.model, adapter_name=POLICY, sits_on=sits_on)
+    return save_stage_model(
+        ac.model, tokenizer, output_dir, cfg.model, adapter_name=POLICY, sits_on=sits_on, state_dict=state_dict
+    )

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from alignment.core.config import Config, parse_config
+from alignment.core.distributed import uses_fsdp
 from alignment.core.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
 from alignment.core.run import mark_done, start_run
+from alignment.core.sharding import gathered_model_state, shard_model
 from alignment.core.tracking import metrics_text
 from alignment.data.load import load_records
 from alignment.ppo.config import CONFIG_TYPES, validate_sampling
@@ -41,9 +43,13 @@ def train(cfg: Config) -> dict[str, Any]:
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
         if not quantized:  # a quantized base stays where bitsandbytes placed it, its heads made beside it
             ac.to(run.device)
+        if uses_fsdp(cfg, run.accelerator):
+            # The blocks only: the passes call the backbone and the heads, not the model (see shard_model).
+            shard_model(ac.model, run.device, root=False)
+            ac.sharded, ac.gather_for_generation = True, ppo.fsdp_generation == "full"
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
         if compute_dtype is not None:  # every pass runs under autocast: see precision.py
-            if not quantized:
+            if not quantized and not ac.sharded:  # FSDP shards one dtype per block: the storage stays as loaded
                 store_frozen_weights_in(ac.model, compute_dtype)
             ac.generation_head = tied_head_copy(ac.model.get_base_model(), compute_dtype)
         rewards = build_rewards(cfg, ac, shared_scorers)
@@ -51,8 +57,9 @@ def train(cfg: Config) -> dict[str, Any]:
             raise ValueError("PPO needs at least one reward model: set reward_model_paths")
         eval_prompts = list(records.eval_records)[: ppo.eval_prompts]
         metrics = ppo_loop(run, ac, rewards, list(records.records), eval_prompts, tokenizer)
+        gathered = gathered_model_state(ac.model)  # FSDP: the adapters whole, gathered by every process
         if run.is_main:
-            save_policy(ac, tokenizer, run.output_dir, cfg)
+            save_policy(ac, tokenizer, run.output_dir, cfg, state_dict=gathered)
             run.metrics.write_metrics(metrics)
             mark_done(run.output_dir)
     return metrics

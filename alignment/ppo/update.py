@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from alignment.core.run import Run
+from alignment.core.sharding import clip_grad_norm_, is_sharded_tensor
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig
 from alignment.ppo.rollout import Rollout
@@ -86,7 +87,11 @@ def ppo_update(
                 )
             if average_gradients is not None:
                 average_gradients()
-            grad_norm = torch.nn.utils.clip_grad_norm_(ac.trainable_parameters(), max_grad_norm)
+            params = ac.trainable_parameters()
+            if ac.sharded:  # sharded blocks beside whole heads: torch's clip cannot mix the two
+                grad_norm = clip_grad_norm_(params, max_grad_norm)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _append(stats, {"train/grad_norm": grad_norm})
@@ -134,12 +139,17 @@ def ppo_update_synced(
 
 
 def sync_gradients(run: Run, params: list[torch.nn.Parameter]) -> None:
-    """Average gradients across processes (the adapters are small, so one all-reduce each is cheap)."""
+    """Average gradients across processes (the adapters are small, so one all-reduce each is cheap).
+
+    Parameters of sharded blocks (FSDP) are skipped: their backward already reduce-scattered the average.
+    """
     if run.accelerator.num_processes == 1:
         return
     import torch.distributed as dist
 
     for param in params:
+        if is_sharded_tensor(param):
+            continue
         if param.grad is None:
             param.grad = torch.zeros_like(param)
         dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)

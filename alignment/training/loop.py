@@ -9,7 +9,8 @@ Why our own loop instead of ``trl.SFTTrainer`` / ``trl.RewardTrainer``:
 - padding-free batches and exact per-token loss averaging across gradient accumulation and
   processes (the loss is a sum divided by the *global* token count of the optimizer step, so one
   process with batch 2B gives the same update as two processes with batch B);
-- a small, readable loop (accelerate does the device placement, DDP and autocast).
+- a small, readable loop (accelerate does the device placement, DDP and autocast; with ``fsdp: true`` the model
+  is sharded by :func:`alignment.core.sharding.shard_model` instead of wrapped in DDP).
 
 Data order is a seeded permutation per epoch, so the position in the data follows from the step
 number alone and resume continues with exactly the batches an uninterrupted run would see.
@@ -34,7 +35,9 @@ from alignment.core.checkpointing import (
     resume_from_newest,
     save_checkpoint,
 )
+from alignment.core.distributed import uses_fsdp
 from alignment.core.run import Run
+from alignment.core.sharding import full_optimizer_state, full_trainable_state_dict, is_sharded, shard_model, to_full
 from alignment.core.tracking import progress
 from alignment.training.batching import build_optimizer, local_shard, micro_batch_indices, reduce_sum
 from alignment.training.budget import TrainingBudget
@@ -83,11 +86,15 @@ def evaluate_loss(
     with torch.no_grad():
         for start in range(0, len(examples), batch_size * world):
             chunk = local_shard(list(range(start, min(start + batch_size * world, len(examples)))), rank, world)
-            if not chunk:
+            if not chunk and not is_sharded(model):
                 continue
-            batch = spec.collate_fn([examples[i] for i in chunk])
+            # Under FSDP every process must run every forward (each all-gathers the blocks): a rank with no share
+            # of the last batch runs one example and drops the result.
+            batch = spec.collate_fn([examples[i] for i in chunk or [0]])
             with run.accelerator.autocast():
                 loss_sum, stats = spec.loss_fn(model, batch)
+            if not chunk:
+                continue
             totals["loss_sum"] += float(loss_sum)
             totals["count"] += spec.count_fn(batch)
             for key, value in stats.items():
@@ -126,6 +133,9 @@ def train_loop(
     accum = cfg.gradient_accumulation_steps
     micro_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * micro_per_epoch / accum)
+    sharded = uses_fsdp(run.cfg, accelerator)
+    if sharded:  # in place, before the optimizer is built over the (now sharded) parameters
+        shard_model(model, run.device)
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler_type,
@@ -133,7 +143,8 @@ def train_loop(
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     start_step, history, evals, state = 0, [], [], None
     if cfg.resume:
         state = resume_from_newest(
@@ -170,7 +181,8 @@ def train_loop(
                 weight = 1.0
                 if batch is None:
                     batch, weight = spec.collate_fn([examples[0]]), 0.0
-                sync = j == len(collated) - 1 or world == 1
+                # FSDP reduce-scatters every micro-batch's gradients (its shards hold no whole gradient to sum into).
+                sync = j == len(collated) - 1 or world == 1 or sharded
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
                     loss_sum, stats = spec.loss_fn(model, batch)
                     accelerator.backward(loss_sum.float() * (weight * world / max(global_count, 1.0)))
@@ -179,7 +191,10 @@ def train_loop(
                 loss_total += float(loss_sum.detach())
                 for key, value in stats.items():
                     stats_total[key] = stats_total.get(key, 0.0) + float(value)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if sharded:  # torch's clip is DTensor-aware; accelerate's looks for a model it prepared
+                grad_norm = to_full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            else:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             keys = sorted(stats_total)
             reduced = reduce_sum(run, [loss_total, *[stats_total[k] for k in keys]])
             step_loss = reduced[0] / max(global_count, 1.0)
@@ -241,7 +256,9 @@ def train_loop(
 
 
 def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict) -> Any:
-    path = None
+    path, tensors, optimizer_state = None, None, None
+    if is_sharded(model):  # every process gathers, rank 0 writes: a checkpoint holds whole tensors either way
+        tensors, optimizer_state = full_trainable_state_dict(model), full_optimizer_state(model, optimizer)
     if run.is_main:
         path = save_checkpoint(
             run.output_dir,
@@ -251,6 +268,8 @@ def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step
             scheduler=scheduler,
             extra=extra,
             save_total_limit=run.cfg.train.save_total_limit,
+            tensors=tensors,
+            optimizer_state=optimizer_state,
         )
     run.accelerator.wait_for_everyone()
     return path

@@ -9,6 +9,10 @@ what the library deliberately does not write so tests can compare the processes 
   has returned (LoRA adapters for SFT/reward; policy and value adapters plus value head for PPO);
 - ``DIR/<run>/rank<k>.jsonl``: every row the rank handed to its step logger (only rank 0's logger writes
   ``log.jsonl``; the others are disabled, so their rows are recorded here),
+- ``DIR/<run>/rank<k>.json``: how the rank held the model when the loop returned: ``sharded`` (FSDP parameters),
+  ``local_fraction`` (the share of the parameter elements it stores; ``sharded_local_fraction``: among the sharded
+  ones) and ``peak_rss_mib`` (the process's peak
+  resident memory since the run started),
 
 where ``<run>`` is the name of the run's ``output_dir``. The hook wraps the stage's loop function
 (``train_loop`` for sft/reward, ``ppo_loop`` for ppo) from the outside; no library file is changed.
@@ -40,7 +44,8 @@ def _install_dump_hook(stage: str, dump_dir: Path) -> None:
     """Wrap the stage's loop so each rank records its logged rows and, afterwards, its trainable parameters."""
     from safetensors.torch import save_file
 
-    from alignment.core.checkpointing import trainable_state_dict
+    from alignment.core.peak_memory import peak_memory_mib
+    from alignment.core.sharding import full_trainable_state_dict, is_sharded, local_fraction
 
     module_name, name = LOOP_FUNCTION[stage]
     loop_module = importlib.import_module(module_name)
@@ -63,9 +68,17 @@ def _install_dump_hook(stage: str, dump_dir: Path) -> None:
             result = original(run, model, *args, **kwargs)
         finally:
             run.metrics.log = log
-        # ``model`` is the object the stage passed in: DDP (``accelerator.prepare``) updates its parameters in place.
-        save_file(trainable_state_dict(model), str(out / f"rank{rank}.safetensors"))
+        # ``model`` is the object the stage passed in: DDP (``accelerator.prepare``) updates its parameters in place,
+        # FSDP shards it in place (its parameters are gathered whole here, by every rank).
+        save_file(full_trainable_state_dict(model), str(out / f"rank{rank}.safetensors"))
         (out / f"rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        held = {
+            "sharded": is_sharded(model),
+            "local_fraction": local_fraction(model),
+            "sharded_local_fraction": local_fraction(model, sharded_only=True),
+            **peak_memory_mib(),
+        }
+        (out / f"rank{rank}.json").write_text(json.dumps(held), encoding="utf-8")
         return result
 
     setattr(loop_module, name, loop_with_dump)
@@ -79,12 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from alignment.core.config import build_config
+    from alignment.core.peak_memory import reset_peak_memory
 
     stage_module = importlib.import_module(f"alignment.{args.stage}")
     if args.dump_dir is not None:
         _install_dump_hook(args.stage, args.dump_dir)
     runs = json.loads(args.values)
     for values in runs if isinstance(runs, list) else [runs]:
+        if args.dump_dir is not None:
+            reset_peak_memory()  # each run's own peak, not an earlier run's in this process
         stage_module.train(build_config(stage_module.CONFIG_TYPES, values))
     import torch.distributed as dist
 
