@@ -42,7 +42,7 @@ from alignment.data.load import load_records
 from alignment.modeling.attention import supports_flat_packing
 from alignment.modeling.target_logits import output_head, target_logits
 from alignment.rl.losses import dpo_loss
-from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
+from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
 from data_schemas.records import Demonstration, Message
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,10 @@ def train(cfg: Config) -> dict[str, Any]:
         if not examples:
             raise ValueError(f"no comparison can be trained on (rejected: {dict(rejected)})")
         # No dropout: the reference log-probs are taken once, and at step 0 the policy must reproduce them exactly.
-        model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True, device=run.device, dropout=False)
+        model = load_causal_lm(
+            cfg.model, cfg.lora, cfg.quant, trainable=True, device=load_device(run) or run.device, dropout=False
+        )
+        shard_for_training(run, model)
         head = output_head(model)
         collator = PreferenceCollator(tokenizer.pad_token_id, cfg.dpo.padding_free, supports_flat_packing(model))
         batch_size = cfg.train.per_device_eval_batch_size

@@ -31,7 +31,7 @@ from alignment.data.load import load_records
 from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
 from alignment.modeling.module_utils import disable_dropout, unwrap_transformers_model
 from alignment.rl.losses import ranked_groups_loss
-from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
+from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,11 @@ def train(cfg: Config) -> dict[str, Any]:
     with start_run(cfg, "reward", rewrites_outputs=cfg.reward.eval_only) as run:
         tokenizer = load_tokenizer(cfg.model)
         records = load_records(cfg.data, "comparison", seed=cfg.train.seed)
-        model = load_reward_model(cfg.model, cfg.lora, cfg.quant, trainable=not cfg.reward.eval_only)
+        model = load_reward_model(
+            cfg.model, cfg.lora, cfg.quant, trainable=not cfg.reward.eval_only, device=load_device(run)
+        )
         disable_dropout(model)
+        shard_for_training(run, model)
         head = score_head(model) if cfg.reward.padding_free else None
         if cfg.reward.padding_free and head is None:
             logger.info("%s is not a decoder with a score head: batches stay padded", type(model).__name__)

@@ -24,7 +24,7 @@ from alignment.data.collate import RejectedExample, SFTCollator, count_tokens, r
 from alignment.data.load import load_records
 from alignment.modeling.attention import supports_flat_packing
 from alignment.modeling.target_logits import output_head, target_logits
-from alignment.training.loop import LoopSpec, evaluate_loss, train_loop
+from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def train(cfg: Config) -> dict[str, Any]:
         )
         if not examples:
             raise ValueError(f"no demonstration can be trained on (rejected: {dict(rejected)})")
-        model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
+        model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True, device=load_device(run))
+        shard_for_training(run, model)
         spec = sft_loop_spec(tokenizer, cfg.sft.padding_free, output_head(model), supports_flat_packing(model))
         batch_size = cfg.train.per_device_eval_batch_size
         spec.eval_fn = (lambda: evaluate_loss(run, model, eval_examples, spec, batch_size)) if eval_examples else None

@@ -25,8 +25,8 @@ from accelerate.utils import set_seed
 
 from alignment.core.checkpointing import remove_partial_checkpoints
 from alignment.core.config import Config, save_config
-from alignment.core.cpu_memory import keep_freed_memory_for_reuse
-from alignment.core.distributed import check_distributed_support
+from alignment.core.cpu_memory import keep_freed_memory_for_reuse, return_freed_memory
+from alignment.core.distributed import check_distributed_support, sharding_backend
 from alignment.core.identity import (
     check_inputs_exist,
     check_output_dir,
@@ -132,7 +132,9 @@ def start_run(cfg: Config, stage: str, *, rewrites_outputs: bool = False) -> Ite
     accelerator.wait_for_everyone()
     handler = _configure_logging(output_dir, accelerator.is_main_process)
     if accelerator.device.type == "cpu":
-        keep_freed_memory_for_reuse()
+        # FSDP is chosen for memory, and its per-block gather buffers fragment a heap that keeps freed blocks.
+        sharded = sharding_backend(accelerator, cfg) is not None
+        return_freed_memory() if sharded else keep_freed_memory_for_reuse()
     warn_if_slow_on_cpu(accelerator.mixed_precision, accelerator.device)
     set_seed(train.seed)
     metrics = MetricLogger(output_dir, train.report_to, enabled=accelerator.is_main_process)

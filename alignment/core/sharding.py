@@ -77,6 +77,10 @@ def shard_model(model: nn.Module, device: torch.device, *, root: bool = True) ->
         # to choose keeps its parameters gathered after forward (it expects its backward right after).
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     if root:
+        # The root keeps its default: gathered from its forward until its backward, because code may read a
+        # root-held module's output off a hook (the reward head), where no pre-backward hook would re-gather it.
+        # After a forward with no backward (an evaluation) it stays gathered: call reshard_root before building
+        # an optimizer over the parameters.
         fully_shard(model, mesh=mesh)
     logger.info(
         "FSDP: sharded %d blocks%s across %d processes; %s of the parameters are held here",
@@ -86,6 +90,28 @@ def shard_model(model: nn.Module, device: torch.device, *, root: bool = True) ->
         f"{local_fraction(model):.0%}",
     )
     return model
+
+
+def reshard_root(model: nn.Module) -> None:
+    """Put a sharded model's parameters back to their shards (a no-op if they are): after forwards with no backward,
+    the root's stay gathered, and what reads ``model.parameters()`` then (an optimizer) would get the gathered
+    copies."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def move_unsharded_to(model: nn.Module, device: torch.device) -> None:
+    """Move the parameters and buffers that are not sharded to ``device``, in place (the shards are on their
+    mesh's device already): what stays whole after ``shard_model(..., root=False)`` of a model loaded on the host."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not is_sharded_tensor(param) and param.device != device:
+                param.data = param.data.to(device)  # the same Parameter object: tied weights stay tied
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.device != device:
+                module._buffers[name] = buffer.to(device)
 
 
 @contextlib.contextmanager

@@ -40,9 +40,9 @@ from alignment.ppo.adapters import (
 from alignment.ppo.rewards import SharedScorer
 
 
-def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedScorer]]:
+def build_actor_critic(cfg: Config, device: str | None = None) -> tuple[ActorCritic, Any, dict[str, SharedScorer]]:
     """Load one base and put the PPO roles on it as adapters; returns (actor-critic, tokenizer, the reward and cost
-    models that ride on it as adapters, by path)."""
+    models that ride on it as adapters, by path). ``device``: where the base loads (default: the accelerator)."""
 
     def fresh_lora():  # a new config object per adapter: peft keeps (and edits) the one it is given
         return peft_lora_config(cfg.lora, "CAUSAL_LM", trainable_token_targets(base, "CAUSAL_LM"))
@@ -54,7 +54,9 @@ def build_actor_critic(cfg: Config) -> tuple[ActorCritic, Any, dict[str, SharedS
     )
     tokenizer = load_tokenizer(policy_source, padding_side="left")
     # An SFT output trained on another stage's (sft_safety on sft) sits on a stage dir: its adapters are merged.
-    base = load_causal_lm(base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False, merge_adapters=True)
+    base = load_causal_lm(
+        base_cfg, LoraConfig(use_lora=False), cfg.quant, trainable=False, merge_adapters=True, device=device
+    )
     base.requires_grad_(False)
     if sft_adapter is not None:
         model = PeftModel.from_pretrained(base, str(sft_adapter), adapter_name=SFT, is_trainable=False)

@@ -18,7 +18,7 @@ from alignment.core.config import Config, parse_config
 from alignment.core.distributed import uses_fsdp
 from alignment.core.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
 from alignment.core.run import mark_done, start_run
-from alignment.core.sharding import gathered_model_state, shard_model
+from alignment.core.sharding import gathered_model_state, move_unsharded_to, shard_model
 from alignment.core.tracking import metrics_text
 from alignment.data.load import load_records
 from alignment.ppo.config import CONFIG_TYPES, validate_sampling
@@ -38,15 +38,17 @@ def train(cfg: Config) -> dict[str, Any]:
 
     with start_run(cfg, "ppo") as run:
         records = load_records(cfg.data, "prompt", seed=train_cfg.seed)
-        ac, tokenizer, shared_scorers = build_actor_critic(cfg)
+        fsdp = uses_fsdp(cfg, run.accelerator)  # FSDP: loaded on the host, each process's shards go to its device
+        ac, tokenizer, shared_scorers = build_actor_critic(cfg, device="cpu" if fsdp else None)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
-        if not quantized:  # a quantized base stays where bitsandbytes placed it, its heads made beside it
-            ac.to(run.device)
-        if uses_fsdp(cfg, run.accelerator):
+        if fsdp:
             # The blocks only: the passes call the backbone and the heads, not the model (see shard_model).
             shard_model(ac.model, run.device, root=False)
+            move_unsharded_to(ac, run.device)
             ac.sharded, ac.gather_for_generation = True, ppo.fsdp_generation == "full"
+        elif not quantized:  # a quantized base stays where bitsandbytes placed it, its heads made beside it
+            ac.to(run.device)
         compute_dtype = autocast_dtype(run.accelerator.mixed_precision)
         if compute_dtype is not None:  # every pass runs under autocast: see precision.py
             if not quantized and not ac.sharded:  # FSDP shards one dtype per block: the storage stays as loaded

@@ -9,8 +9,8 @@ Why our own loop instead of ``trl.SFTTrainer`` / ``trl.RewardTrainer``:
 - padding-free batches and exact per-token loss averaging across gradient accumulation and
   processes (the loss is a sum divided by the *global* token count of the optimizer step, so one
   process with batch 2B gives the same update as two processes with batch B);
-- a small, readable loop (accelerate does the device placement, DDP and autocast; with ``fsdp: true`` the model
-  is sharded by :func:`alignment.core.sharding.shard_model` instead of wrapped in DDP).
+- a small, readable loop (accelerate does the device placement, DDP and autocast; with ``fsdp: true`` the stage
+  shards the model right after loading it, :func:`shard_for_training`, and the loop does not wrap it in DDP).
 
 Data order is a seeded permutation per epoch, so the position in the data follows from the step
 number alone and resume continues with exactly the batches an uninterrupted run would see.
@@ -37,7 +37,14 @@ from alignment.core.checkpointing import (
 )
 from alignment.core.distributed import uses_fsdp
 from alignment.core.run import Run
-from alignment.core.sharding import full_optimizer_state, full_trainable_state_dict, is_sharded, shard_model, to_full
+from alignment.core.sharding import (
+    full_optimizer_state,
+    full_trainable_state_dict,
+    is_sharded,
+    reshard_root,
+    shard_model,
+    to_full,
+)
 from alignment.core.tracking import progress
 from alignment.training.batching import build_optimizer, local_shard, micro_batch_indices, reduce_sum
 from alignment.training.budget import TrainingBudget
@@ -74,6 +81,20 @@ class LoopResult:
         """A per-step logged count (``train/n_pairs``, say) summed over the run, per training second."""
         total = sum(row.get(stat, 0.0) for row in self.history)
         return total / self.train_seconds if self.train_seconds else 0.0
+
+
+def load_device(run: Run) -> str | None:
+    """Where a stage loads its model: the host under FSDP (each process's shards then go to its device, so a model
+    larger than one device still loads), else the loader's default (the accelerator)."""
+    return "cpu" if uses_fsdp(run.cfg, run.accelerator) else None
+
+
+def shard_for_training(run: Run, model: torch.nn.Module) -> torch.nn.Module:
+    """Under FSDP (``fsdp: true`` or an FSDP launcher), shard the model in place before any pass runs on it, so every
+    evaluation and the loop see the sharded model (:func:`~alignment.core.sharding.shard_model`); else unchanged."""
+    if uses_fsdp(run.cfg, run.accelerator):
+        shard_model(model, run.device)
+    return model
 
 
 def evaluate_loss(
@@ -133,9 +154,9 @@ def train_loop(
     accum = cfg.gradient_accumulation_steps
     micro_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * micro_per_epoch / accum)
-    sharded = uses_fsdp(run.cfg, accelerator)
-    if sharded:  # in place, before the optimizer is built over the (now sharded) parameters
-        shard_model(model, run.device)
+    sharded = is_sharded(model)  # by shard_for_training, right after loading
+    if sharded:  # an evaluation or DPO's reference pass left the root gathered
+        reshard_root(model)
     optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler_type,

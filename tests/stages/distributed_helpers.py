@@ -46,6 +46,28 @@ COMMON = {
 PER_DEVICE_BATCH = 2
 
 
+def ppo_values(sft_dir: Path, reward_dir: Path) -> dict[str, Any]:
+    """3 PPO updates of 2 processes x 4 prompts from an SFT and a reward output, the reward model also as the cost
+    (both ride on the shared base as adapters). Add ``output_dir``."""
+    return {
+        "model_name_or_path": str(sft_dir),
+        "sft_model_path": str(sft_dir),
+        "reward_model_paths": [str(reward_dir)],
+        "cost_model_path": str(reward_dir),
+        "dataset_name": "demo",
+        "max_samples": 16,
+        "eval_split_size": 2,
+        "total_episodes": 24,  # 3 updates of 2 x 4 prompts
+        "rollout_batch_size": 4,
+        "mini_batch_size": 2,
+        "max_new_tokens": 6,
+        "eval_prompts": 2,
+        "learning_rate": 1e-3,
+        "save_steps": 1,
+        "max_length": 128,
+    }
+
+
 def torchrun(
     stage: str,
     values: dict[str, Any] | list[dict[str, Any]],

@@ -31,6 +31,7 @@ from tests.stages.distributed_helpers import (
     assert_same_tensors,
     assert_written_once,
     global_stats,
+    ppo_values,
     read_rank_rows,
     torchrun,
     train_in_process,
@@ -157,22 +158,8 @@ def ppo_run(tmp_path_factory, sft_runs, reward_runs) -> dict[str, Path]:
     """3 PPO updates under 2 processes (4 prompts each), on the 2-process SFT and reward outputs, with a cost model."""
     root = tmp_path_factory.mktemp("distributed_ppo")
     values = {
-        "model_name_or_path": str(sft_runs["root"] / "two_packed"),
-        "sft_model_path": str(sft_runs["root"] / "two_packed"),
-        "reward_model_paths": [str(reward_runs["root"] / "two")],
-        "cost_model_path": str(reward_runs["root"] / "two"),
-        "dataset_name": "demo",
-        "max_samples": 16,
-        "eval_split_size": 2,
+        **ppo_values(sft_runs["root"] / "two_packed", reward_runs["root"] / "two"),
         "output_dir": str(root / "ppo"),
-        "total_episodes": 24,  # 3 updates of 2 x 4 prompts
-        "rollout_batch_size": 4,
-        "mini_batch_size": 2,
-        "max_new_tokens": 6,
-        "eval_prompts": 2,
-        "learning_rate": 1e-3,
-        "save_steps": 1,
-        "max_length": 128,
     }
     torchrun("ppo", values, root / "dump")
     return {"out": root / "ppo", "dump": root / "dump" / "ppo"}

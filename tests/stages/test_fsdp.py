@@ -30,6 +30,7 @@ from tests.stages.distributed_helpers import (
     assert_same_steps,
     assert_same_tensors,
     assert_written_once,
+    ppo_values,
     read_rank_holding,
     torchrun,
     train_in_process,
@@ -164,28 +165,17 @@ def test_fsdp_run_killed_mid_way_resumes_sharded_to_the_uninterrupted_weights(fs
 # ----------------------------------------------------------------------------------------------- PPO
 
 
+def _ppo_values(ppo_root: Path) -> dict:
+    """PPO from the FSDP SFT and reward outputs (``ppo_root`` is ``<fsdp_runs>/ppo``)."""
+    return ppo_values(ppo_root.parent / "two_sft_lora", ppo_root.parent / "two_reward")
+
+
 @pytest.fixture(scope="module")
 def ppo_runs(fsdp_runs) -> Path:
-    """3 PPO updates (2 processes x 4 prompts, a cost model on the shared base) under DDP, FSDP with per-layer
-    gathering for generation, and FSDP with the blocks gathered once per rollout; from the FSDP SFT and reward."""
+    """PPO under DDP, FSDP with per-layer gathering for generation, and FSDP with the blocks gathered once per
+    rollout (:func:`_ppo_values`)."""
     root = fsdp_runs / "ppo"
-    values = {
-        "model_name_or_path": str(fsdp_runs / "two_sft_lora"),
-        "sft_model_path": str(fsdp_runs / "two_sft_lora"),
-        "reward_model_paths": [str(fsdp_runs / "two_reward")],
-        "cost_model_path": str(fsdp_runs / "two_reward"),
-        "dataset_name": "demo",
-        "max_samples": 16,
-        "eval_split_size": 2,
-        "total_episodes": 24,  # 3 updates of 2 x 4 prompts
-        "rollout_batch_size": 4,
-        "mini_batch_size": 2,
-        "max_new_tokens": 6,
-        "eval_prompts": 2,
-        "learning_rate": 1e-3,
-        "save_steps": 1,
-        "max_length": 128,
-    }
+    values = _ppo_values(root)
     runs = [
         {**values, "output_dir": str(root / "ddp")},
         {**values, "fsdp": True, "output_dir": str(root / "fsdp")},
@@ -227,3 +217,23 @@ def test_fsdp_ppo_learns_what_ddp_learns(ppo_runs):
     weights = {name: load_file(ppo_runs / name / ADAPTER) for name in ("ddp", "fsdp", "fsdp_full")}
     assert_same_tensors(weights["ddp"], weights["fsdp"], "FSDP vs DDP policy", rtol=1e-3, atol=1e-5)
     assert_same_tensors(weights["fsdp"], weights["fsdp_full"], "full vs per-layer gathering", rtol=1e-3, atol=1e-5)
+
+
+def test_fsdp_ppo_killed_mid_way_resumes_sharded_to_the_uninterrupted_weights(ppo_runs, tmp_path):
+    """kill -9 of both ranks after update 3 (checkpoints at 1 and 2); resumed under FSDP, the run ends on the
+    uninterrupted FSDP run's weights, KL controller and logged statistics."""
+    reference = ppo_runs / "fsdp"
+    killed = tmp_path / "killed"
+    settings = _ppo_values(ppo_runs) | {"fsdp": True, "output_dir": str(killed)}
+    torchrun("ppo", settings, tmp_path / "dump", env={"ALIGNMENT_FAULT": "ppo_update:3"}, expect_failure=True)
+    assert not (killed / "DONE").exists()
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    torchrun("ppo", settings | {"resume": True}, tmp_path / "dump")
+    assert (killed / "DONE").is_file()
+    rows, expected = read_log(killed), read_log(reference)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("objective/scores", "objective/kl", "loss/policy_avg"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in expected], rel=1e-5, abs=1e-7), key
+    assert_same_tensors(
+        load_file(reference / ADAPTER), load_file(killed / ADAPTER), "resumed vs uninterrupted", rtol=1e-5, atol=1e-7
+    )

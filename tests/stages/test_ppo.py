@@ -293,8 +293,8 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     built = []
     build = ppo_policy.build_actor_critic
 
-    def build_and_watch(cfg):
-        ac, tokenizer, shared = build(cfg)
+    def build_and_watch(cfg, **kwargs):
+        ac, tokenizer, shared = build(cfg, **kwargs)
         layer = ac._backbone.layers[0].mlp.down_proj  # a LoRA-wrapped base linear, used by every adapter
 
         def record(module, _args, output):
