@@ -31,11 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STAGES = ("sft", "reward", "ppo")
+STAGES = ("sft", "reward", "dpo", "ppo")
 # (module whose train() looks the loop up, loop name)
 LOOP_FUNCTION = {
     "sft": ("alignment.sft", "train_loop"),
     "reward": ("alignment.reward", "train_loop"),
+    "dpo": ("alignment.dpo", "train_loop"),
     "ppo": ("alignment.ppo.loop", "ppo_loop"),
 }
 

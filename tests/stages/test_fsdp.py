@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment import reward, sft
+from alignment import dpo, reward, sft
 from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.core.tracking import read_log
 from tests.stages.distributed_helpers import (
@@ -56,16 +56,24 @@ def fsdp_runs(tmp_path_factory, tiny_llama_dir) -> Path:
                 "output_dir": str(root / f"one_sft_{tag}"),
             },
         )
-    train_in_process(
-        reward, {**base, "per_device_train_batch_size": 2 * PER_DEVICE_BATCH, "output_dir": str(root / "one_reward")}
-    )
+    reward_runs = {"reward": {}, "reward_full": {"use_lora": False}}
+    for name, extra in {**reward_runs, "dpo": {}}.items():
+        module = dpo if name == "dpo" else reward
+        batch = {"per_device_train_batch_size": 2 * PER_DEVICE_BATCH}
+        train_in_process(module, {**base, **extra, **batch, "output_dir": str(root / f"one_{name}")})
     sharded = {**base, "fsdp": True, "per_device_train_batch_size": PER_DEVICE_BATCH}
     torchrun(
         "sft",
         [{**sharded, **extra, "output_dir": str(root / f"two_sft_{tag}")} for tag, extra in sft_runs.items()],
         root / "dump",
     )
-    torchrun("reward", {**sharded, "output_dir": str(root / "two_reward")}, root / "dump")
+    torchrun(
+        "reward",
+        [{**sharded, **extra, "output_dir": str(root / f"two_{name}")} for name, extra in reward_runs.items()],
+        root / "dump",
+    )
+    # DPO's reference pass runs on the sharded model before training (and leaves its root gathered).
+    torchrun("dpo", {**sharded, "output_dir": str(root / "two_dpo")}, root / "dump")
     return root
 
 
@@ -90,25 +98,39 @@ def test_fsdp_sft_matches_one_process_with_twice_the_batch(fsdp_runs, tag):
     assert_ranks_agree(fsdp_runs / "dump" / two.name)
 
 
-def test_fsdp_reward_matches_one_process_with_twice_the_batch(fsdp_runs):
-    one, two = fsdp_runs / "one_reward", fsdp_runs / "two_reward"
+@pytest.mark.parametrize("name", ["reward", "reward_full"])
+def test_fsdp_reward_matches_one_process_with_twice_the_batch(fsdp_runs, name):
+    one, two = fsdp_runs / f"one_{name}", fsdp_runs / f"two_{name}"
     assert_sharded(fsdp_runs / "dump" / two.name)
     assert_same_steps(one, two, ("train/loss", "train/grad_norm", "train/n_pairs", "train/n_correct"))
     metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
     metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
     for key in ("eval_loss", "eval_accuracy", "reward_mean", "reward_std"):
         assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
-    # The LoRA adapters and the score head (a module peft saves whole), gathered from their shards.
-    saved = load_file(two / ADAPTER)
-    assert any("score" in name for name in saved), sorted(saved)
-    assert_same_tensors(load_file(one / ADAPTER), saved, "reward LoRA + head (saved)", **WEIGHT_TOL)
+    # LoRA: the adapters and the score head (a module peft saves whole); full: every weight. Gathered from shards.
+    weights = ADAPTER if name == "reward" else FULL_WEIGHTS
+    saved = load_file(two / weights)
+    assert any("score" in key for key in saved), sorted(saved)
+    assert_same_tensors(load_file(one / weights), saved, f"{name} (saved)", **WEIGHT_TOL)
+    assert_ranks_agree(fsdp_runs / "dump" / two.name)
+
+
+def test_fsdp_dpo_matches_one_process_with_twice_the_batch(fsdp_runs):
+    one, two = fsdp_runs / "one_dpo", fsdp_runs / "two_dpo"
+    assert_sharded(fsdp_runs / "dump" / two.name)
+    assert_same_steps(one, two, ("train/loss", "train/grad_norm", "train/n_pairs", "train/n_correct"))
+    metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
+    metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("eval_loss", "eval_accuracy", "eval_reward_chosen", "eval_reward_rejected"):
+        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
+    assert_same_tensors(load_file(one / ADAPTER), load_file(two / ADAPTER), "DPO LoRA (saved)", **WEIGHT_TOL)
     assert_ranks_agree(fsdp_runs / "dump" / two.name)
 
 
 def test_fsdp_outputs_are_written_once_and_load_unsharded(fsdp_runs):
     from alignment.modeling.load import load_causal_lm
 
-    for name in ("two_sft_lora", "two_sft_full", "two_reward"):
+    for name in ("two_sft_lora", "two_sft_full", "two_reward", "two_reward_full", "two_dpo"):
         assert_written_once(fsdp_runs / name, checkpoint_steps=[2])
     ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
     logits = {}
