@@ -241,6 +241,16 @@ def gathered_model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return {name: tensor for name, tensor in state.items() if name in owned}
 
 
+def gathered_checkpoint_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """What a checkpoint of a sharded model holds, whole: (trainable tensors, optimizer state); (None, None) for an
+    unsharded one (``save_checkpoint`` reads those itself). Collective: every process gathers, one writes."""
+    if not is_sharded(model):
+        return None, None
+    return full_trainable_state_dict(model), full_optimizer_state(model, optimizer)
+
+
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state with whole tensors, keyed by parameter name (any world size can load it). Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

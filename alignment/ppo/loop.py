@@ -19,7 +19,7 @@ from alignment.core.checkpointing import (
     save_checkpoint,
 )
 from alignment.core.run import Run
-from alignment.core.sharding import full_optimizer_state, full_trainable_state_dict, gathered_model_state
+from alignment.core.sharding import gathered_checkpoint_state, gathered_model_state
 from alignment.core.tracking import progress
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig
@@ -271,9 +271,7 @@ def save_ppo_checkpoint(
 ) -> Any:
     """Checkpoint on the main process (and a loadable policy snapshot for the over-optimisation curve)."""
     cfg, train_cfg = run.cfg.ppo, run.cfg.train
-    tensors = optimizer_state = None
-    if ac.sharded:  # every process gathers, rank 0 writes: the checkpoint holds whole tensors either way
-        tensors, optimizer_state = full_trainable_state_dict(ac), full_optimizer_state(ac, optimizer)
+    tensors, optimizer_state = gathered_checkpoint_state(ac, optimizer)  # FSDP: whole tensors, every process
     if cfg.policy_snapshots:
         gathered = gathered_model_state(ac.model)
         if run.is_main:

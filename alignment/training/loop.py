@@ -37,14 +37,7 @@ from alignment.core.checkpointing import (
 )
 from alignment.core.distributed import uses_fsdp
 from alignment.core.run import Run
-from alignment.core.sharding import (
-    full_optimizer_state,
-    full_trainable_state_dict,
-    is_sharded,
-    reshard_root,
-    shard_model,
-    to_full,
-)
+from alignment.core.sharding import gathered_checkpoint_state, is_sharded, reshard_root, shard_model, to_full
 from alignment.core.tracking import progress
 from alignment.training.batching import build_optimizer, local_shard, micro_batch_indices, reduce_sum
 from alignment.training.budget import TrainingBudget
@@ -277,9 +270,8 @@ def train_loop(
 
 
 def _save(run: Run, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict) -> Any:
-    path, tensors, optimizer_state = None, None, None
-    if is_sharded(model):  # every process gathers, rank 0 writes: a checkpoint holds whole tensors either way
-        tensors, optimizer_state = full_trainable_state_dict(model), full_optimizer_state(model, optimizer)
+    path = None
+    tensors, optimizer_state = gathered_checkpoint_state(model, optimizer)  # FSDP: whole tensors, every process
     if run.is_main:
         path = save_checkpoint(
             run.output_dir,

@@ -140,6 +140,14 @@ def assert_same_steps(one: Path, two: Path, keys: tuple[str, ...]) -> None:
         assert got == pytest.approx(expected, rel=LOSS_RTOL), f"{key}: 1 process {expected}, 2 processes {got}"
 
 
+def assert_same_metrics(one: Path, two: Path, keys: tuple[str, ...]) -> None:
+    """The two runs' ``metrics.json`` agree on ``keys`` (held-out figures computed across the processes)."""
+    metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
+    metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
+    for key in keys:
+        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
+
+
 def assert_same_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, **tol: float):
     assert expected.keys() == got.keys(), f"{what}: different parameter names"
     assert expected, f"{what}: no tensors"

@@ -13,7 +13,6 @@ and the rows it logged); the 1-process references run in this process, on one th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.stages.distributed_helpers import (
     PER_DEVICE_BATCH,
     WEIGHT_TOL,
     assert_ranks_agree,
+    assert_same_metrics,
     assert_same_steps,
     assert_same_tensors,
     assert_written_once,
@@ -137,10 +137,7 @@ def reward_runs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
 def test_reward_two_processes_match_one_process_with_twice_the_batch(reward_runs):
     one, two = reward_runs["root"] / "one", reward_runs["root"] / "two"
     assert_same_steps(one, two, ("train/loss", "train/grad_norm", "train/n_pairs", "train/n_correct"))
-    metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
-    metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
-    for key in ("eval_loss", "eval_accuracy", "reward_mean", "reward_std"):
-        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
+    assert_same_metrics(one, two, ("eval_loss", "eval_accuracy", "reward_mean", "reward_std"))
     adapter = Path("adapter") / "adapter_model.safetensors"
     assert_same_tensors(load_file(one / adapter), load_file(two / adapter), "reward LoRA + head", **WEIGHT_TOL)
     assert_ranks_agree(reward_runs["dump"] / "two")

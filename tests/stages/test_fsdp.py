@@ -10,7 +10,6 @@ the weights of the run that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.stages.distributed_helpers import (
     PER_DEVICE_BATCH,
     WEIGHT_TOL,
     assert_ranks_agree,
+    assert_same_metrics,
     assert_same_steps,
     assert_same_tensors,
     assert_written_once,
@@ -103,10 +103,7 @@ def test_fsdp_reward_matches_one_process_with_twice_the_batch(fsdp_runs, name):
     one, two = fsdp_runs / f"one_{name}", fsdp_runs / f"two_{name}"
     assert_sharded(fsdp_runs / "dump" / two.name)
     assert_same_steps(one, two, ("train/loss", "train/grad_norm", "train/n_pairs", "train/n_correct"))
-    metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
-    metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
-    for key in ("eval_loss", "eval_accuracy", "reward_mean", "reward_std"):
-        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
+    assert_same_metrics(one, two, ("eval_loss", "eval_accuracy", "reward_mean", "reward_std"))
     # LoRA: the adapters and the score head (a module peft saves whole); full: every weight. Gathered from shards.
     weights = ADAPTER if name == "reward" else FULL_WEIGHTS
     saved = load_file(two / weights)
@@ -119,10 +116,7 @@ def test_fsdp_dpo_matches_one_process_with_twice_the_batch(fsdp_runs):
     one, two = fsdp_runs / "one_dpo", fsdp_runs / "two_dpo"
     assert_sharded(fsdp_runs / "dump" / two.name)
     assert_same_steps(one, two, ("train/loss", "train/grad_norm", "train/n_pairs", "train/n_correct"))
-    metrics_one = json.loads((one / "metrics.json").read_text(encoding="utf-8"))
-    metrics_two = json.loads((two / "metrics.json").read_text(encoding="utf-8"))
-    for key in ("eval_loss", "eval_accuracy", "eval_reward_chosen", "eval_reward_rejected"):
-        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
+    assert_same_metrics(one, two, ("eval_loss", "eval_accuracy", "eval_reward_chosen", "eval_reward_rejected"))
     assert_same_tensors(load_file(one / ADAPTER), load_file(two / ADAPTER), "DPO LoRA (saved)", **WEIGHT_TOL)
     assert_ranks_agree(fsdp_runs / "dump" / two.name)
 
