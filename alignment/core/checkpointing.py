@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignment.core.sharding import (
+    full_trainable_state_dict,
     is_sharded,
     is_sharded_tensor,
     load_full_optimizer_state,
@@ -61,11 +62,6 @@ def fault_point(where: str, step: int) -> None:
     """
     if os.environ.get(FAULT_ENV) == f"{where}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters that training changes, detached and contiguous (safetensors needs that)."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -183,7 +179,7 @@ def save_checkpoint(
     a run can go back to. ``tensors`` / ``optimizer_state``: the trainable parameters and the optimizer state
     already gathered whole from a sharded model (every process takes part in the gathering; one writes).
     """
-    tensors = trainable_state_dict(model) if tensors is None else tensors
+    tensors = full_trainable_state_dict(model) if tensors is None else tensors
     check_finite(tensors, f"checkpoint at step {step}")
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -191,16 +191,22 @@ def to_full(tensor: Any) -> Any:
 
 
 def full_trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every trainable parameter, whole, on the CPU, keyed as unsharded. Collective: all processes get it all.
+    """Every trainable parameter (LoRA adapters, heads, or all weights in full fine-tuning), whole, detached,
+    contiguous and on the CPU, keyed by its name in the model: what a checkpoint stores. Collective when the model
+    is sharded (all processes get it all); a plain read otherwise.
 
-    Only the trainable parameters are gathered (LoRA: a few percent of the model), never the frozen base. Each
-    tensor owns its memory: gathered ones can be views into one all-gather buffer, which safetensors cannot write.
+    Only the trainable parameters are gathered (LoRA: a few percent of the model), never the frozen base. Gathered
+    tensors are copied: they can be views into one all-gather buffer, which safetensors cannot write. A root left
+    gathered by an evaluation is resharded first, so its parameters are gathered (and copied) like the others.
     """
-    return {n: _owned_cpu(to_full(p.detach())) for n, p in model.named_parameters() if p.requires_grad}
+    reshard_root(model)
+    return {n: _whole_on_cpu(p.detach()) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _owned_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to("cpu", copy=True).contiguous() if tensor.device.type != "cpu" else tensor.clone().contiguous()
+def _whole_on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    if is_sharded_tensor(tensor):
+        return tensor.full_tensor().to("cpu", copy=True).contiguous()
+    return tensor.to("cpu").contiguous()
 
 
 def load_full_trainable_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -234,6 +240,7 @@ def gathered_model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
         return full_trainable_state_dict(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    reshard_root(model)  # gathered from the shards, not from a root an evaluation left gathered
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # A tied weight (the LM head sharing the embedding) appears under both names here, as two gathered copies;
     # keep the name the model's own state dict would de-duplicate to, as an unsharded save does.

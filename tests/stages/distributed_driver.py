@@ -5,7 +5,7 @@ what the library deliberately does not write so tests can compare the processes 
 
 ``--dump-dir DIR``: after each run every rank writes
 
-- ``DIR/<run>/rank<k>.safetensors``: its trainable parameters (``checkpointing.trainable_state_dict``) once the loop
+- ``DIR/<run>/rank<k>.safetensors``: its trainable parameters (``core.sharding.full_trainable_state_dict``) once the loop
   has returned (LoRA adapters for SFT/reward; policy and value adapters plus value head for PPO);
 - ``DIR/<run>/rank<k>.jsonl``: every row the rank handed to its step logger (only rank 0's logger writes
   ``log.jsonl``; the others are disabled, so their rows are recorded here),
