@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig, parse_config
+from alignment.core.config import Config, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.core.config_parsing import parse_config
 from alignment.core.run import mark_done, start_run
 from alignment.core.sharding import gathered_model_state
 from alignment.core.stats import pair_accuracy

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from alignment.core.config import ConfigError, DataConfig, ModelConfig, parse_config
+from alignment.core.config import ConfigError, DataConfig, ModelConfig
+from alignment.core.config_parsing import parse_config
 from alignment.data.chat_template import has_chat_template, render_prompt
 from alignment.data.load import DETECTION_ROWS, load_records, resolve_format, resolve_source
 from alignment.data.readers import read_rows

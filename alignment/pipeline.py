@@ -38,18 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.core.config import (
-    Config,
-    ConfigError,
-    LoraConfig,
-    ModelConfig,
-    QuantConfig,
-    bool_keys_of,
-    build_config,
-    load_yaml,
-    parse_overrides,
-    split_config_arg,
-)
+from alignment.core.config import Config, ConfigError, LoraConfig, ModelConfig, QuantConfig
+from alignment.core.config_parsing import bool_keys_of, build_config, load_yaml, parse_overrides, split_config_arg
 from alignment.core.identity import describe_changes, is_run_directory, read_identity, run_identity, stage_kind
 from alignment.core.peak_memory import peak_memory_mib, reset_peak_memory
 from alignment.core.run import is_done, package_versions

@@ -28,15 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from alignment import evaluate, ppo  # the stage packages' entry points
-from alignment.core.config import (
-    Config,
-    ConfigError,
-    bool_keys_of,
-    layered_config,
-    load_yaml,
-    parse_overrides,
-    split_config_arg,
-)
+from alignment.core.config import Config, ConfigError
+from alignment.core.config_parsing import bool_keys_of, layered_config, load_yaml, parse_overrides, split_config_arg
 from alignment.core.run import is_done
 from alignment.core.tracking import metrics_text
 

@@ -53,7 +53,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import alignment.dpo as dpo
-    from alignment.core.config import build_config
+    from alignment.core.config_parsing import build_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -86,7 +86,7 @@ def worker(stage: str, values: dict[str, Any]) -> None:
     """One rank of one run: train, then report this process's peak memory and the stage's throughput."""
     import torch.distributed as dist
 
-    from alignment.core.config import build_config
+    from alignment.core.config_parsing import build_config
     from alignment.core.peak_memory import peak_memory_mib, reset_peak_memory
 
     if stage == "sft":
@@ -170,7 +170,7 @@ def run_mode(
 def train_reward() -> Path:
     """The shared-base reward model PPO scores with: a reward LoRA on the same base (1 process)."""
     from alignment import reward
-    from alignment.core.config import build_config
+    from alignment.core.config_parsing import build_config
 
     out = OUT / "reward"
     if not (out / "DONE").is_file():

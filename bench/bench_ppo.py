@@ -120,7 +120,7 @@ def run_ours(args: argparse.Namespace, sft_dir: str, reward_dir: str) -> dict[st
     import alignment.ppo.loop as ppo_loop_module
     import alignment.ppo.rollout as ppo_rollout_module
     import alignment.ppo.stage as ppo
-    from alignment.core.config import build_config
+    from alignment.core.config_parsing import build_config
     from alignment.ppo.actor_critic import ActorCritic
 
     if args.threads:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from alignment.cli import COMMANDS, STAGES, main
-from alignment.core.config import ConfigError, TrainConfig, parse_config
+from alignment.core.config import ConfigError, TrainConfig
+from alignment.core.config_parsing import parse_config
 from tests.conftest import REPO_ROOT
 
 TRAINING_STAGES = ("sft", "reward", "dpo", "ppo", "evaluate")  # the commands whose options come from CONFIG_TYPES

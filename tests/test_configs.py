@@ -15,15 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.core.config import (
-    ConfigError,
-    LoraConfig,
-    ModelConfig,
-    QuantConfig,
-    build_config,
-    load_yaml,
-    parse_config,
-)
+from alignment.core.config import ConfigError, LoraConfig, ModelConfig, QuantConfig
+from alignment.core.config_parsing import build_config, load_yaml, parse_config
 from alignment.pipeline import STAGE_REFERENCE_KEYS, load_pipeline, stage_sections
 from alignment.pipeline import STAGES as PIPELINE_STAGES
 from tests.conftest import REPO_ROOT

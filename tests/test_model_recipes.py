@@ -29,7 +29,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from alignment.core.config import Config, build_config, load_yaml
+from alignment.core.config import Config
+from alignment.core.config_parsing import build_config, load_yaml
 from alignment.data.chat_template import template_turn_tokens
 from tests.conftest import REPO_ROOT, assert_params_changed, trainable_snapshot
 

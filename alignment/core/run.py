@@ -24,7 +24,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from alignment.core.checkpointing import remove_partial_checkpoints
-from alignment.core.config import Config, save_config
+from alignment.core.config import Config
+from alignment.core.config_parsing import save_config
 from alignment.core.cpu_memory import keep_freed_memory_for_reuse, return_freed_memory
 from alignment.core.distributed import check_distributed_support, sharding_backend
 from alignment.core.identity import (

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from alignment.core.config import Config, ConfigError, parse_config
+from alignment.core.config import Config, ConfigError
+from alignment.core.config_parsing import parse_config
 from alignment.core.tracking import write_json_atomic
 from alignment.evaluate.best_of_n import best_of_n_outputs, check_best_of_n
 from alignment.evaluate.config import (

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignment.core.config import Config, parse_config
+from alignment.core.config import Config
+from alignment.core.config_parsing import parse_config
 from alignment.core.distributed import uses_fsdp
 from alignment.core.precision import autocast_dtype, store_frozen_weights_in, tied_head_copy
 from alignment.core.run import mark_done, start_run

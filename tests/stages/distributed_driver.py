@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dump-dir", type=Path, default=None, help="where every rank writes its parameters and rows")
     args = parser.parse_args(argv)
 
-    from alignment.core.config import build_config
+    from alignment.core.config_parsing import build_config
     from alignment.core.peak_memory import reset_peak_memory
 
     stage_module = importlib.import_module(f"alignment.{args.stage}")

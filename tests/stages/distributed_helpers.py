@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.tracking import read_log
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")

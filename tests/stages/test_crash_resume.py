@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignment import reward, sft
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.tracking import read_log
 from tests.conftest import REPO_ROOT
 

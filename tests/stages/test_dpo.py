@@ -12,7 +12,7 @@ import torch
 import alignment.training.loop as loop_module
 from alignment import dpo, sft
 from alignment.core.checkpointing import TrainingInterrupted
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.tracking import read_log
 from alignment.data.load import load_records
 from alignment.modeling.load import load_causal_lm

@@ -142,7 +142,7 @@ def test_the_reference_listed_again_as_a_snapshot_is_neither_sampled_nor_loaded_
 
 
 def _run(argv: list[str], out: Path) -> dict:
-    from alignment.core.config import parse_config
+    from alignment.core.config_parsing import parse_config
 
     evaluate_mod.evaluate(parse_config(evaluate_mod.CONFIG_TYPES, argv))
     return json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ import alignment.ppo.rollout as ppo_rollout
 import alignment.ppo.update as ppo_update_module
 from alignment import reward, sft
 from alignment.core.checkpointing import TrainingInterrupted, newest_checkpoint
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.tracking import read_log
 from alignment.modeling.sequences import SequenceBatch, hidden_states, response_logprobs
 from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits

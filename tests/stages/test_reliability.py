@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from alignment import reward, sft
 from alignment.cli import main as cli_main
 from alignment.core.checkpointing import TRAINABLE_FILE, list_checkpoints
-from alignment.core.config import ConfigError, build_config
+from alignment.core.config import ConfigError
+from alignment.core.config_parsing import build_config
 from alignment.core.identity import IDENTITY_FILE, read_identity, run_identity
 from alignment.core.tracking import read_log
 from alignment.data.load import load_records

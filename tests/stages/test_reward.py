@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignment import reward
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.modeling.scoring import load_reward_scorer
 from data_schemas.records import Comparison, Message
 

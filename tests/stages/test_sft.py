@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignment import sft
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.tracking import read_log
 from alignment.modeling.load import load_causal_lm
 from alignment.modeling.target_logits import output_head

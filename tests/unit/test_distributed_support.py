@@ -10,7 +10,7 @@ from accelerate.utils import DistributedType
 
 import alignment.ppo as ppo
 from alignment import dpo, reward, sft
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.distributed import UnsupportedDistributedSetup, check_distributed_support, sharding_backend
 from alignment.core.run import make_accelerator
 from tests.conftest import REPO_ROOT

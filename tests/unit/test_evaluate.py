@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from matplotlib import image as mpimg
 
-from alignment.core.config import ConfigError, build_config
+from alignment.core.config import ConfigError
+from alignment.core.config_parsing import build_config
 from alignment.evaluate.config import (
     CONFIG_TYPES,
     EvaluateConfig,

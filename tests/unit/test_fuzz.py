@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, TrainConfig, parse_config
+from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, TrainConfig
+from alignment.core.config_parsing import parse_config
 from alignment.data.load import load_records
 from data_schemas.errors import RecordError
 from data_schemas.formats import FORMATS

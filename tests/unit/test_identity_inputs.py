@@ -7,7 +7,7 @@ import os
 
 from alignment import reward, sft
 from alignment.core import identity
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.core.identity import BUILTIN_DEMO_DIR, input_digest, run_identity, write_identity
 from alignment.data.demo import DEMO_DIR
 

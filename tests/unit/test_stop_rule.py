@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from alignment.core.config import build_config
+from alignment.core.config_parsing import build_config
 from alignment.modeling.tokenizer import stop_token_ids
 from alignment.ppo import rollout
 from alignment.ppo.stage import CONFIG_TYPES as PPO_CONFIG_TYPES

@@ -14,7 +14,8 @@ from alignment.core.checkpointing import (
     newest_checkpoint,
     save_checkpoint,
 )
-from alignment.core.config import TrainConfig, build_config
+from alignment.core.config import TrainConfig
+from alignment.core.config_parsing import build_config
 from alignment.core.run import start_run
 from alignment.core.tracking import read_log
 from alignment.training.batching import micro_batch_indices
