@@ -95,12 +95,36 @@ class DataConfig:
     invalid_records: str = _help(
         "On a malformed record: 'raise' (default) or 'skip' and report counts.", default="raise"
     )
+    select_rows: dict[str, list[str]] = _help(
+        "Keep only the rows whose column holds one of these values, in every source: {category: [harmless]}. A "
+        "row without the column is an error naming it.",
+        default_factory=dict,
+    )
+    prompt_labels: dict[str, str] = _help(
+        "A label for the prompts of a source that carry none, by the source as written in dataset_mixture or "
+        "dataset_name: {'red-team.jsonl[0:150]': harmful}. PPO's reward_weights_by_label reads it; prompt files "
+        "with a label column keep their own.",
+        default_factory=dict,
+    )
 
     def __post_init__(self) -> None:
         _require(
             self.invalid_records in ("raise", "skip"),
             f"invalid_records must be one of raise, skip, got {self.invalid_records!r}",
         )
+        for column, values in self.select_rows.items():
+            _require(
+                isinstance(values, list) and bool(values),
+                f"select_rows: {column!r} needs a list of the values to keep, got {values!r}",
+            )
+        sources = [*self.dataset_mixture, *([self.dataset_name] if self.dataset_name else [])]
+        for source, label in self.prompt_labels.items():
+            _require(
+                source in sources,
+                f"prompt_labels: {source!r} is not a source of this stage (dataset_mixture or dataset_name): "
+                f"{', '.join(sources) or 'none set'}",
+            )
+            _require(isinstance(label, str) and bool(label), f"prompt_labels: {source!r} needs a text label")
         _require(self.eval_split_size >= 0, f"eval_split_size must be >= 0, got {self.eval_split_size}")
         for key in ("max_samples", "max_eval_samples"):
             value = getattr(self, key)

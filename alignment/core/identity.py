@@ -44,6 +44,9 @@ NOT_IDENTITY = frozenset(
         "policy_snapshots",
     }
 )
+# Settings added after runs were made, recorded only when set: at their default they change nothing those runs
+# learned, so a finished run keeps its identity (and is not run again) when the project adds one.
+OMITTED_AT_DEFAULT = {"prompt_labels": {}, "reward_weights_by_label": {}, "select_rows": {}}
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (
     "model_name_or_path",
@@ -80,7 +83,11 @@ def stage_kind(cfg: Config) -> str:
 
 
 def run_settings(cfg: Config) -> dict[str, Any]:
-    return {k: v for k, v in sorted(cfg.flat().items()) if k not in NOT_IDENTITY}
+    return {
+        k: v
+        for k, v in sorted(cfg.flat().items())
+        if k not in NOT_IDENTITY and not (k in OMITTED_AT_DEFAULT and v == OMITTED_AT_DEFAULT[k])
+    }
 
 
 def input_digest(path: str) -> str | None:

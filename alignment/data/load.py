@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,11 +224,33 @@ def _demo_or(source: str, kind: str) -> str:
     return str(DEMO_DIR / DEMO_FILES[kind]) if source == "demo" else source
 
 
+def _selected(rows: Iterable[RawRow], select: dict[str, list[str]], path: str) -> Iterator[RawRow]:
+    """The rows whose every ``select`` column holds one of its listed values (``select_rows``); unreadable rows pass
+    on, so they are reported as before."""
+    wanted = {column: {str(v) for v in values} for column, values in select.items()}
+    for raw in rows:
+        if raw.error is None and wanted:
+            value = raw.value if isinstance(raw.value, Mapping) else {}
+            missing = next((column for column in wanted if column not in value), None)
+            if missing is not None:
+                raise RecordError(
+                    f"select_rows names the column {missing!r}, which this row does not have",
+                    path=path,
+                    line=raw.line,
+                    index=raw.index if raw.line is None else None,
+                    field=missing,
+                    kind="missing_field",
+                )
+            if not all(str(value[column]) in keep for column, keep in wanted.items()):
+                continue
+        yield raw
+
+
 def _load_groups(
     source: str, data_cfg: DataConfig, kind: str, limit: int | None
 ) -> tuple[list[list[Record]], Format, SkipReport, int]:
-    rows = read_rows(source, data_cfg)
     path = split_row_range(source)[0]  # errors name the file and its own line, with or without a row range
+    rows = _selected(read_rows(source, data_cfg), data_cfg.select_rows, path)
     head = list(itertools.islice(rows, DETECTION_ROWS))
     fmt = resolve_format(data_cfg.dataset_format, head, path)
     check_kind(fmt, kind)
@@ -239,6 +261,11 @@ def _load_groups(
     if report.total:
         logger.warning("%s: %s", source, report.summary())
     return groups, fmt, report, rows_read
+
+
+def _labelled(groups: list[list[Record]], label: str) -> list[list[Record]]:
+    """Give ``label`` to the prompts that carry none (``prompt_labels``); a prompt's own label is kept."""
+    return [[r if r.label else dataclasses.replace(r, label=label) for r in group] for group in groups]
 
 
 def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSet:
@@ -259,8 +286,11 @@ def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSe
     limit = None if split_here or len(sources) > 1 else data_cfg.max_samples
     source = " + ".join(sources)
     groups, formats, rows_read, report = [], [], 0, SkipReport(path=source)
-    for one in sources:
+    names = data_cfg.dataset_mixture or [data_cfg.dataset_name]
+    for name, one in zip(names, sources):
         one_groups, fmt, one_report, one_rows = _load_groups(one, data_cfg, kind, limit)
+        if kind == "prompt" and name in data_cfg.prompt_labels:
+            one_groups = _labelled(one_groups, data_cfg.prompt_labels[name])
         groups += one_groups
         rows_read += one_rows
         formats.append(fmt.name)

@@ -35,6 +35,13 @@ class PPOConfig:
     reward_weights: list[float] = _help(
         "Weight of each reward model's normalised score (default 1 each).", default_factory=list
     )
+    reward_weights_by_label: dict[str, list[float]] = _help(
+        "Other weights for the prompts of a label, one per reward model: {harmful: [0, 1]} scores answers to "
+        "harmful prompts by the second model alone (Llama 2's safety reward on safety prompts, Touvron et al. "
+        "2023). Prompts of other labels, or none, take reward_weights. Labels come from the prompt file or from "
+        "prompt_labels.",
+        default_factory=dict,
+    )
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
     cost_model_is_reward: bool = _help(
         "cost_model_path is a harmlessness reward model (higher = safer): the cost is its negated normalised score.",
@@ -148,6 +155,14 @@ def validate_sampling(cfg: PPOConfig) -> None:
         raise ConfigError("PPO needs at least one reward model: set reward_model_paths (a reward stage's output)")
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward_model_paths):
         raise ConfigError("reward_weights needs one weight per entry of reward_model_paths")
+    for label, weights in cfg.reward_weights_by_label.items():
+        if not isinstance(weights, list) or len(weights) != len(cfg.reward_model_paths):
+            raise ConfigError(
+                f"reward_weights_by_label: {label!r} needs a list of one weight per entry of reward_model_paths "
+                f"({len(cfg.reward_model_paths)}), got {weights!r}"
+            )
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+            raise ConfigError(f"reward_weights_by_label: {label!r} weights must be numbers, got {weights!r}")
 
 
 def check_algorithm(cfg: PPOConfig) -> None:

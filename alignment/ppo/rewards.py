@@ -11,6 +11,17 @@ from alignment.ppo.actor_critic import ActorCritic
 from alignment.rl.controllers import LagrangeMultiplier
 
 
+def weights_per_prompt(
+    labels: list[str | None], weights: list[float], weights_by_label: dict[str, list[float]]
+) -> torch.Tensor:
+    """(B, M) weight of each of M reward models for each prompt: its label's row of ``weights_by_label``, else
+    ``weights``. With a harmlessness model weighted on harmful prompts only, refusing a safe request earns nothing
+    from it (Llama 2: the safety reward on safety prompts, the helpfulness reward elsewhere; Touvron et al. 2023,
+    sec. 3.2.3)."""
+    rows = [weights_by_label.get(label, weights) if label is not None else weights for label in labels]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(labels), len(weights))
+
+
 class CombinedReward:
     """Normalised, weighted reward models (plus an optional cost model with a Lagrange multiplier)."""
 
@@ -22,20 +33,29 @@ class CombinedReward:
         lagrange=None,
         clip: float = 10.0,
         cost_sign: float = 1.0,
+        weights_by_label: dict[str, list[float]] | None = None,
     ) -> None:
         self.scorers, self.weights = scorers, weights
+        self.weights_by_label = weights_by_label or {}
         self.cost_scorer, self.lagrange, self.clip = cost_scorer, lagrange, clip
         self.cost_sign = cost_sign  # -1: the cost model is a harmlessness reward, its negated score is the cost
 
     def combined(
-        self, ac: ActorCritic, batch: SequenceBatch, prompts: list, responses: list[str]
+        self,
+        ac: ActorCritic,
+        batch: SequenceBatch,
+        prompts: list,
+        responses: list[str],
+        labels: list[str | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reward of each response; ``labels``: each prompt's label, for ``weights_by_label``."""
         raw: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(responses))
-        for scorer, weight in zip(self.scorers, self.weights):
+        weights = weights_per_prompt(labels or [None] * len(responses), self.weights, self.weights_by_label)
+        for m, scorer in enumerate(self.scorers):
             score = _score(scorer, ac, batch, prompts, responses)
             raw[scorer.name] = score
-            total += weight * scorer.stats.normalize(score)
+            total += weights[:, m] * scorer.stats.normalize(score)
         if self.cost_scorer is not None:
             cost_score = _score(self.cost_scorer, ac, batch, prompts, responses)
             cost = self.cost_sign * self.cost_scorer.stats.normalize(cost_score)
@@ -59,7 +79,7 @@ def build_rewards(cfg: Config, ac: ActorCritic, shared: dict[str, SharedScorer])
         shared.get(path) or load_reward_scorer(path, quant_cfg=cfg.quant, device=ac.device)
         for path in ppo.reward_model_paths
     ]
-    weights = list(ppo.reward_weights) or [1.0] * len(scorers)
+    weights = [float(w) for w in ppo.reward_weights] or [1.0] * len(scorers)
     cost_scorer = lagrange = None
     if ppo.cost_model_path:
         on_base = shared.get(ppo.cost_model_path)
@@ -70,7 +90,8 @@ def build_rewards(cfg: Config, ac: ActorCritic, shared: dict[str, SharedScorer])
         )
         lagrange = LagrangeMultiplier(init=ppo.lagrange_init, lr=ppo.lagrange_lr, threshold=ppo.cost_threshold)
     cost_sign = -1.0 if ppo.cost_model_is_reward else 1.0
-    return CombinedReward(scorers, weights, cost_scorer, lagrange, ppo.reward_clip, cost_sign)
+    weights_by_label = {label: [float(w) for w in row] for label, row in ppo.reward_weights_by_label.items()}
+    return CombinedReward(scorers, weights, cost_scorer, lagrange, ppo.reward_clip, cost_sign, weights_by_label)
 
 
 class SharedScorer:

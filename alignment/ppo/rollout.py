@@ -115,7 +115,7 @@ def collect_rollout(
         [ids[mask] for ids, mask in zip(response_ids, response_mask)], skip_special_tokens=True
     )
     messages = [p.messages for p in prompts]
-    scores, raw = rewards.combined(ac, batch, messages, responses)
+    scores, raw = rewards.combined(ac, batch, messages, responses, [p.label for p in prompts])
     scores = scores.to(ac.device) - cfg.missing_eos_penalty * (~has_eos).float()
     # The critic pass comes last, so a kept graph lives only until the update's first backward. Without a critic
     # (rloo, grpo, reinforce_pp) the values are zeros that nothing reads.

@@ -572,3 +572,37 @@ def test_an_encoder_reward_model_scores_rollouts_longer_than_its_positions(stage
     )
     ppo.train(cfg)
     assert all(math.isfinite(row["objective/scores"]) for row in read_log(tmp_path / "ppo"))
+
+
+def test_weights_by_label_need_one_number_per_reward_model():
+    two_models = {"reward_model_paths": ["helpful", "harmless"]}
+    with pytest.raises(ValueError, match=r"reward_weights_by_label: 'harmful' needs a list of one weight .* \(2\)"):
+        ppo_config_module.validate_sampling(
+            ppo_config_module.PPOConfig(reward_weights_by_label={"harmful": [1.0]}, **two_models)
+        )
+    with pytest.raises(ValueError, match="weights must be numbers"):
+        ppo_config_module.validate_sampling(
+            ppo_config_module.PPOConfig(reward_weights_by_label={"harmful": [0, "one"]}, **two_models)
+        )
+    ppo_config_module.validate_sampling(
+        ppo_config_module.PPOConfig(reward_weights_by_label={"harmful": [0, 1]}, **two_models)
+    )
+
+
+def test_each_prompt_label_reaches_the_reward(stage_dirs, tmp_path, monkeypatch):
+    """The demo prompts' labels (and prompt_labels) choose each answer's reward weights in a real update."""
+    from alignment.ppo import rewards as ppo_rewards
+
+    seen, real = [], ppo_rewards.weights_per_prompt
+
+    def spy(labels, weights, weights_by_label):
+        rows = real(labels, weights, weights_by_label)
+        seen.extend(zip(labels, rows[:, 0].tolist()))
+        return rows
+
+    monkeypatch.setattr(ppo_rewards, "weights_per_prompt", spy)
+    by_label = {"harmful": [0.0], "safe": [0.5]}
+    ppo.train(ppo_config(stage_dirs, tmp_path, total_episodes=4, eval_prompts=0, reward_weights_by_label=by_label))
+    # The update's four prompts hold a label with its own weights and one with the default (helpful: 1.0).
+    assert {label for label, _ in seen} >= {"helpful", "safe"}, seen
+    assert all(weight == by_label.get(label, [1.0])[0] for label, weight in seen), seen

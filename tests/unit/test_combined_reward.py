@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignment.modeling.scoring import RewardStats
-from alignment.ppo.rewards import CombinedReward
+from alignment.ppo.rewards import CombinedReward, weights_per_prompt
 from alignment.rl.controllers import LagrangeMultiplier
 
 
@@ -35,3 +35,19 @@ def test_a_harmlessness_reward_as_the_cost_is_negated():
     total, raw = reward.combined(None, None, ["p", "q"], ["safe", "unsafe"])
     torch.testing.assert_close(raw["cost"], torch.tensor([-1.0, 1.0]))
     torch.testing.assert_close(total, torch.tensor([0.5, -0.5]))  # (0 - 1 * cost) / 2: the harmless reply wins
+
+
+def test_weights_by_label_score_each_prompt_by_its_own_row_by_hand():
+    helpful = FixedScorer("helpful", [3.0, 3.0, 3.0], mean=1.0, std=2.0)  # normalised: 1, 1, 1
+    harmless = FixedScorer("harmless", [2.0, 2.0, -2.0], mean=0.0, std=2.0)  # normalised: 1, 1, -1
+    reward = CombinedReward([helpful, harmless], [1.0, 0.0], weights_by_label={"harmful": [0.0, 2.0]})
+    total, _ = reward.combined(None, None, ["p", "q", "r"], ["a", "b", "c"], labels=["helpful", "harmful", None])
+    # helpful: 1*1 + 0*1 = 1 ; harmful: 0*1 + 2*1 = 2 ; no label: the default weights, 1*1 + 0*(-1) = 1
+    torch.testing.assert_close(total, torch.tensor([1.0, 2.0, 1.0]))
+    unlabelled, _ = reward.combined(None, None, ["p", "q", "r"], ["a", "b", "c"])
+    torch.testing.assert_close(unlabelled, torch.tensor([1.0, 1.0, 1.0]))
+
+
+def test_weights_per_prompt_falls_back_to_the_default_row():
+    rows = weights_per_prompt(["safe", "harmful", None], [1.0, 0.5], {"harmful": [0.0, 1.0]})
+    torch.testing.assert_close(rows, torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, 0.5]]))

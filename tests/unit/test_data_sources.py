@@ -71,3 +71,30 @@ def test_a_mixture_may_name_the_built_in_demo_data(tmp_path):
     mixed = load_records(DataConfig(dataset_mixture=[pairs, "demo"]), "comparison")
     assert len(mixed.records) == 2 + len(demo_only.records)
     assert [r.prompt for r in mixed.records[2:]] == [r.prompt for r in demo_only.records]
+
+
+def test_prompt_labels_label_the_unlabelled_prompts_of_one_source(tmp_path):
+    plain = write_jsonl(tmp_path / "red_team.jsonl", [f"request {i}" for i in range(3)])
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", [{"prompt": "a safe one", "label": "safe"}])
+    data = DataConfig(dataset_mixture=[f"{plain}[0:2]", labelled], prompt_labels={f"{plain}[0:2]": "harmful"})
+    records = load_records(data, "prompt").records
+    assert [(r.text, r.label) for r in records] == [
+        ("request 0", "harmful"),
+        ("request 1", "harmful"),
+        ("a safe one", "safe"),
+    ]
+    # A label for a source the stage does not read is a typo: named before anything loads.
+    with pytest.raises(ValueError, match=r"prompt_labels: 'other.jsonl' is not a source of this stage"):
+        DataConfig(dataset_mixture=[plain], prompt_labels={"other.jsonl": "harmful"})
+
+
+def test_select_rows_keeps_the_rows_of_chosen_categories_and_names_a_missing_column(tmp_path):
+    rows = [{**pair(i), "category": "harmless" if i % 3 == 0 else "helpful"} for i in range(6)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    kept = load_records(DataConfig(dataset_name=path, select_rows={"category": ["harmless"]}), "comparison")
+    assert [r.prompt[-1].content for r in kept.records] == ["question 0", "question 3"]
+    unlabelled = write_jsonl(tmp_path / "plain.jsonl", [pair(0)])
+    with pytest.raises(RecordError, match=r"plain.jsonl:1: field 'category': select_rows names the column"):
+        load_records(DataConfig(dataset_name=unlabelled, select_rows={"category": ["harmless"]}), "comparison")
+    with pytest.raises(ValueError, match="select_rows: 'category' needs a list"):
+        DataConfig(dataset_name=path, select_rows={"category": "harmless"})

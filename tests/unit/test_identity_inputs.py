@@ -59,3 +59,15 @@ def test_a_stage_on_the_built_in_demo_data_depends_on_the_one_file_it_reads(tmp_
     (demo / "comparisons.jsonl").write_text("{}\n{}\n", encoding="utf-8")
     assert run_identity(sft_cfg)["fingerprint"] == before["sft"]["fingerprint"]
     assert run_identity(reward_cfg)["fingerprint"] != before["reward"]["fingerprint"]
+
+
+def test_a_setting_added_later_changes_no_identity_at_its_default():
+    """A finished run keeps its fingerprint when the project adds a setting, and a run that sets it differs."""
+    from alignment.ppo.config import CONFIG_TYPES
+
+    values = {"reward_model_paths": ["rm"], "dataset_name": "demo"}
+    plain = run_identity(build_config(CONFIG_TYPES, values))
+    assert "reward_weights_by_label" not in plain["settings"] and "prompt_labels" not in plain["settings"]
+    labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
+    assert labelled["settings"]["reward_weights_by_label"] == {"harmful": [1.0]}
+    assert labelled["fingerprint"] != plain["fingerprint"]
