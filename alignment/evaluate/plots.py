@@ -74,7 +74,7 @@ def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) ->
         _placeholder(ax, "trade-off not available:\nno harmful prompts or no helpfulness measure")
         return _save(fig, Path(path))
     colors = _policy_colors([p["policy"] for p in tradeoff["points"]])
-    placed: dict[tuple[float, float], int] = {}
+    labels = []
     for p in points:
         marker = "*" if p["policy"] == reference else "o"
         label = p["policy"] + (" (reference)" if p["policy"] == reference else "")
@@ -99,8 +99,7 @@ def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) ->
             capsize=3,
             zorder=2,
         )
-        stacked = placed[(p["x"], p["y"])] = placed.get((p["x"], p["y"]), -1) + 1  # labels of coinciding points
-        ax.annotate(p["policy"], (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7 - 12 * stacked))
+        labels.append(ax.annotate(p["policy"], (p["x"], p["y"]), textcoords="offset points", xytext=(7, 7)))
     front = sorted((p for p in points if p["on_front"]), key=lambda p: p["x"])
     ax.plot(
         [p["x"] for p in front],
@@ -121,7 +120,23 @@ def plot_tradeoff(tradeoff: dict[str, Any], reference: str, path: str | Path) ->
     ax.set_title("Helpfulness vs harmlessness (up and right is better)")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _separate_labels(fig, labels)
     return _save(fig, Path(path))
+
+
+def _separate_labels(fig: Figure, labels: list[Any]) -> None:
+    """Move each point's label down a line while it overlaps an earlier one: policies that barely differ would
+    otherwise print their names over one another. Run once the axes' limits are final."""
+    renderer = fig.canvas.get_renderer()
+    boxes: list[Any] = []
+    for label in labels:
+        for _ in range(len(labels)):
+            if not any(label.get_window_extent(renderer).overlaps(box) for box in boxes):
+                break
+            x, y = label.xyann
+            label.xyann = (x, y - 12)
+        boxes.append(label.get_window_extent(renderer))
 
 
 def plot_refusals(metrics: dict[str, dict[str, Any]], path: str | Path) -> Path:

@@ -301,3 +301,19 @@ def test_policy_names_with_dots_keep_their_own_generation_files(tmp_path) -> Non
     save_generations(tmp_path, "qwen2.7", "key-b", one("from 2.7"), {})  # "qwen2" + suffix would overwrite the first
     assert load_generations(tmp_path, "qwen2.5", "key-a", 1)[0].response == "from 2.5"
     assert load_generations(tmp_path, "qwen2.7", "key-b", 1)[0].response == "from 2.7"
+
+
+def test_labels_of_close_policies_do_not_overlap_on_the_tradeoff_plot():
+    from alignment.evaluate.plots import _new_figure, _separate_labels
+
+    fig, ax = _new_figure()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    points = {"sft_safety": (0.50, 0.50), "ppo_by_label": (0.51, 0.505), "far_away": (0.1, 0.9)}
+    labels = [ax.annotate(name, xy, textcoords="offset points", xytext=(7, 7)) for name, xy in points.items()]
+    renderer = fig.canvas.get_renderer()
+    assert labels[0].get_window_extent(renderer).overlaps(labels[1].get_window_extent(renderer))
+    _separate_labels(fig, labels)
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert not boxes[0].overlaps(boxes[1])
+    assert labels[1].xyann == (7, -5) and labels[2].xyann == (7, 7)  # one line down; the far one stays
