@@ -29,8 +29,7 @@ def test_the_quickstart_rewards_refusing_harmful_requests_and_ppo_refuses_more(t
     run_dir = tmp_path / "quickstart"
     run_pipeline(str(REPO_ROOT / "configs" / "quickstart.yaml"), {"output_dir": str(run_dir)})
     result = load_checker().check(run_dir)
-    right, total = result["ranking"]["harmless"]
-    assert right / total >= 0.8, result["ranking"]
+    assert result["reward_prefers_refusal"], result["ranking"]
     assert result["ppo_refuses_more"], result["rates"]
     if not result["ppo_over_refuses_no_more"]:
         # Known and reported in the README (2026-12-05: 3 of 16 safe prompts against SFT's 1); still to fix.
