@@ -117,18 +117,22 @@ class DataConfig:
                 isinstance(values, list) and bool(values),
                 f"select_rows: {column!r} needs a list of the values to keep, got {values!r}",
             )
-        sources = [*self.dataset_mixture, *([self.dataset_name] if self.dataset_name else [])]
         for source, label in self.prompt_labels.items():
             _require(
-                source in sources,
-                f"prompt_labels: {source!r} is not a source of this stage (dataset_mixture or dataset_name): "
-                f"{', '.join(sources) or 'none set'}",
+                source in self.source_names,
+                f"prompt_labels: {source!r} is not a source this stage reads (dataset_mixture, else dataset_name): "
+                f"{', '.join(self.source_names) or 'none set'}",
             )
             _require(isinstance(label, str) and bool(label), f"prompt_labels: {source!r} needs a text label")
         _require(self.eval_split_size >= 0, f"eval_split_size must be >= 0, got {self.eval_split_size}")
         for key in ("max_samples", "max_eval_samples"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"{key} must be at least 1 (or unset), got {value}")
+
+    @property
+    def source_names(self) -> list[str]:
+        """The sources as written: ``dataset_mixture`` when set, else ``dataset_name`` alone (none: empty)."""
+        return list(self.dataset_mixture) or ([self.dataset_name] if self.dataset_name else [])
 
 
 @dataclass

@@ -286,8 +286,7 @@ def load_records(data_cfg: DataConfig, kind: str, *, seed: int = 42) -> RecordSe
     limit = None if split_here or len(sources) > 1 else data_cfg.max_samples
     source = " + ".join(sources)
     groups, formats, rows_read, report = [], [], 0, SkipReport(path=source)
-    names = data_cfg.dataset_mixture or [data_cfg.dataset_name]
-    for name, one in zip(names, sources):
+    for name, one in zip(data_cfg.source_names, sources):
         one_groups, fmt, one_report, one_rows = _load_groups(one, data_cfg, kind, limit)
         if kind == "prompt" and name in data_cfg.prompt_labels:
             one_groups = _labelled(one_groups, data_cfg.prompt_labels[name])

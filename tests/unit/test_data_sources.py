@@ -84,8 +84,11 @@ def test_prompt_labels_label_the_unlabelled_prompts_of_one_source(tmp_path):
         ("a safe one", "safe"),
     ]
     # A label for a source the stage does not read is a typo: named before anything loads.
-    with pytest.raises(ValueError, match=r"prompt_labels: 'other.jsonl' is not a source of this stage"):
+    with pytest.raises(ValueError, match=r"prompt_labels: 'other.jsonl' is not a source this stage reads"):
         DataConfig(dataset_mixture=[plain], prompt_labels={"other.jsonl": "harmful"})
+    # With a mixture, dataset_name is not read: a label for it would silently do nothing.
+    with pytest.raises(ValueError, match=r"prompt_labels: 'named.jsonl' is not a source this stage reads"):
+        DataConfig(dataset_name="named.jsonl", dataset_mixture=[plain], prompt_labels={"named.jsonl": "harmful"})
 
 
 def test_select_rows_keeps_the_rows_of_chosen_categories_and_names_a_missing_column(tmp_path):
