@@ -96,8 +96,8 @@ class PreferenceCollator:
     """Batches :class:`PreferenceExample` s: every response as an SFT row (padded or packed), with ``group_ids``,
     ``ranks``, ``example_ids`` (which response each token is of) and, once known, ``reference_logps``."""
 
-    def __init__(self, pad_token_id: int, padding_free: bool, flat_rows: bool = False) -> None:
-        self.rows = SFTCollator(pad_token_id, padding_free, flat_rows, with_example_ids=True)
+    def __init__(self, pad_token_id: int, padding_free: bool, flat_rows: bool = False, row_multiple: int = 1) -> None:
+        self.rows = SFTCollator(pad_token_id, padding_free, flat_rows, row_multiple, with_example_ids=True)
 
     def __call__(self, examples: list[PreferenceExample]) -> dict[str, torch.Tensor]:
         batch = self.rows([response for example in examples for response in example.responses])
@@ -191,7 +191,9 @@ def train(cfg: Config) -> dict[str, Any]:
         )
         shard_for_training(run, model)
         head = output_head(model)
-        collator = PreferenceCollator(tokenizer.pad_token_id, cfg.dpo.padding_free, supports_flat_packing(model))
+        collator = PreferenceCollator(
+            tokenizer.pad_token_id, cfg.dpo.padding_free, supports_flat_packing(model), run.flat_row_multiple
+        )
         batch_size = cfg.train.per_device_eval_batch_size
         started = time.perf_counter()
         with run.accelerator.autocast():

@@ -92,9 +92,11 @@ def reward_loop_spec(
     center_coef: float,
     packed_head: torch.nn.Module | None = None,
     flat_rows: bool = False,
+    row_multiple: int = 1,
 ) -> LoopSpec:
     """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding,
-    in one row without filler with ``flat_rows`` (``alignment.modeling.attention.supports_flat_packing``)."""
+    in one row without filler with ``flat_rows`` (``alignment.modeling.attention.supports_flat_packing``), rounded
+    up to a multiple of ``row_multiple`` (``Run.flat_row_multiple``)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -122,7 +124,9 @@ def reward_loop_spec(
     return LoopSpec(
         loss_fn=loss_fn,
         count_fn=lambda b: int(b["group_ids"].unique().numel()),
-        collate_fn=RewardCollator(tokenizer, max_length, padding_free=packed_head is not None, flat_rows=flat_rows),
+        collate_fn=RewardCollator(
+            tokenizer, max_length, padding_free=packed_head is not None, flat_rows=flat_rows, row_multiple=row_multiple
+        ),
         tokens_fn=lambda b: int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()),
     )
 
@@ -166,6 +170,7 @@ def train(cfg: Config) -> dict[str, Any]:
             cfg.reward.center_rewards_coefficient,
             head,
             flat_rows=head is not None and supports_flat_packing(model),
+            row_multiple=run.flat_row_multiple,
         )
         if cfg.reward.eval_only:  # every record is held out; max_eval_samples caps them, as for a held-out split
             eval_records = list(records.records)[: cfg.data.max_eval_samples or None]

@@ -60,12 +60,17 @@ def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) 
 
 
 def sft_loop_spec(
-    tokenizer, padding_free: bool, head: torch.nn.Module | None = None, flat_rows: bool = False
+    tokenizer,
+    padding_free: bool,
+    head: torch.nn.Module | None = None,
+    flat_rows: bool = False,
+    row_multiple: int = 1,
 ) -> LoopSpec:
     """Loss and batching. With ``head`` (see :func:`output_head`) the LM head runs only where a label is predicted.
 
     ``flat_rows``: pack each batch into one row without filler (the model's attention must take
-    sequence boundaries: ``alignment.modeling.attention.supports_flat_packing``).
+    sequence boundaries: ``alignment.modeling.attention.supports_flat_packing``), rounded up to a multiple of
+    ``row_multiple`` (``Run.flat_row_multiple``).
 
     Most positions are prompt (the peer workload: 1,816 target tokens of 8,982): the head runs on the target
     positions only (:func:`~alignment.modeling.target_logits.target_logits`).
@@ -78,7 +83,9 @@ def sft_loop_spec(
     return LoopSpec(
         loss_fn=loss_fn,
         count_fn=lambda b: count_tokens(b).loss_tokens,
-        collate_fn=SFTCollator(tokenizer.pad_token_id, padding_free=padding_free, flat_rows=flat_rows),
+        collate_fn=SFTCollator(
+            tokenizer.pad_token_id, padding_free=padding_free, flat_rows=flat_rows, row_multiple=row_multiple
+        ),
         tokens_fn=lambda b: count_tokens(b).non_pad_tokens,
     )
 
@@ -103,7 +110,9 @@ def train(cfg: Config) -> dict[str, Any]:
             raise ValueError(f"no demonstration can be trained on (rejected: {dict(rejected)})")
         model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True, device=load_device(run))
         shard_for_training(run, model)
-        spec = sft_loop_spec(tokenizer, cfg.sft.padding_free, output_head(model), supports_flat_packing(model))
+        spec = sft_loop_spec(
+            tokenizer, cfg.sft.padding_free, output_head(model), supports_flat_packing(model), run.flat_row_multiple
+        )
         batch_size = cfg.train.per_device_eval_batch_size
         spec.eval_fn = (lambda: evaluate_loss(run, model, eval_examples, spec, batch_size)) if eval_examples else None
         before = spec.eval_fn() if spec.eval_fn else None

@@ -334,3 +334,14 @@ def test_bad_value_names_the_key_and_where_it_was_written(tmp_path):
     recipe.write_text("# comment\nlora_r: sixteen\n")
     with pytest.raises(ConfigError, match=rf"{recipe}:2: 'lora_r' expects an integer, got 'sixteen'"):
         parse_config(sft_types(), ["--config", str(recipe)])
+
+
+def test_bf16_takes_true_false_or_auto_and_names_the_choices(tmp_path):
+    assert parse_config(sft_types(), ["--bf16"]).train.bf16 is True  # a bare flag, as for any switch
+    assert parse_config(sft_types(), ["--bf16", "AUTO"]).train.bf16 == "auto"
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text("bf16: auto\n")
+    assert parse_config(sft_types(), ["--config", str(recipe)]).train.bf16 == "auto"
+    recipe.write_text("bf16: sometimes\n")
+    with pytest.raises(ConfigError, match=rf"{recipe}:1: 'bf16' expects true or false or 'auto', got 'sometimes'"):
+        parse_config(sft_types(), ["--config", str(recipe)])

@@ -7,7 +7,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # ----------------------------------------------------------------------------------- shared types
 
@@ -151,7 +151,10 @@ class TrainConfig:
     warmup_ratio: float = _help("Share of steps spent warming the learning rate up.", default=0.0)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     max_grad_norm: float = _help("Clip the gradient norm to this.", default=1.0)
-    bf16: bool = _help("Autocast to bf16 (where the hardware has it).", default=False)
+    bf16: bool | Literal["auto"] = _help(
+        "Autocast to bf16. auto: on a GPU that has bf16; fp32 on CPUs (where it measured no faster at 135M).",
+        default=False,
+    )
     logging_steps: int = _help("Log every N optimizer steps.", default=1)
     eval_steps: int = _help("Evaluate every N steps (0: only before and after training).", default=0)
     save_steps: int = _help("Checkpoint every N steps (0: only at the end and on Ctrl-C).", default=50)

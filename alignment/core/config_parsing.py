@@ -62,15 +62,41 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _describe(annotation: Any) -> str:
+    """A type as an error message names it: ``true or false``, ``'auto'``."""
+    if annotation is bool:
+        return "true or false"
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field is set by a bare ``--flag`` (a bool, alone or in a union such as ``bool | Literal["auto"]``)."""
+    return annotation is bool or bool in typing.get_args(annotation)
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the field's type; raise ConfigError naming the key."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key)
+        if len(non_none) == 1:
+            return _coerce(value, non_none[0], key)
+        for member in non_none:  # the first member that takes the value (``bool | Literal["auto"]``)
+            try:
+                return _coerce(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"'{key}' expects {' or '.join(_describe(a) for a in non_none)}, got {value!r}")
+    if origin is typing.Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and value.lower() == str(choice).lower()):
+                return choice
+        raise ConfigError(f"'{key}' expects {_describe(annotation)}, got {value!r}")
     if origin in (list, tuple):
         (item_type,) = args[:1] or (str,)
         if isinstance(value, str):
@@ -131,6 +157,15 @@ def _argv_to_pairs(argv: list[str], bool_keys: set[str]) -> list[tuple[str, str 
     return pairs
 
 
+def _type_name(annotation: Any) -> str:
+    """``int``, ``str | None``, ``bool | 'auto'``: a field's type as ``--help`` shows it."""
+    if typing.get_origin(annotation) is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(choice) for choice in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
 def format_help(config_types: tuple[type, ...], prog: str = "alignment") -> str:
     lines = [f"usage: {prog} [--config recipe.yaml] [--key value ...]", ""]
     for cls in config_types:
@@ -140,7 +175,7 @@ def format_help(config_types: tuple[type, ...], prog: str = "alignment") -> str:
             if not f.init:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            type_name = getattr(hints[f.name], "__name__", str(hints[f.name])).replace("typing.", "")
+            type_name = _type_name(hints[f.name])
             lines.append(f"  --{f.name} ({type_name}, default {default!r})")
             if f.metadata.get("help"):
                 lines.append(f"      {f.metadata['help']}")
@@ -216,7 +251,9 @@ def split_config_arg(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def bool_keys_of(config_types: tuple[type, ...]) -> set[str]:
-    return {f.name for cls in config_types for f in dataclasses.fields(cls) if _field_types(cls).get(f.name) is bool}
+    return {
+        f.name for cls in config_types for f in dataclasses.fields(cls) if _takes_bool(_field_types(cls).get(f.name))
+    }
 
 
 def parse_overrides(argv: list[str], bool_keys: set[str]) -> dict[str, Any]:

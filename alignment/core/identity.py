@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.core.config import Config, ConfigError
+from alignment.core.precision import resolve_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,14 @@ def stage_kind(cfg: Config) -> str:
 
 
 def run_settings(cfg: Config) -> dict[str, Any]:
-    return {
+    settings = {
         k: v
         for k, v in sorted(cfg.flat().items())
         if k not in NOT_IDENTITY and not (k in OMITTED_AT_DEFAULT and v == OMITTED_AT_DEFAULT[k])
     }
+    if settings.get("bf16") == "auto":  # what this machine makes of it: an auto run is the same run as its choice
+        settings["bf16"] = resolve_bf16("auto", bool(settings.get("cpu")))
+    return settings
 
 
 def input_digest(path: str) -> str | None:

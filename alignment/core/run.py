@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import platform
 import sys
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from alignment.core.identity import (
     run_identity,
     write_identity,
 )
-from alignment.core.precision import warn_if_slow_on_cpu
+from alignment.core.precision import flat_row_multiple, resolve_bf16, warn_if_slow_on_cpu
 from alignment.core.tracking import MetricLogger, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class Run:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def flat_row_multiple(self) -> int:
+        """What this run's flat packed rows are rounded up to (``precision.flat_row_multiple``)."""
+        return flat_row_multiple(str(self.accelerator.mixed_precision), self.device)
+
 
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -72,6 +78,18 @@ def package_versions() -> dict[str, str]:
 
 
 def make_accelerator(cpu: bool = False, bf16: bool = False) -> Accelerator:
+    """An Accelerator in bf16 mixed precision with ``bf16``, else in what ``accelerate launch`` asked for (fp32 by
+    default).
+
+    accelerate keeps one mixed-precision setting per process (``AcceleratorState``), and the pipeline runs its
+    stages in one process: without a reset a bf16 stage's setting carried into the fp32 stages after it, and a bf16
+    stage after an fp32 one failed ("AcceleratorState has already been initialized"). The process group is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    wanted = "bf16" if bf16 else os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != wanted:
+        AcceleratorState._reset_state(reset_partial_state=False)
     mixed = "bf16" if bf16 else None  # None: keep what `accelerate launch` / its config file asked for
     return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=mixed)
 
@@ -110,7 +128,7 @@ def start_run(cfg: Config, stage: str, *, rewrites_outputs: bool = False) -> Ite
     output_dir = Path(train.output_dir)
     check_inputs_exist(cfg)
     identity = run_identity(cfg)
-    accelerator = make_accelerator(cpu=train.cpu, bf16=train.bf16)
+    accelerator = make_accelerator(cpu=train.cpu, bf16=resolve_bf16(train.bf16, train.cpu))
 
     check_distributed_support(cfg, accelerator)  # before anything is written or loaded
     action = check_output_dir(output_dir, identity, train.resume, train.overwrite or rewrites_outputs)

@@ -241,12 +241,14 @@ class SFTCollator:
     example and the row filler are ``-100`` so no loss crosses a boundary. Call the model with
     ``use_cache=False``: with a KV cache transformers skips the packed-sequence detection.
     ``flat_rows=True`` (models with varlen attention): one row (1, N) with no filler and
-    ``cu_seq_lens`` for the model's ``varlen_kwargs``.
+    ``cu_seq_lens`` for the model's ``varlen_kwargs``; ``row_multiple``: that row rounded up to a multiple of it
+    (filler labelled ``-100``, :func:`pack_token_rows`).
     """
 
     pad_token_id: int
     padding_free: bool = False
     flat_rows: bool = False
+    row_multiple: int = 1
     with_example_ids: bool = False  # also ``example_ids``, shaped like ``labels``: which example each token is of
 
     def __call__(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
@@ -265,7 +267,9 @@ class SFTCollator:
         return batch
 
     def _pack(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
-        packed = pack_token_rows([e.input_ids for e in examples], self.pad_token_id, flat=self.flat_rows)
+        packed = pack_token_rows(
+            [e.input_ids for e in examples], self.pad_token_id, flat=self.flat_rows, multiple_of=self.row_multiple
+        )
         labels = torch.full_like(packed.input_ids, IGNORE_INDEX).view(-1)
         example_ids = torch.full_like(labels, -1)
         for i, (example, start) in enumerate(zip(examples, packed.starts.tolist())):
@@ -311,15 +315,23 @@ class RewardCollator:
     ``padding_free=True`` (decoder-only models): ``input_ids``/``position_ids`` (R, L) from
     :func:`pack_token_rows` instead of the padded rows and mask, ``last_token_index`` (N,) as a flat
     index into R * L, and ``num_tokens`` (0-dim); with ``flat_rows`` one row and ``cu_seq_lens``
-    (see :class:`SFTCollator`).
+    (see :class:`SFTCollator`, also for ``row_multiple``).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, padding_free: bool = False, flat_rows: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        padding_free: bool = False,
+        flat_rows: bool = False,
+        row_multiple: int = 1,
+    ) -> None:
         _pad_token_id(tokenizer)  # fail at construction, not at the first batch
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding_free = padding_free
         self.flat_rows = flat_rows
+        self.row_multiple = row_multiple
         self.num_truncated = 0
 
     def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
@@ -340,6 +352,7 @@ class RewardCollator:
                 [row[:n] for row, n in zip(padded, lengths.tolist())],
                 _pad_token_id(self.tokenizer),
                 flat=self.flat_rows,
+                multiple_of=self.row_multiple,
             )
             batch.update(
                 input_ids=packed.input_ids,

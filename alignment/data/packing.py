@@ -46,7 +46,7 @@ class PackedTokens(NamedTuple):
 
 
 def pack_token_rows(
-    sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0, flat: bool = False
+    sequences: Sequence[torch.Tensor | Sequence[int]], pad_value: int = 0, flat: bool = False, multiple_of: int = 1
 ) -> PackedTokens:
     """Sequences packed several to a row (:func:`pack_rows`), positions restarting at 0 for each.
 
@@ -58,15 +58,22 @@ def pack_token_rows(
 
     ``flat=True``: all sequences in ONE row, in order, with no filler, and ``cu_seq_lens``; for models
     whose attention takes the boundaries (``alignment.modeling.attention``): pass ``varlen_kwargs(cu_seq_lens)``
-    to the model as well.
+    to the model as well. ``multiple_of`` (flat only): the row is rounded up to a multiple of it with one filler
+    sequence of ``pad_value`` after the last (its own block in ``cu_seq_lens``, positions from 0, in no ``starts``),
+    so batches come in a few row lengths (see ``alignment.core.precision.flat_row_multiple``).
     """
     sequences = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
     lengths = [int(s.numel()) for s in sequences]
     device = sequences[0].device
     if flat:
+        real = len(sequences)
+        filler = -sum(lengths) % multiple_of
+        if filler:
+            sequences = [*sequences, torch.full((filler,), pad_value, dtype=torch.long, device=device)]
+            lengths = [*lengths, filler]
         bounds = torch.tensor([0, *lengths], dtype=torch.int32, device=device).cumsum(0, dtype=torch.int32)
         position_ids = torch.cat([torch.arange(n, device=device) for n in lengths])
-        return PackedTokens(torch.cat(sequences).unsqueeze(0), position_ids.unsqueeze(0), bounds[:-1].long(), bounds)
+        return PackedTokens(torch.cat(sequences).unsqueeze(0), position_ids.unsqueeze(0), bounds[:real].long(), bounds)
     rows = pack_rows(lengths)
     capacity = max(lengths)
     input_ids = torch.full((len(rows), capacity), pad_value, dtype=torch.long, device=device)

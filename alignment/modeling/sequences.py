@@ -79,10 +79,15 @@ class PackedRows:
     cu_seq_lens: torch.Tensor | None = None
 
 
-def pack_sequences(batch: SequenceBatch, response_length: int, flat: bool = False) -> PackedRows:
-    """The real tokens of each sequence (prompt without its left padding, response up to EOS), packed."""
+def pack_sequences(batch: SequenceBatch, response_length: int, flat: bool = False, row_multiple: int = 1) -> PackedRows:
+    """The real tokens of each sequence (prompt without its left padding, response up to EOS), packed (a flat row
+    rounded up to a multiple of ``row_multiple``: ``pack_token_rows``)."""
     prompt_lengths, response_lengths = batch.sequence_lengths()
-    packed = pack_token_rows([ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask)], flat=flat)
+    packed = pack_token_rows(
+        [ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask)],
+        flat=flat,
+        multiple_of=row_multiple,
+    )
     last = packed.starts + prompt_lengths + response_lengths - 1
     steps = torch.arange(response_length, device=last.device)
     response_index = torch.minimum(packed.starts[:, None] + prompt_lengths[:, None] - 1 + steps, last[:, None])
@@ -109,7 +114,12 @@ def packed_hidden(backbone: torch.nn.Module, packed: PackedRows) -> torch.Tensor
 
 
 def response_hidden(
-    backbone: torch.nn.Module, batch: SequenceBatch, response_length: int, padding_free: bool, flat: bool
+    backbone: torch.nn.Module,
+    batch: SequenceBatch,
+    response_length: int,
+    padding_free: bool,
+    flat: bool,
+    row_multiple: int = 1,
 ) -> torch.Tensor:
     """``(B, T, H)``: the hidden state at position P-1+t predicts response token t (and is the critic's state for it).
 
@@ -117,17 +127,19 @@ def response_hidden(
     :func:`alignment.modeling.attention.supports_flat_packing`).
     """
     if padding_free:
-        packed = pack_sequences(batch, response_length, flat)
+        packed = pack_sequences(batch, response_length, flat, row_multiple)
         return packed_hidden(backbone, packed)[packed.response_index]
     hidden = hidden_states(backbone, batch)
     start = batch.prompt_length - 1
     return hidden[:, start : start + response_length]
 
 
-def last_hidden(backbone: torch.nn.Module, batch: SequenceBatch, padding_free: bool, flat: bool) -> torch.Tensor:
+def last_hidden(
+    backbone: torch.nn.Module, batch: SequenceBatch, padding_free: bool, flat: bool, row_multiple: int = 1
+) -> torch.Tensor:
     """``(B, H)`` hidden state at each sequence's last attended token (where a reward head reads)."""
     if padding_free:
-        packed = pack_sequences(batch, 1, flat)
+        packed = pack_sequences(batch, 1, flat, row_multiple)
         return packed_hidden(backbone, packed)[packed.last_index]
     hidden = hidden_states(backbone, batch)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_index()]
@@ -142,13 +154,14 @@ def response_logprobs(
     padding_free: bool = True,
     flat: bool = False,
     with_entropy: bool = False,
+    row_multiple: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(B, T)`` log-probs of the response tokens, ``log softmax(logits / T)[y_t]``, by teacher forcing.
 
     The LM head runs on the response positions only; log-softmax and entropy are taken in fp32. With
     ``with_entropy`` also the ``(B, T)`` entropy of each position's distribution (no gradient).
     """
-    hidden = response_hidden(backbone, batch, response_ids.shape[1], padding_free, flat)
+    hidden = response_hidden(backbone, batch, response_ids.shape[1], padding_free, flat, row_multiple)
     logits = lm_head(hidden).float()
     logprobs = logprobs_from_logits(logits, response_ids, temperature)
     entropy = None

@@ -50,6 +50,7 @@ class ActorCritic(torch.nn.Module):
         self._backbone = causal_lm.base_model  # e.g. LlamaModel: LoRA layers are injected in place
         self._lm_head = causal_lm.get_output_embeddings()
         self._flat = supports_flat_packing(causal_lm)  # one packed row without filler (varlen attention)
+        self.row_multiple = 1  # what that row is rounded up to (``Run.flat_row_multiple``, set by the stage)
         # The mixed-precision context of every pass through the base (``Accelerator.autocast`` for ``bf16``);
         # the scalar heads, log-softmax and losses stay in fp32.
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
@@ -99,6 +100,7 @@ class ActorCritic(torch.nn.Module):
                 self.padding_free,
                 self._flat,
                 with_entropy,
+                self.row_multiple,
             )
 
     def response_values(self, batch: SequenceBatch, response_length: int) -> torch.Tensor:
@@ -106,7 +108,9 @@ class ActorCritic(torch.nn.Module):
         if self.value_head is None:
             raise ValueError("this actor-critic has no critic (a critic-free algorithm)")
         with use_adapter(self.model, VALUE), self.autocast():
-            hidden = response_hidden(self._backbone, batch, response_length, self.padding_free, self._flat)
+            hidden = response_hidden(
+                self._backbone, batch, response_length, self.padding_free, self._flat, self.row_multiple
+            )
         return self.value_head(hidden.float()).squeeze(-1)
 
     @torch.no_grad()
@@ -115,7 +119,7 @@ class ActorCritic(torch.nn.Module):
         if adapter not in self.reward_heads:
             raise ValueError(f"this actor-critic has no shared-base reward model {adapter!r}")
         with use_adapter(self.model, adapter), self.autocast():
-            picked = last_hidden(self._backbone, batch, self.padding_free, self._flat)
+            picked = last_hidden(self._backbone, batch, self.padding_free, self._flat, self.row_multiple)
         return self.reward_heads[adapter](picked.float()).squeeze(-1)
 
     @torch.no_grad()

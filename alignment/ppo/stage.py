@@ -42,6 +42,7 @@ def train(cfg: Config) -> dict[str, Any]:
         fsdp = uses_fsdp(cfg, run.accelerator)  # FSDP: loaded on the host, each process's shards go to its device
         ac, tokenizer, shared_scorers = build_actor_critic(cfg, device="cpu" if fsdp else None)
         ac.autocast = run.accelerator.autocast  # bf16: every pass through the base, generation included
+        ac.row_multiple = run.flat_row_multiple
         quantized = cfg.quant.load_in_8bit or cfg.quant.load_in_4bit
         if fsdp:
             # The blocks only: the passes call the backbone and the heads, not the model (see shard_model).

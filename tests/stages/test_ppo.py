@@ -274,22 +274,13 @@ def test_gradient_checkpointing_recomputes_each_pass_under_its_own_adapter_and_g
         torch.testing.assert_close(value, plain[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """accelerate keeps one mixed-precision setting per process; a bf16 run needs it unset before and after."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_fp32(stage_dirs, tmp_path, monkeypatch):
     """``bf16: true`` reaches PPO's passes (generation, reference, reward, value, policy), not only SFT's loop."""
     output_dtypes: dict[bool, set[torch.dtype]] = {}
     base_weight_dtypes: set[torch.dtype] = set()
     head_weight_dtypes: set[torch.dtype] = set()
+    training_row_lengths: set[int] = set()
     built = []
     build = ppo_policy.build_actor_critic
 
@@ -299,6 +290,8 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
 
         def record(module, _args, output):
             output_dtypes.setdefault(torch.is_grad_enabled(), set()).add(output.dtype)
+            if torch.is_grad_enabled():  # a packed pass kept for the update: one flat row
+                training_row_lengths.add(output.shape[1])
             base_weight_dtypes.add(module.base_layer.weight.dtype)
 
         layer.register_forward_hook(record)
@@ -312,6 +305,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     assert output_dtypes[False] == {torch.bfloat16}  # generation, reference, reward
     assert output_dtypes[True] == {torch.bfloat16}  # the critic pass kept for the update, the policy's training pass
     assert base_weight_dtypes == {torch.bfloat16}  # the frozen base is stored in bf16, not cast on every call
+    assert training_row_lengths and all(n % 64 == 0 for n in training_row_lengths)  # precision.flat_row_multiple
     # The tied head: a bf16 copy in generation, the fp32 tied weight (cast by autocast) in the other passes.
     assert head_weight_dtypes == {torch.bfloat16, torch.float32}
     causal_lm = built[0].model.get_base_model()

@@ -219,3 +219,26 @@ def test_a_training_budget_stops_at_a_step_boundary_and_checkpoints_the_seconds_
 def test_a_negative_training_budget_is_refused():
     with pytest.raises(ValueError, match="max_train_minutes"):
         sft_config("smollm2-135m-instruct", "unused", max_train_minutes=-1)
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_bf16_on_a_cpu_rounds_each_packed_row_up_to_64_tokens_and_fp32_adds_none(tiny_llama_dir, tmp_path, monkeypatch):
+    """CPU bf16 batches come in few lengths (``precision.flat_row_multiple``); fp32 rows hold no filler."""
+    import alignment.data.collate as collate
+
+    rows: list[tuple[int, int]] = []  # (multiple asked for, row length)
+    pack = collate.pack_token_rows
+
+    def recording(*args, **kwargs):
+        packed = pack(*args, **kwargs)
+        rows.append((kwargs.get("multiple_of", 1), packed.input_ids.shape[1]))
+        return packed
+
+    monkeypatch.setattr(collate, "pack_token_rows", recording)
+    bf16 = sft.train(sft_config(tiny_llama_dir, tmp_path / "bf16", bf16=True))
+    assert rows and all(multiple == 64 and length % 64 == 0 for multiple, length in rows)
+    rows.clear()
+    fp32 = sft.train(sft_config(tiny_llama_dir, tmp_path / "fp32"))
+    assert rows and all(multiple == 1 for multiple, _ in rows) and any(length % 64 for _, length in rows)
+    assert bf16["num_examples"] == fp32["num_examples"]
+    assert abs(bf16["eval_loss"] - fp32["eval_loss"]) < 0.05 * fp32["eval_loss"]  # the filler is learned from nowhere

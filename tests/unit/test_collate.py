@@ -385,3 +385,42 @@ def test_varlen_bounds_belong_to_their_tensor_not_to_its_address(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "data_ptr", lambda self: 1)  # ... and at the same address
     assert attention._bounds(first) == [0, 33, 95]
     assert attention._bounds(second) == [0, 40, 105]
+
+
+def test_a_flat_row_rounded_up_with_filler_gives_the_same_logits_loss_and_reward_positions(
+    templates, tiny_llama_factory
+):
+    """``row_multiple`` (CPU bf16 runs): the filler is a block of its own that no real token sees, learns nothing,
+    counts as no token, and leaves where each reward is read unchanged."""
+    from alignment.modeling.attention import varlen_kwargs
+
+    tokenizer = templates["chatml"]
+    examples = [render_sft_example(tokenizer, d, max_length=512) for d in (SINGLE_TURN, MULTI_TURN)]
+    plain = SFTCollator(tokenizer.pad_token_id, padding_free=True, flat_rows=True)(examples)
+    rounded = SFTCollator(tokenizer.pad_token_id, padding_free=True, flat_rows=True, row_multiple=64)(examples)
+    total = sum(len(e) for e in examples)
+    assert total % 64 and rounded["input_ids"].shape == (1, -(-total // 64) * 64)
+    assert rounded["cu_seq_lens"].tolist() == [*plain["cu_seq_lens"].tolist(), rounded["input_ids"].shape[1]]
+    assert rounded["position_ids"][0, total:].tolist() == list(range(rounded["input_ids"].shape[1] - total))
+    assert (rounded["labels"][0, total:] == IGNORE_INDEX).all() and int(rounded["num_tokens"]) == total
+    assert count_tokens(rounded) == count_tokens(plain)
+
+    model = tiny_llama_factory("sdpa")
+    with torch.no_grad():
+        logits = [
+            model(
+                b["input_ids"], position_ids=b["position_ids"], use_cache=False, **varlen_kwargs(b["cu_seq_lens"])
+            ).logits[0, :total]
+            for b in (plain, rounded)
+        ]
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=0)
+
+    comparisons = [
+        Comparison((Message("user", "Hi"),), ("Hello!", "Go away.")),
+        Comparison(SINGLE_TURN.messages[:1], ("Paris.", "Rome.")),
+    ]
+    reward_plain = RewardCollator(tokenizer, 128, padding_free=True, flat_rows=True)(comparisons)
+    reward_rounded = RewardCollator(tokenizer, 128, padding_free=True, flat_rows=True, row_multiple=64)(comparisons)
+    assert reward_rounded["input_ids"].shape[1] % 64 == 0
+    assert reward_rounded["last_token_index"].tolist() == reward_plain["last_token_index"].tolist()
+    assert int(reward_rounded["num_tokens"]) == int(reward_plain["num_tokens"])

@@ -71,3 +71,14 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
     labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
     assert labelled["settings"]["reward_weights_by_label"] == {"harmful": [1.0]}
     assert labelled["fingerprint"] != plain["fingerprint"]
+
+
+def test_bf16_auto_is_the_same_run_as_what_this_machine_makes_of_it(monkeypatch):
+    """``bf16: auto`` is recorded as the choice it resolves to here, so a finished run of that choice is not re-run."""
+    values = {"dataset_name": "demo", "output_dir": "runs/x"}
+    for native in (True, False):
+        monkeypatch.setattr(identity, "resolve_bf16", lambda choice, cpu=False, native=native: native)
+        auto = run_identity(build_config(sft.CONFIG_TYPES, {**values, "bf16": "auto"}))
+        assert auto["settings"]["bf16"] is native
+        explicit = run_identity(build_config(sft.CONFIG_TYPES, {**values, "bf16": native}))
+        assert auto["fingerprint"] == explicit["fingerprint"]

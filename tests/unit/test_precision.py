@@ -133,3 +133,30 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch, 
     assert not warn_if_slow_on_cpu("bf16", torch.device("cuda"))
     monkeypatch.setattr(precision, "cpu_has_fast", lambda dtype: True)
     assert not warn_if_slow_on_cpu("bf16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("gpu_has_bf16", [True, False])
+def test_bf16_auto_is_yes_on_a_gpu_with_bf16_only(monkeypatch, gpu_has_bf16):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_bf16("auto") is False  # a CPU, whatever its instructions: measured no faster
+    assert precision.resolve_bf16(True) is True and precision.resolve_bf16(False) is False  # an explicit choice stays
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu_has_bf16)
+    assert precision.resolve_bf16("auto") is gpu_has_bf16
+    assert precision.resolve_bf16("auto", cpu=True) is False  # a run forced onto the CPU
+
+
+def test_flat_rows_are_rounded_only_under_low_precision_autocast_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.flat_row_multiple("bf16", cpu) == precision.flat_row_multiple("fp16", cpu) == 64
+    assert precision.flat_row_multiple("no", cpu) == precision.flat_row_multiple("bf16", cuda) == 1
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_stages_in_one_process_each_get_their_own_precision():
+    """The pipeline runs its stages in one process: a bf16 stage neither leaks into the next nor is refused after an
+    fp32 one (accelerate keeps one setting per process)."""
+    from alignment.core.run import make_accelerator
+
+    settings = [make_accelerator(bf16=choice).mixed_precision for choice in (False, True, False, True)]
+    assert settings == ["no", "bf16", "no", "bf16"]
