@@ -110,13 +110,3 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-@pytest.fixture
-def fresh_accelerator_state():
-    """accelerate keeps one mixed-precision setting per process; a bf16 run needs it unset before and after."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)

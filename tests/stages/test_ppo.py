@@ -274,7 +274,6 @@ def test_gradient_checkpointing_recomputes_each_pass_under_its_own_adapter_and_g
         torch.testing.assert_close(value, plain[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_fp32(stage_dirs, tmp_path, monkeypatch):
     """``bf16: true`` reaches PPO's passes (generation, reference, reward, value, policy), not only SFT's loop."""
     output_dtypes: dict[bool, set[torch.dtype]] = {}

@@ -221,7 +221,6 @@ def test_a_negative_training_budget_is_refused():
         sft_config("smollm2-135m-instruct", "unused", max_train_minutes=-1)
 
 
-@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_bf16_on_a_cpu_rounds_each_packed_row_up_to_64_tokens_and_fp32_adds_none(tiny_llama_dir, tmp_path, monkeypatch):
     """CPU bf16 batches come in few lengths (``precision.flat_row_multiple``); fp32 rows hold no filler."""
     import alignment.data.collate as collate

@@ -152,7 +152,6 @@ def test_flat_rows_are_rounded_only_under_low_precision_autocast_on_a_cpu():
     assert precision.flat_row_multiple("no", cpu) == precision.flat_row_multiple("bf16", cuda) == 1
 
 
-@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_stages_in_one_process_each_get_their_own_precision():
     """The pipeline runs its stages in one process: a bf16 stage neither leaks into the next nor is refused after an
     fp32 one (accelerate keeps one setting per process)."""
