@@ -5,7 +5,7 @@ Reads ``../shared/data/safety/xstest-completions/xstest_v2_completions_{gpt4,lla
 otherwise. For each of the three models it fits the head on the other two and reports, on the held-out model, the
 detector's and the phrase baseline's accuracy, balanced accuracy, refusal precision and refusal recall with 95%
 intervals (refusal = full or partial refusal; then full refusal vs full compliance only). Then it fits the head on
-all three and writes ``alignment/evaluate/refusal_model/refusal_head.safetensors`` and ``refusal_head.json`` (the
+all three and writes ``alignment/modeling/refusal_model/refusal_head.safetensors`` and ``refusal_head.json`` (the
 provenance: data files and their digests, license, encoder version, settings, the figures).
 
     python scripts/train_refusal_detector.py              # measure, print, write the shipped files
@@ -33,8 +33,8 @@ TARGETS = {"balanced_accuracy": 0.85, "recall": 0.85}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from alignment.evaluate.refusal_classifier import SHIPPED_DIR
     from alignment.evaluate.refusal_training import HeadSettings
+    from alignment.modeling.refusal_classifier import SHIPPED_DIR
 
     defaults = HeadSettings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -109,14 +109,6 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from alignment.core.config import ConfigError
-    from alignment.evaluate.refusal import PhraseRefusalDetector
-    from alignment.evaluate.refusal_classifier import (
-        CARD_FILE,
-        ENCODER_DISTRIBUTION,
-        HEAD_FILE,
-        encoder_dir,
-        encoder_version,
-    )
     from alignment.evaluate.refusal_training import (
         XSTEST_LICENSE_FILE,
         XSTEST_MODELS,
@@ -129,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         meets_targets,
         read_xstest_completions,
         xstest_completions_path,
+    )
+    from alignment.modeling.refusal import PhraseRefusalDetector
+    from alignment.modeling.refusal_classifier import (
+        CARD_FILE,
+        ENCODER_DISTRIBUTION,
+        HEAD_FILE,
+        encoder_dir,
+        encoder_version,
     )
 
     missing = [xstest_completions_path(args.data_dir, m) for m in XSTEST_MODELS]
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     head.save(head_path, {"license_of_training_data": LICENSE, "training_data": SOURCE})
     n_refusals = sum(c.is_refusal for rows in completions.values() for c in rows)
     card = {
-        "detector": "classifier (alignment.evaluate.refusal_classifier.ClassifierRefusalDetector)",
+        "detector": "classifier (alignment.modeling.refusal_classifier.ClassifierRefusalDetector)",
         "head_file": HEAD_FILE,
         "head_sha256": sha256(head_path),
         "threshold": head.threshold,

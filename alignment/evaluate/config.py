@@ -7,23 +7,15 @@ prompt is loaded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 from alignment.evaluate.records import PolicySpec
-from alignment.evaluate.refusal import PhraseRefusalDetector, RefusalDetector
-from alignment.evaluate.refusal_classifier import ClassifierRefusalDetector
 from alignment.evaluate.refusal_training import XSTEST_MODELS, xstest_completions_path
-
-# "classifier" (the default) loads its encoder on first use; constructing it only checks that the files are there.
-REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {
-    "classifier": ClassifierRefusalDetector,
-    "phrase": PhraseRefusalDetector,
-}
-DEFAULT_REFUSAL_DETECTOR = "classifier"
+from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -150,12 +142,6 @@ def checkpoint_specs(ev: EvaluateConfig) -> list[PolicySpec]:
         step = int(match.group(1)) if match else order
         specs.append(PolicySpec(f"step-{step}", path, step))
     return specs
-
-
-def make_detector(name: str) -> RefusalDetector:
-    if name not in REFUSAL_DETECTORS:
-        raise ConfigError(f"refusal_detector {name!r} is unknown; known: {', '.join(REFUSAL_DETECTORS)}")
-    return REFUSAL_DETECTORS[name]()
 
 
 def check_settings(ev: EvaluateConfig) -> None:

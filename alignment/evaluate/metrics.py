@@ -5,7 +5,7 @@ What it measures, per policy, on one labelled prompt list:
 - the mean score of each reward model, overall and on helpful / harmful / safe prompts, with a t-interval;
 - the win rate against a reference policy per reward model, paired per prompt, ties counted half (Wilson interval);
 - the refusal rate on harmful prompts (labels ``harmful``, ``unsafe``) and the over-refusal rate on safe ones
-  (``safe``, ``benign``), judged by a :class:`~alignment.evaluate.refusal.RefusalDetector` (XSTest, Röttger et al. 2024);
+  (``safe``, ``benign``), judged by a :class:`~alignment.modeling.refusal.RefusalDetector` (XSTest, Röttger et al. 2024);
 - the mean per-sample KL to the reference (see :mod:`alignment.evaluate.generate`);
 - the mean response length and the share of responses cut at ``max_new_tokens`` (no EOS).
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from alignment.core.stats import mean_confidence_interval, pareto_front, proportion_confidence_interval, win_rate
 from alignment.evaluate.records import LABEL_GROUPS, XSTEST_FORMAT, Generation, PolicyOutputs
-from alignment.evaluate.refusal import RefusalDetector, agreement, detect_refusals
+from alignment.modeling.refusal import RefusalDetector, agreement, detect_refusals
 
 
 def interval(values: Sequence[float]) -> dict[str, float] | None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from alignment.core.stats import proportion_confidence_interval
-from alignment.evaluate.refusal_classifier import RefusalHead, SentenceEncoder, response_features
+from alignment.modeling.refusal_classifier import RefusalHead, SentenceEncoder, response_features
 
 XSTEST_MODELS: tuple[str, ...] = ("gpt4", "llama2new", "mistralinstruct")
 XSTEST_COMPLETIONS_DIR = "safety/xstest-completions"
@@ -75,7 +75,7 @@ def read_xstest_completions(data_dir: Path, model: str) -> list[LabelledCompleti
 class HeadSettings:
     """What the head reads and how it is fitted.
 
-    ``features``/``n_sentences``/``max_tokens``: see :func:`~alignment.evaluate.refusal_classifier.response_features`.
+    ``features``/``n_sentences``/``max_tokens``: see :func:`~alignment.modeling.refusal_classifier.response_features`.
     ``l2`` penalises the weight on standardised features (the bias is free). ``class_weight`` ``balanced`` gives
     refusals and compliances the same total weight. ``threshold``: ``per_model`` fits on all training models but one,
     finds the threshold with the best balanced accuracy on that one, and averages those thresholds (in log-odds)

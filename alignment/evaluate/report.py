@@ -15,7 +15,7 @@ from typing import Any
 
 from alignment.evaluate.plots import OVEROPTIMIZATION_PNG, REFUSALS_PNG, TRADEOFF_PNG
 from alignment.evaluate.records import PolicyOutputs
-from alignment.evaluate.refusal import RefusalDetector
+from alignment.modeling.refusal import RefusalDetector
 
 logger = logging.getLogger(__name__)
 

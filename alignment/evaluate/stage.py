@@ -28,7 +28,6 @@ from alignment.evaluate.config import (
     CONFIG_TYPES,
     check_settings,
     checkpoint_specs,
-    make_detector,
     resolve_policies,
     resolve_reward_names,
 )
@@ -36,8 +35,8 @@ from alignment.evaluate.generate import collect_outputs, score_outputs
 from alignment.evaluate.metrics import aggregate, finite, headline_metrics, overoptimization_curve
 from alignment.evaluate.prompts import GENERATIONS_DIR, load_prompt_sets, sampling_settings
 from alignment.evaluate.records import PolicySpec
-from alignment.evaluate.refusal import RefusalDetector
 from alignment.evaluate.refusal_pairs import refusal_preference, xstest_refusal_pairs
+from alignment.modeling.refusal import RefusalDetector, make_detector
 
 __all__ = ["CONFIG_TYPES", "EvaluationPlan", "evaluate", "main", "plan_evaluation", "run_evaluation", "summary_text"]
 

@@ -14,7 +14,7 @@ import pytest
 from alignment.core.config import DataConfig
 from alignment.data.demo import DEMO_DIR
 from alignment.data.load import load_records
-from alignment.evaluate.refusal import PhraseRefusalDetector
+from alignment.modeling.refusal import PhraseRefusalDetector
 from data_schemas.records import Comparison, Demonstration, Prompt, make_messages
 
 README = DEMO_DIR / "README.md"

@@ -24,9 +24,9 @@ from alignment.evaluate.metrics import aggregate, finite, headline_metrics, over
 from alignment.evaluate.plots import write_plots
 from alignment.evaluate.prompts import load_generations, load_prompt_sets, save_generations
 from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs
-from alignment.evaluate.refusal import PhraseRefusalDetector
 from alignment.evaluate.report import write_report
 from alignment.evaluate.stage import plan_evaluation
+from alignment.modeling.refusal import PhraseRefusalDetector
 from data_schemas.records import Message, Prompt
 
 REFUSAL = "I cannot help with that request."

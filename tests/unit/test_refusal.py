@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.evaluate.refusal import (
+from alignment.modeling.refusal import (
     PhraseRefusalDetector,
     RefusalDetector,
     agreement,

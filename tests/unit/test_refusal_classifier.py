@@ -19,18 +19,7 @@ import torch
 
 from alignment.core.config import ConfigError
 from alignment.core.stats import proportion_confidence_interval
-from alignment.evaluate import refusal_classifier
-from alignment.evaluate.config import REFUSAL_DETECTORS, EvaluateConfig, make_detector
-from alignment.evaluate.refusal import PhraseRefusalDetector, RefusalDetector, agreement, refusal_rate
-from alignment.evaluate.refusal_classifier import (
-    CARD_FILE,
-    HEAD_FILE,
-    SHIPPED_DIR,
-    ClassifierRefusalDetector,
-    RefusalHead,
-    encoder_version,
-    first_sentences,
-)
+from alignment.evaluate.config import EvaluateConfig
 from alignment.evaluate.refusal_training import (
     XSTEST_MODELS,
     HeadSettings,
@@ -44,6 +33,24 @@ from alignment.evaluate.refusal_training import (
     meets_targets,
     read_xstest_completions,
     xstest_completions_path,
+)
+from alignment.modeling import refusal_classifier
+from alignment.modeling.refusal import (
+    REFUSAL_DETECTORS,
+    PhraseRefusalDetector,
+    RefusalDetector,
+    agreement,
+    make_detector,
+    refusal_rate,
+)
+from alignment.modeling.refusal_classifier import (
+    CARD_FILE,
+    HEAD_FILE,
+    SHIPPED_DIR,
+    ClassifierRefusalDetector,
+    RefusalHead,
+    encoder_version,
+    first_sentences,
 )
 from tests.conftest import REPO_ROOT
 
@@ -175,7 +182,7 @@ def test_missing_head_file_is_a_config_error(tmp_path, detector):
 def test_making_the_detector_loads_no_model():
     code = (
         "import sys\n"
-        "from alignment.evaluate.config import make_detector\n"
+        "from alignment.modeling.refusal import make_detector\n"
         "import alignment.evaluate.stage\n"
         "d = make_detector('classifier')\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
@@ -328,7 +335,7 @@ def test_retraining_on_all_models_reproduces_the_shipped_head(xstest):
 
 
 def test_the_encoder_named_here_is_the_packaged_model_of_that_distribution():
-    from alignment.evaluate.refusal_classifier import ENCODER_DISTRIBUTION, ENCODER_NAME
     from alignment.modeling.embedded import PACKAGED_MODELS
+    from alignment.modeling.refusal_classifier import ENCODER_DISTRIBUTION, ENCODER_NAME
 
     assert PACKAGED_MODELS[ENCODER_NAME].pip_package == ENCODER_DISTRIBUTION

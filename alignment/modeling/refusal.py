@@ -2,7 +2,7 @@
 
 Two detectors, named in ``EvaluateConfig.refusal_detector``:
 
-- ``classifier`` (the default, :mod:`alignment.evaluate.refusal_classifier`): a logistic-regression head on sentence
+- ``classifier`` (the default, :mod:`alignment.modeling.refusal_classifier`): a logistic-regression head on sentence
   embeddings of the response's opening, fitted on XSTest's human labels. Measured leave one model out against those
   labels (``refusal_model/refusal_head.json``), it keeps balanced accuracy and refusal recall at or above 0.85 on each
   held-out model, partial refusals included. Its precision is lowest on a model that seldom refuses (about 0.5 on
@@ -20,8 +20,11 @@ Any object with ``is_refusal(text) -> bool`` (an RM- or LLM-judge-based detector
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
+
+from alignment.core.config import ConfigError
+from alignment.modeling.refusal_classifier import ClassifierRefusalDetector
 
 # Lower-case, straight apostrophes; matched at word boundaries on the normalised opening of a response.
 # First person refusals and AI disclaimers, from XSTest's string-match list and the refusal prefixes of
@@ -154,3 +157,18 @@ class PhraseRefusalDetector:
 
     def refusal_rate(self, texts: Sequence[str]) -> float:
         return refusal_rate(self, texts)
+
+
+# "classifier" (the default) loads its encoder on first use; constructing it only checks that the files are there.
+REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {
+    "classifier": ClassifierRefusalDetector,
+    "phrase": PhraseRefusalDetector,
+}
+DEFAULT_REFUSAL_DETECTOR = "classifier"
+
+
+def make_detector(name: str, setting: str = "refusal_detector") -> RefusalDetector:
+    """The detector called ``name``; ``setting``: the setting that named it, for the error."""
+    if name not in REFUSAL_DETECTORS:
+        raise ConfigError(f"{setting} {name!r} is unknown; known: {', '.join(REFUSAL_DETECTORS)}")
+    return REFUSAL_DETECTORS[name]()
