@@ -47,7 +47,13 @@ NOT_IDENTITY = frozenset(
 )
 # Settings added after runs were made, recorded only when set: at their default they change nothing those runs
 # learned, so a finished run keeps its identity (and is not run again) when the project adds one.
-OMITTED_AT_DEFAULT = {"prompt_labels": {}, "reward_weights_by_label": {}, "select_rows": {}}
+OMITTED_AT_DEFAULT = {
+    "prompt_labels": {},
+    "reward_weights_by_label": {},
+    "select_rows": {},
+    "refusal_reward_by_label": {},
+    "refusal_reward_detector": "phrase",
+}
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (
     "model_name_or_path",

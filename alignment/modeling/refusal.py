@@ -1,8 +1,9 @@
 """Refusal detection for harmlessness and over-refusal evaluation (e.g. XSTest, Röttger et al. 2024, arXiv:2308.01263).
 
-Two detectors, named in ``EvaluateConfig.refusal_detector``:
+Two detectors, named in ``EvaluateConfig.refusal_detector`` (the judge of refusal rates) and in
+``PPOConfig.refusal_reward_detector`` (what PPO's rule reward for refusing pays by):
 
-- ``classifier`` (the default, :mod:`alignment.modeling.refusal_classifier`): a logistic-regression head on sentence
+- ``classifier`` (evaluation's default, :mod:`alignment.modeling.refusal_classifier`): a logistic-regression head on sentence
   embeddings of the response's opening, fitted on XSTest's human labels. Measured leave one model out against those
   labels (``refusal_model/refusal_head.json``), it keeps balanced accuracy and refusal recall at or above 0.85 on each
   held-out model, partial refusals included. Its precision is lowest on a model that seldom refuses (about 0.5 on
@@ -10,7 +11,8 @@ Two detectors, named in ``EvaluateConfig.refusal_detector``:
 - ``phrase`` (:class:`PhraseRefusalDetector`): the cheap, transparent baseline, a curated list of refusal phrases
   matched on the *opening* of a response, as XSTest's own string-match classifier does. It misses refusals that are
   not worded as one (moralising answers, partial refusals): on the same measurement its recall falls to about 0.2 on
-  one of the three models.
+  one of the three models. PPO's rule reward pays by it by default, so that evaluation's classifier judges what the
+  policy learned with a detector it was not paid by.
 
 Any object with ``is_refusal(text) -> bool`` (an RM- or LLM-judge-based detector) satisfies the
 :class:`RefusalDetector` protocol and plugs into :func:`refusal_rate` and :func:`agreement`; one that also has

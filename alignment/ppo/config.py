@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.modeling.refusal import REFUSAL_DETECTORS
 from alignment.rl.critic_free import ALGORITHMS, GROUP_ALGORITHMS
 
 
@@ -41,6 +42,20 @@ class PPOConfig:
         "2023). Prompts of other labels, or none, take reward_weights. Labels come from the prompt file or from "
         "prompt_labels.",
         default_factory=dict,
+    )
+    refusal_reward_by_label: dict[str, float] = _help(
+        "A rule-based reward for refusing, by prompt label, added to the score of each response that "
+        "refusal_reward_detector calls a refusal: {harmful: 1.0, safe: -1.0} pays for refusing a harmful request "
+        "and charges for refusing a safe one (rule-based rewards, Mu et al. 2024). A reward model trained on "
+        "comparisons may not tell a needless refusal from a right one; a rule keyed by the prompt's label does. "
+        "Labels come from the prompt file or from prompt_labels.",
+        default_factory=dict,
+    )
+    refusal_reward_detector: str = _help(
+        "The detector of refusal_reward_by_label: phrase (refusal phrases at the opening of the response) or "
+        "classifier (the learned detector evaluation uses by default). With phrase, evaluation's classifier judges "
+        "refusals independently of what PPO was paid for.",
+        default="phrase",
     )
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
     cost_model_is_reward: bool = _help(
@@ -163,6 +178,14 @@ def validate_sampling(cfg: PPOConfig) -> None:
             )
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
             raise ConfigError(f"reward_weights_by_label: {label!r} weights must be numbers, got {weights!r}")
+    for label, value in cfg.refusal_reward_by_label.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"refusal_reward_by_label: {label!r} needs one number, got {value!r}")
+    if cfg.refusal_reward_detector not in REFUSAL_DETECTORS:
+        raise ConfigError(
+            f"refusal_reward_detector: expected one of {', '.join(REFUSAL_DETECTORS)}, "
+            f"got {cfg.refusal_reward_detector!r}"
+        )
 
 
 def check_algorithm(cfg: PPOConfig) -> None:

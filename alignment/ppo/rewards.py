@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignment.core.config import Config
+from alignment.modeling.refusal import RefusalDetector, detect_refusals, make_detector
 from alignment.modeling.scoring import load_reward_scorer
 from alignment.modeling.sequences import SequenceBatch
 from alignment.ppo.actor_critic import ActorCritic
@@ -22,6 +23,18 @@ def weights_per_prompt(
     return torch.tensor(rows, dtype=torch.float32).reshape(len(labels), len(weights))
 
 
+def refusal_rule_rewards(
+    refused: list[bool], labels: list[str | None], reward_by_label: dict[str, float]
+) -> torch.Tensor:
+    """(B,) the rule-based reward for refusing: a refused response earns its prompt label's value, any other response
+    (and any refusal to a prompt whose label has no value) earns 0 (rule-based rewards, Mu et al. 2024)."""
+    values = [
+        reward_by_label.get(label, 0.0) if was_refused and label is not None else 0.0
+        for was_refused, label in zip(refused, labels)
+    ]
+    return torch.tensor(values, dtype=torch.float32)
+
+
 class CombinedReward:
     """Normalised, weighted reward models (plus an optional cost model with a Lagrange multiplier)."""
 
@@ -34,11 +47,15 @@ class CombinedReward:
         clip: float = 10.0,
         cost_sign: float = 1.0,
         weights_by_label: dict[str, list[float]] | None = None,
+        refusal_detector: RefusalDetector | None = None,
+        refusal_reward_by_label: dict[str, float] | None = None,
     ) -> None:
         self.scorers, self.weights = scorers, weights
         self.weights_by_label = weights_by_label or {}
         self.cost_scorer, self.lagrange, self.clip = cost_scorer, lagrange, clip
         self.cost_sign = cost_sign  # -1: the cost model is a harmlessness reward, its negated score is the cost
+        self.refusal_detector = refusal_detector
+        self.refusal_reward_by_label = refusal_reward_by_label or {}
 
     def combined(
         self,
@@ -56,6 +73,13 @@ class CombinedReward:
             score = _score(scorer, ac, batch, prompts, responses)
             raw[scorer.name] = score
             total += weights[:, m] * scorer.stats.normalize(score)
+        if self.refusal_detector is not None:
+            labels = labels or [None] * len(responses)
+            refused = detect_refusals(self.refusal_detector, responses)
+            raw["refused"] = torch.tensor(refused, dtype=torch.float32)
+            for label in sorted({label for label in labels if label is not None}):  # does it refuse the right ones?
+                raw[f"refused/{label}"] = torch.tensor([r for r, lab in zip(refused, labels) if lab == label]).float()
+            total += refusal_rule_rewards(refused, labels, self.refusal_reward_by_label)
         if self.cost_scorer is not None:
             cost_score = _score(self.cost_scorer, ac, batch, prompts, responses)
             cost = self.cost_sign * self.cost_scorer.stats.normalize(cost_score)
@@ -91,7 +115,11 @@ def build_rewards(cfg: Config, ac: ActorCritic, shared: dict[str, SharedScorer])
         lagrange = LagrangeMultiplier(init=ppo.lagrange_init, lr=ppo.lagrange_lr, threshold=ppo.cost_threshold)
     cost_sign = -1.0 if ppo.cost_model_is_reward else 1.0
     weights_by_label = {label: [float(w) for w in row] for label, row in ppo.reward_weights_by_label.items()}
-    return CombinedReward(scorers, weights, cost_scorer, lagrange, ppo.reward_clip, cost_sign, weights_by_label)
+    rule = {label: float(value) for label, value in ppo.refusal_reward_by_label.items()}
+    detector = make_detector(ppo.refusal_reward_detector, "refusal_reward_detector") if rule else None
+    return CombinedReward(
+        scorers, weights, cost_scorer, lagrange, ppo.reward_clip, cost_sign, weights_by_label, detector, rule
+    )
 
 
 class SharedScorer:

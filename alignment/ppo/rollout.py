@@ -36,7 +36,7 @@ class Rollout:
     ref_logprobs: torch.Tensor  # (B, T)
     values: torch.Tensor  # (B, T) (zeros without a critic)
     scores: torch.Tensor  # (B,) combined, normalised, clipped, EOS-penalised
-    raw_scores: dict[str, torch.Tensor]  # per reward model, (B,)
+    raw_scores: dict[str, torch.Tensor]  # per reward model, (B,); refusal shares, per label too
     has_eos: torch.Tensor  # (B,)
     values_graph: torch.Tensor | None = None  # (B, T) ``values`` with the critic's autograd graph, used once
     logprobs_graph: torch.Tensor | None = None  # (B, T) ``logprobs`` with the policy's autograd graph, used once

@@ -599,3 +599,27 @@ def test_each_prompt_label_reaches_the_reward(stage_dirs, tmp_path, monkeypatch)
     # The update's four prompts hold a label with its own weights and one with the default (helpful: 1.0).
     assert {label for label, _ in seen} >= {"helpful", "safe"}, seen
     assert all(weight == by_label.get(label, [1.0])[0] for label, weight in seen), seen
+
+
+def test_the_refusal_rule_reaches_the_reward_by_label(stage_dirs, tmp_path, monkeypatch):
+    """In a real update every refusal earns its prompt label's rule value, and the refusal rate is logged."""
+
+    class EverythingRefuses:
+        def is_refusal(self, text: str) -> bool:
+            return True
+
+    seen, real = [], ppo_rewards.refusal_rule_rewards
+
+    def spy(refused, labels, reward_by_label):
+        values = real(refused, labels, reward_by_label)
+        seen.extend(zip(labels, values.tolist()))
+        return values
+
+    monkeypatch.setattr(ppo_rewards, "make_detector", lambda name, setting: EverythingRefuses())
+    monkeypatch.setattr(ppo_rewards, "refusal_rule_rewards", spy)
+    rule = {"harmful": 1.0, "safe": -1.5}
+    ppo.train(ppo_config(stage_dirs, tmp_path, total_episodes=4, eval_prompts=0, refusal_reward_by_label=rule))
+    assert {label for label, _ in seen} >= {"helpful", "safe"}, seen
+    assert all(value == rule.get(label, 0.0) for label, value in seen), seen
+    logged = read_log(tmp_path)[-1]
+    assert logged["objective/raw_score/refused"] == logged["objective/raw_score/refused/safe"] == 1.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from alignment.core.config import ConfigError
 from alignment.modeling.scoring import RewardStats
-from alignment.ppo.rewards import CombinedReward, weights_per_prompt
+from alignment.ppo.config import PPOConfig, validate_sampling
+from alignment.ppo.rewards import CombinedReward, refusal_rule_rewards, weights_per_prompt
 from alignment.rl.controllers import LagrangeMultiplier
 
 
@@ -51,3 +54,62 @@ def test_weights_by_label_score_each_prompt_by_its_own_row_by_hand():
 def test_weights_per_prompt_falls_back_to_the_default_row():
     rows = weights_per_prompt(["safe", "harmful", None], [1.0, 0.5], {"harmful": [0.0, 1.0]})
     torch.testing.assert_close(rows, torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, 0.5]]))
+
+
+class ListedRefusals:
+    """A detector that calls the listed texts refusals."""
+
+    def __init__(self, *refusals: str) -> None:
+        self.refusals = set(refusals)
+
+    def is_refusal(self, text: str) -> bool:
+        return text in self.refusals
+
+
+def test_the_refusal_rule_pays_and_charges_refusals_by_label_by_hand():
+    helpful = FixedScorer("helpful", [3.0, 3.0, 3.0, 3.0, 3.0], mean=1.0, std=2.0)  # normalised: 1 each
+    reward = CombinedReward(
+        [helpful],
+        [1.0],
+        refusal_detector=ListedRefusals("no", "nope", "never"),
+        refusal_reward_by_label={"harmful": 2.0, "safe": -1.5},
+    )
+    labels = ["harmful", "harmful", "safe", "helpful", None]
+    total, raw = reward.combined(None, None, list("pqrst"), ["no", "sure", "nope", "never", "no"], labels=labels)
+    # a refused harmful request: 1 + 2 ; a complied one: 1 ; a refused safe one: 1 - 1.5 ;
+    # a refusal under a label without a value, or without a label: 1
+    torch.testing.assert_close(total, torch.tensor([3.0, 1.0, -0.5, 1.0, 1.0]))
+    torch.testing.assert_close(raw["refused"], torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(raw["refused/harmful"], torch.tensor([1.0, 0.0]))  # logged per label: 50% here
+    assert sorted(raw) == ["helpful", "refused", "refused/harmful", "refused/helpful", "refused/safe"]
+
+
+def test_refusal_rule_rewards_by_hand():
+    values = refusal_rule_rewards([True, False, True, True], ["harmful", "harmful", "safe", None], {"harmful": 1.0})
+    torch.testing.assert_close(values, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_the_rule_adds_before_the_lagrangian_rescaling():
+    helpful = FixedScorer("helpful", [1.0, 1.0], mean=1.0, std=1.0)  # normalised: 0, 0
+    cost = FixedScorer("cost", [0.0, 0.0], mean=0.0, std=1.0)  # cost 0
+    reward = CombinedReward(
+        [helpful],
+        [1.0],
+        cost,
+        LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0),
+        refusal_detector=ListedRefusals("no"),
+        refusal_reward_by_label={"harmful": 2.0},
+    )
+    total, _ = reward.combined(None, None, ["p", "q"], ["no", "yes"], labels=["harmful", "harmful"])
+    torch.testing.assert_close(total, torch.tensor([1.0, 0.0]))  # (0 + 2 - 1 * 0) / (1 + 1)
+
+
+def test_refusal_rule_settings_are_checked_before_any_model_loads():
+    one_model = {"reward_model_paths": ["helpful"]}
+    with pytest.raises(ConfigError, match=r"refusal_reward_by_label: 'harmful' needs one number, got 'yes'"):
+        validate_sampling(PPOConfig(refusal_reward_by_label={"harmful": "yes"}, **one_model))
+    with pytest.raises(ConfigError, match=r"refusal_reward_detector: expected one of classifier, phrase, got 'regex'"):
+        validate_sampling(
+            PPOConfig(refusal_reward_by_label={"harmful": 1}, refusal_reward_detector="regex", **one_model)
+        )
+    validate_sampling(PPOConfig(refusal_reward_by_label={"harmful": 1, "safe": -1.5}, **one_model))

@@ -67,10 +67,13 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
 
     values = {"reward_model_paths": ["rm"], "dataset_name": "demo"}
     plain = run_identity(build_config(CONFIG_TYPES, values))
-    assert "reward_weights_by_label" not in plain["settings"] and "prompt_labels" not in plain["settings"]
+    added_later = ("reward_weights_by_label", "prompt_labels", "refusal_reward_by_label", "refusal_reward_detector")
+    assert not set(added_later) & set(plain["settings"])
     labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
     assert labelled["settings"]["reward_weights_by_label"] == {"harmful": [1.0]}
     assert labelled["fingerprint"] != plain["fingerprint"]
+    ruled = run_identity(build_config(CONFIG_TYPES, {**values, "refusal_reward_detector": "classifier"}))
+    assert ruled["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"])
 
 
 def test_bf16_auto_is_the_same_run_as_what_this_machine_makes_of_it(monkeypatch):
