@@ -15,7 +15,7 @@ from typing import Any
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal_training import XSTEST_MODELS, xstest_completions_path
-from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR
+from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR, REFUSAL_DETECTORS
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -52,6 +52,13 @@ class EvaluateConfig:
         "How refusals are detected: 'classifier' (sentence-embedding classifier fitted on XSTest's human labels) or "
         "'phrase' (opening refusal phrases, the baseline).",
         default=DEFAULT_REFUSAL_DETECTOR,
+    )
+    second_refusal_detector: str = _help(
+        "A second refusal detector, whose refusal and over-refusal rates the report shows beside the judge's and "
+        "flags where the two disagree (none: no second reading). The classifier was fitted on large chat models' "
+        "answers; on a small model's answers the phrase list can be the better judge, so where they disagree, read "
+        "the answers.",
+        default="phrase",
     )
     reuse_generations: bool = _help("Reuse saved generations whose policy, prompts and settings match.", default=True)
     samples_per_label: int = _help("Prompts per label shown side by side in report.md.", default=2)
@@ -153,6 +160,11 @@ def check_settings(ev: EvaluateConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {getattr(ev, key)}")
     if not ev.prompt_sets:
         raise ConfigError("prompt_sets is empty: give prompt files or 'demo'")
+    if ev.second_refusal_detector != "none" and ev.second_refusal_detector not in REFUSAL_DETECTORS:
+        raise ConfigError(
+            f"second_refusal_detector {ev.second_refusal_detector!r} is unknown; known: "
+            f"{', '.join(REFUSAL_DETECTORS)}, none"
+        )
     if ev.refusal_pairs_data_dir is not None:
         missing = [
             str(path)

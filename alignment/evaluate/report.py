@@ -175,6 +175,44 @@ def xstest_table(results: dict[str, Any]) -> list[str]:
     return _table(["policy", "agreement with ideal behaviour", "precision", "recall", "n"], rows) if rows else []
 
 
+def second_reading_lines(results: dict[str, Any]) -> list[str]:
+    """The refusal rates by the judge and by a second detector side by side, and where they disagree."""
+    reading = results.get("second_refusal_reading")
+    if not reading:
+        return []
+    judge, second = results.get("refusal_detector"), reading["detector"]
+    header = [
+        "policy",
+        f"refusal (harmful), {judge}",
+        f"refusal (harmful), {second}",
+        f"over-refusal (safe), {judge}",
+        f"over-refusal (safe), {second}",
+    ]
+    rows = []
+    for name, rates in reading["metrics"].items():
+        judged = results["metrics"][name]
+        rows.append(
+            [name]
+            + [
+                format_interval(source[key], True)
+                for key in ("refusal_rate_harmful", "over_refusal_rate_safe")
+                for source in (judged, rates)
+            ]
+        )
+    lines = ["## Refusals read by a second detector", "", *_table(header, rows), ""]
+    if reading["disagreements"]:
+        listed = "; ".join(
+            f"{d['policy']} ({d['metric']}: {d['judge']:.1%} by {judge}, {d['second']:.1%} by {second})"
+            for d in reading["disagreements"]
+        )
+        lines += [
+            f"**The detectors disagree** on {listed}. A detector validated on other models' answers can misread "
+            "this policy's: read its answers (samples below) before quoting either rate.",
+            "",
+        ]
+    return lines
+
+
 REFUSAL_PREFERENCE_NOTE = (
     "Pairs of human-labelled XSTest completions to the same prompt (a full refusal and a full compliance, by "
     "different chat models): the share in which the reward model scores the right one higher. On unsafe prompts "
@@ -314,6 +352,7 @@ def write_report(
     by_label = reward_by_label_table(results)
     if by_label:
         lines += ["### Reward by prompt label", ""] + by_label + [""]
+    lines += second_reading_lines(results)
     lines += plot_sections(results)
     lines += ["## Sample generations", ""] + sample_sections(outputs, detector, samples_per_label)
     lines += [METHOD_NOTES]

@@ -54,6 +54,7 @@ class EvaluationPlan:
     helpful_reward: str | None
     proxy_reward: str | None
     detector: RefusalDetector
+    second_detector: tuple[str, RefusalDetector] | None = None  # a second reading of the refusal rates
 
 
 def plan_evaluation(cfg: Config) -> EvaluationPlan:
@@ -71,8 +72,17 @@ def plan_evaluation(cfg: Config) -> EvaluationPlan:
     if ev.best_of_n and f"best-of-{ev.best_of_n}" in names:
         raise ConfigError(f"policy_names: 'best-of-{ev.best_of_n}' is the name of the best-of-n policy")
     detector = make_detector(ev.refusal_detector)
+    second = ev.second_refusal_detector
+    second_detector = None if second in ("none", ev.refusal_detector) else (second, make_detector(second))
     return EvaluationPlan(
-        policies, reference_index, snapshots, reward_names, helpful, ev.proxy_reward or helpful, detector
+        policies,
+        reference_index,
+        snapshots,
+        reward_names,
+        helpful,
+        ev.proxy_reward or helpful,
+        detector,
+        second_detector,
     )
 
 
@@ -106,7 +116,9 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
         if refusal_pairs
         else None,
     )
-    results = aggregate(policies, plan.reference_index, plan.detector, plan.helpful_reward, ev.harmless_reward)
+    results = aggregate(
+        policies, plan.reference_index, plan.detector, plan.helpful_reward, ev.harmless_reward, plan.second_detector
+    )
     results.update(
         reward_models=plan.reward_names, refusal_detector=ev.refusal_detector, settings=sampling_settings(cfg)
     )
@@ -170,6 +182,9 @@ def summary_text(metrics: dict[str, Any]) -> str:
         row += f"{_cell(metrics, f'{name}/over_refusal_rate_safe', True):>12}"
         row += f"{_cell(metrics, f'{name}/kl'):>9}{_cell(metrics, f'{name}/no_eos_rate', True):>8}"
         lines.append(row)
+    if metrics.get("refusal_detectors_disagree"):
+        disagree = ", ".join(metrics["refusal_detectors_disagree"])
+        lines.append(f"\nthe two refusal detectors disagree on {disagree}: read the answers (report: second detector)")
     lines.append(f"\nreport: {Path(str(metrics.get('report', '')))}  (CIs, samples; plots and results.json beside it)")
     lines.append("=" * 88)
     return "\n".join(lines)

@@ -317,3 +317,42 @@ def test_labels_of_close_policies_do_not_overlap_on_the_tradeoff_plot():
     boxes = [label.get_window_extent(renderer) for label in labels]
     assert not boxes[0].overlaps(boxes[1])
     assert labels[1].xyann == (7, -5) and labels[2].xyann == (7, 7)  # one line down; the far one stays
+
+
+class CallsEverythingARefusal:
+    """A second detector that misreads every answer as a refusal."""
+
+    def is_refusal(self, text: str) -> bool:
+        return True
+
+
+def test_a_second_detector_reads_the_refusal_rates_and_the_report_flags_disagreement(outputs, tmp_path: Path) -> None:
+    second = ("everything", CallsEverythingARefusal())
+    results = aggregate(outputs, 0, PhraseRefusalDetector(), helpful_reward="rm", second_detector=second)
+    reading = results["second_refusal_reading"]
+    assert reading["metrics"]["base"]["over_refusal_rate_safe"]["value"] == 1.0  # the judge: 0.0
+    assert results["metrics"]["base"]["over_refusal_rate_safe"]["value"] == 0.0
+    flagged = {(d["policy"], d["metric"]) for d in reading["disagreements"]}
+    # base: 0% by the judge on both, 100% by the second; safe: refusal 100% by both, over-refusal 50% against 100%
+    assert flagged == {
+        ("base", "refusal_rate_harmful"),
+        ("base", "over_refusal_rate_safe"),
+        ("safe", "over_refusal_rate_safe"),
+    }
+    results.update(reward_models=["rm"], refusal_detector="phrase", settings={"temperature": 0.7, "seed": 1})
+    results["plots"] = write_plots(results, tmp_path)
+    text = write_report(results, outputs, tmp_path / "report.md", PhraseRefusalDetector()).read_text()
+    assert "| policy | refusal (harmful), phrase | refusal (harmful), everything |" in text
+    assert "**The detectors disagree** on base (refusal_rate_harmful: 0.0% by phrase, 100.0% by everything)" in text
+    assert headline_metrics(results, tmp_path / "report.md")["refusal_detectors_disagree"] == ["base", "safe"]
+    assert "second_refusal_reading" not in aggregate(outputs, 0, PhraseRefusalDetector())
+
+
+def test_the_second_detector_is_checked_and_skipped_when_it_is_the_judge() -> None:
+    with pytest.raises(
+        ConfigError, match=r"second_refusal_detector 'regex' is unknown; known: classifier, phrase, none"
+    ):
+        plan_evaluation(build_config(CONFIG_TYPES, {"second_refusal_detector": "regex"}))
+    for same_or_none in ({"refusal_detector": "phrase"}, {"second_refusal_detector": "none"}):
+        assert plan_evaluation(build_config(CONFIG_TYPES, same_or_none)).second_detector is None
+    assert plan_evaluation(build_config(CONFIG_TYPES, {})).second_detector[0] == "phrase"  # beside the classifier
