@@ -6,6 +6,9 @@
 2. The evaluation's refusal rate on the held-out harmful prompts: PPO's must be above SFT's.
 3. The evaluation's over-refusal rate on the held-out safe prompts: PPO's must not be above SFT's.
 
+Checks 2 and 3 must hold by the evaluation's refusal detector and by its second detector (when the report has
+one): on the 135M policy the two can disagree by a factor of four, and a check that one misreading passes is no check.
+
     python scripts/check_quickstart.py                   # runs/quickstart
     python scripts/check_quickstart.py runs/my_quickstart
 
@@ -67,15 +70,31 @@ def held_out_ranking_by_category(run_dir: Path) -> dict[tuple[str, str], tuple[i
     return {key: (right, total) for key, (right, total) in sorted(counts.items())}
 
 
-def refusal_rates(run_dir: Path) -> dict[str, dict[str, float]]:
-    """``{policy: {"refusal": rate on harmful prompts, "over_refusal": rate on safe prompts}}`` from the evaluation."""
+def refusal_rates(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{detector: {policy: {"refusal": rate on harmful prompts, "over_refusal": rate on safe prompts}}}`` from the
+    evaluation: its judge, and its second detector where it has one."""
     results = json.loads((run_dir / "evaluate" / "results.json").read_text(encoding="utf-8"))
+    readings = {results.get("refusal_detector", "judge"): results["metrics"]}
+    second = results.get("second_refusal_reading")
+    if second:
+        readings[second["detector"]] = second["metrics"]
     return {
-        name: {
-            "refusal": metrics["refusal_rate_harmful"]["value"],
-            "over_refusal": metrics["over_refusal_rate_safe"]["value"],
+        detector: {
+            name: {
+                "refusal": rates["refusal_rate_harmful"]["value"],
+                "over_refusal": rates["over_refusal_rate_safe"]["value"],
+            }
+            for name, rates in metrics.items()
         }
-        for name, metrics in results["metrics"].items()
+        for detector, metrics in readings.items()
+    }
+
+
+def refusal_checks(rates: dict[str, dict[str, dict[str, float]]]) -> dict[str, bool]:
+    """Checks 2 and 3, each by every detector's reading."""
+    return {
+        "ppo_refuses_more": all(r["ppo"]["refusal"] > r["sft"]["refusal"] for r in rates.values()),
+        "ppo_over_refuses_no_more": all(r["ppo"]["over_refusal"] <= r["sft"]["over_refusal"] for r in rates.values()),
     }
 
 
@@ -89,8 +108,7 @@ def check(run_dir: Path) -> dict[str, Any]:
         "ranking": ranking,
         "rates": rates,
         "reward_prefers_refusal": total > 0 and right / total >= HARMLESS_BAR,
-        "ppo_refuses_more": rates["ppo"]["refusal"] > rates["sft"]["refusal"],
-        "ppo_over_refuses_no_more": rates["ppo"]["over_refusal"] <= rates["sft"]["over_refusal"],
+        **refusal_checks(rates),
     }
 
 
@@ -100,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     result = check(parser.parse_args(argv).run_dir)
     for (reward_name, name), (right, total) in result["ranking"].items():
         print(f"{reward_name}, held-out {name} pairs: best above worst in {right}/{total}")
-    for name, rate in result["rates"].items():
-        print(f"{name:6s} refusal on harmful {rate['refusal']:.1%}, over-refusal on safe {rate['over_refusal']:.1%}")
+    for detector, by_policy in result["rates"].items():
+        for name, rate in by_policy.items():
+            print(
+                f"{name:6s} refusal on harmful {rate['refusal']:.1%}, over-refusal on safe {rate['over_refusal']:.1%}"
+                f" (by the {detector} detector)"
+            )
     checks = ("reward_prefers_refusal", "ppo_refuses_more", "ppo_over_refuses_no_more")
     for key in checks:
         print(f"{key}: {'yes' if result[key] else 'NO'}")

@@ -8,6 +8,7 @@ safe ones; today it does (the test reports that as an expected failure until it 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -32,5 +33,30 @@ def test_the_quickstart_rewards_refusing_harmful_requests_and_ppo_refuses_more(t
     assert result["reward_prefers_refusal"], result["ranking"]
     assert result["ppo_refuses_more"], result["rates"]
     if not result["ppo_over_refuses_no_more"]:
-        # Known and reported in the README (2026-12-05: 3 of 16 safe prompts against SFT's 1); still to fix.
+        # Known and reported in the README: by hand PPO refuses 11 of 16 safe prompts, SFT none; still to fix.
         pytest.xfail(f"PPO over-refuses more safe prompts than SFT: {result['rates']}")
+
+
+def test_the_refusal_checks_read_every_detector_of_the_report(tmp_path):
+    """A second detector's reading counts: the over-refusal the judge misses fails the check."""
+    rate = lambda value: {"value": value}  # noqa: E731
+    metrics = {
+        "sft": {"refusal_rate_harmful": rate(0.5), "over_refusal_rate_safe": rate(0.0625)},
+        "ppo": {"refusal_rate_harmful": rate(0.6875), "over_refusal_rate_safe": rate(0.0625)},
+    }
+    second = {
+        "sft": {"refusal_rate_harmful": rate(0.375), "over_refusal_rate_safe": rate(0.0)},
+        "ppo": {"refusal_rate_harmful": rate(0.9375), "over_refusal_rate_safe": rate(0.75)},
+    }
+    results = {"refusal_detector": "classifier", "metrics": metrics}
+    (tmp_path / "evaluate").mkdir()
+    path = tmp_path / "evaluate" / "results.json"
+    path.write_text(json.dumps(results))
+    assert set(load_checker().refusal_rates(tmp_path)) == {"classifier"}
+    path.write_text(json.dumps({**results, "second_refusal_reading": {"detector": "phrase", "metrics": second}}))
+    checker = load_checker()
+    rates = checker.refusal_rates(tmp_path)
+    assert rates["phrase"]["ppo"] == {"refusal": 0.9375, "over_refusal": 0.75}
+    by_judge_alone = checker.refusal_checks({"classifier": rates["classifier"]})
+    assert by_judge_alone == {"ppo_refuses_more": True, "ppo_over_refuses_no_more": True}
+    assert checker.refusal_checks(rates) == {"ppo_refuses_more": True, "ppo_over_refuses_no_more": False}
