@@ -15,7 +15,7 @@ from typing import Any
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal_training import XSTEST_MODELS, xstest_completions_path
-from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR, REFUSAL_DETECTORS
+from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR, check_detector_name
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -160,11 +160,7 @@ def check_settings(ev: EvaluateConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {getattr(ev, key)}")
     if not ev.prompt_sets:
         raise ConfigError("prompt_sets is empty: give prompt files or 'demo'")
-    if ev.second_refusal_detector != "none" and ev.second_refusal_detector not in REFUSAL_DETECTORS:
-        raise ConfigError(
-            f"second_refusal_detector {ev.second_refusal_detector!r} is unknown; known: "
-            f"{', '.join(REFUSAL_DETECTORS)}, none"
-        )
+    check_detector_name(ev.second_refusal_detector, "second_refusal_detector", allow_none=True)
     if ev.refusal_pairs_data_dir is not None:
         missing = [
             str(path)

@@ -169,8 +169,14 @@ REFUSAL_DETECTORS: dict[str, Callable[[], RefusalDetector]] = {
 DEFAULT_REFUSAL_DETECTOR = "classifier"
 
 
+def check_detector_name(name: str, setting: str, allow_none: bool = False) -> None:
+    """ConfigError naming ``setting`` unless ``name`` is a detector (or ``none``, where that turns it off)."""
+    known = [*REFUSAL_DETECTORS, "none"] if allow_none else list(REFUSAL_DETECTORS)
+    if name not in known:
+        raise ConfigError(f"{setting} {name!r} is unknown; known: {', '.join(known)}")
+
+
 def make_detector(name: str, setting: str = "refusal_detector") -> RefusalDetector:
     """The detector called ``name``; ``setting``: the setting that named it, for the error."""
-    if name not in REFUSAL_DETECTORS:
-        raise ConfigError(f"{setting} {name!r} is unknown; known: {', '.join(REFUSAL_DETECTORS)}")
+    check_detector_name(name, setting)
     return REFUSAL_DETECTORS[name]()

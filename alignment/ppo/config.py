@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
-from alignment.modeling.refusal import REFUSAL_DETECTORS
+from alignment.modeling.refusal import check_detector_name
 from alignment.rl.critic_free import ALGORITHMS, GROUP_ALGORITHMS
 
 
@@ -181,11 +181,7 @@ def validate_sampling(cfg: PPOConfig) -> None:
     for label, value in cfg.refusal_reward_by_label.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"refusal_reward_by_label: {label!r} needs one number, got {value!r}")
-    if cfg.refusal_reward_detector not in REFUSAL_DETECTORS:
-        raise ConfigError(
-            f"refusal_reward_detector: expected one of {', '.join(REFUSAL_DETECTORS)}, "
-            f"got {cfg.refusal_reward_detector!r}"
-        )
+    check_detector_name(cfg.refusal_reward_detector, "refusal_reward_detector")
 
 
 def check_algorithm(cfg: PPOConfig) -> None:

@@ -108,7 +108,7 @@ def test_refusal_rule_settings_are_checked_before_any_model_loads():
     one_model = {"reward_model_paths": ["helpful"]}
     with pytest.raises(ConfigError, match=r"refusal_reward_by_label: 'harmful' needs one number, got 'yes'"):
         validate_sampling(PPOConfig(refusal_reward_by_label={"harmful": "yes"}, **one_model))
-    with pytest.raises(ConfigError, match=r"refusal_reward_detector: expected one of classifier, phrase, got 'regex'"):
+    with pytest.raises(ConfigError, match=r"refusal_reward_detector 'regex' is unknown; known: classifier, phrase$"):
         validate_sampling(
             PPOConfig(refusal_reward_by_label={"harmful": 1}, refusal_reward_detector="regex", **one_model)
         )
