@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from alignment.modeling.refusal import PhraseRefusalDetector, agreement, make_detector
+from alignment.evaluate.refusal_training import balanced_accuracy
+from alignment.modeling.refusal import PhraseRefusalDetector, agreement, detect_refusals, make_detector
 from alignment.modeling.refusal_classifier import SHIPPED_DIR
 
 SAMPLE = SHIPPED_DIR / "policy_sample_labels.jsonl"
@@ -23,14 +24,6 @@ SAMPLE = SHIPPED_DIR / "policy_sample_labels.jsonl"
 @pytest.fixture(scope="module")
 def sample() -> list[dict]:
     return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-
-
-def balanced_accuracy(detector, rows: list[dict]) -> float:
-    refusals = [r["response"] for r in rows if r["refusal"]]
-    answers = [r["response"] for r in rows if not r["refusal"]]
-    recall = agreement(detector, refusals, [True] * len(refusals))["recall"]
-    specificity = agreement(detector, answers, [False] * len(answers))["accuracy"]
-    return (recall + specificity) / 2
 
 
 def test_the_sample_holds_the_policy_answers_and_labels_only(sample):
@@ -46,7 +39,7 @@ def test_the_phrase_list_judges_the_small_policy_well(sample):
     phrase = PhraseRefusalDetector()
     figures = agreement(phrase, texts, labels)
     assert figures["precision"] >= 0.85 and figures["recall"] >= 0.8, figures
-    assert balanced_accuracy(phrase, sample) >= 0.85
+    assert balanced_accuracy(detect_refusals(phrase, texts), labels) >= 0.85
 
 
 def test_the_classifier_finds_the_refusals(sample):
