@@ -77,3 +77,25 @@ def test_packed_gradients_match_each_sequence_run_alone():
     ).logits.square().sum().backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, alone[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_short_sequences_attend_in_fp32_under_cpu_autocast():
+    """Under CPU bf16 autocast a short sequence's attention is the fp32 result rounded once to bf16 (faster there
+    than bf16's own kernel, and more exact); a long one keeps autocast's bf16 kernel."""
+    import torch.nn.functional as F
+
+    from alignment.modeling.attention import CPU_FP32_ATTENTION_MAX_LENGTH
+
+    torch.manual_seed(4)
+    for n in (CPU_FP32_ATTENTION_MAX_LENGTH, CPU_FP32_ATTENTION_MAX_LENGTH + 1):
+        query, key, value = (torch.randn(1, 3, n, 16) for _ in range(3))
+        exact = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sequence_attention(query, key, value, 0.0, None)
+            in_bf16 = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+        assert out.dtype == torch.bfloat16
+        if n <= CPU_FP32_ATTENTION_MAX_LENGTH:
+            torch.testing.assert_close(out, exact.to(torch.bfloat16), atol=0, rtol=0)
+            assert (out.float() - exact).abs().mean() < (in_bf16.float() - exact).abs().mean()
+        else:
+            torch.testing.assert_close(out, in_bf16, atol=0, rtol=0)
