@@ -37,6 +37,7 @@ from alignment.core.precision import resolve_dtype
 from alignment.data.chat_template import template_turn_tokens
 from alignment.modeling.attention import use_varlen_sdpa
 from alignment.modeling.embedded import cache_root
+from alignment.modeling.fused_lora import use_fused_lora
 from alignment.modeling.lora import TRAINED_TOKENS_ATTR, peft_lora_config, trainable_token_targets
 from alignment.modeling.module_utils import count_parameters, disable_dropout, enable_activation_checkpointing
 from alignment.modeling.quantization import bnb_config
@@ -322,6 +323,7 @@ def _finish(
     model: PreTrainedModel | PeftModel, sits_on: dict, trainable: bool, dropout: bool
 ) -> PreTrainedModel | PeftModel:
     setattr(model, ADAPTER_BASE_ATTR, sits_on)
+    use_fused_lora(model)
     if trainable:
         model.train()
     else:
