@@ -54,6 +54,7 @@ OMITTED_AT_DEFAULT = {
     "refusal_reward_by_label": {},
     "refusal_reward_detector": "phrase",
     "second_refusal_detector": "phrase",
+    "generation_weights": "auto",
 }
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (

@@ -17,6 +17,7 @@ import torch
 from alignment.core.precision import head_weight
 from alignment.core.sharding import blocks_gathered
 from alignment.modeling.attention import supports_flat_packing
+from alignment.modeling.fused_lora import merged_for_sampling
 from alignment.modeling.generation import generation_cache
 from alignment.modeling.sequences import SequenceBatch, last_hidden, response_hidden, response_logprobs
 from alignment.ppo.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
@@ -56,6 +57,10 @@ class ActorCritic(torch.nn.Module):
         self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
         # The tied LM head in the autocast dtype, swapped in for generation (precision.tied_head_copy).
         self.generation_head: torch.Tensor | None = None
+        # Sampling runs the policy folded into a copy of the weights, in this dtype (the compute dtype under
+        # autocast, else the weights'): ``generation_weights``, decided by the loop.
+        self.merge_for_sampling = False
+        self.compute_dtype: torch.dtype | None = None
         # FSDP (``fsdp: true``): the base's blocks are sharded (core.sharding.shard_model(root=False)); every pass
         # is then collective, and generation runs as many decoding steps on every process. "full": the blocks are
         # gathered once for sampling instead of once per decoding step (the fsdp_generation setting).
@@ -132,9 +137,14 @@ class ActorCritic(torch.nn.Module):
         (else None: a rollout that recomputes its log-probs need not keep a vocabulary row per token).
         """
         gathered = blocks_gathered(self.model) if self.gather_for_generation else contextlib.nullcontext()
+        merged = (
+            merged_for_sampling(self.model, POLICY, self.compute_dtype or self.weights_dtype)
+            if self.merge_for_sampling
+            else contextlib.nullcontext()
+        )
         with use_adapter(self.model, POLICY), self.autocast(), head_weight(self._lm_head, self.generation_head):
             cache = generation_cache(self.model, prompt_ids, prompt_mask, generation_config, self.padding_free)
-            with gathered:
+            with gathered, merged:
                 out = self.model.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,

@@ -32,6 +32,7 @@ from alignment.ppo.rollout import (
     heldout_reward,
     recomputes_rollout_logprobs,
     rollout_statistics,
+    samples_from_merged_weights,
 )
 from alignment.ppo.update import global_explained_variance, global_whiten, ppo_update_synced
 from alignment.rl.controllers import AdaptiveKLController, FixedKLController
@@ -59,6 +60,7 @@ def ppo_loop(
     recompute_logprobs = recomputes_rollout_logprobs(cfg, ac, run.accelerator.mixed_precision)
     if recompute_logprobs:
         logger.info("rollout log-probs: a packed policy pass (rollout_logprobs=%s)", cfg.rollout_logprobs)
+    ac.merge_for_sampling = samples_from_merged_weights(cfg, ac, recompute_logprobs)
     # One mini-batch per epoch: the first one back-propagates through the rollout's own critic (and recomputed
     # policy) passes, one forward fewer each; the two graphs are then held together until the update. Not with
     # gradient checkpointing: the rollout runs in eval mode, where checkpointing is off, so a kept graph would hold

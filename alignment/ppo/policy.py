@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from alignment.core.config import Config, LoraConfig
+from alignment.modeling.fused_lora import use_fused_lora
 from alignment.modeling.load import load_causal_lm
 from alignment.modeling.lora import peft_lora_config, trainable_token_targets
 from alignment.modeling.module_utils import disable_dropout
@@ -77,6 +78,7 @@ def build_actor_critic(cfg: Config, device: str | None = None) -> tuple[ActorCri
         for _, param in adapter_parameters(model, adapter):
             param.requires_grad_(True)
     disable_dropout(model)  # also the LoRA dropout: PPO's ratios need deterministic log-probs
+    use_fused_lora(model)  # the LoRA layers' fast paths (fused under CPU autocast, folded for sampling)
     if cfg.model.gradient_checkpointing:  # the base is loaded frozen, so the loader does not switch it on
         checkpoint_under_the_active_adapter(model)
     ac = ActorCritic(model, value_head, reward_heads, reference_adapter=reference, padding_free=ppo.padding_free)

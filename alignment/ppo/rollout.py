@@ -16,7 +16,7 @@ from alignment.data.collate import PromptCollator
 from alignment.modeling.sequences import SequenceBatch
 from alignment.modeling.tokenizer import stop_token_ids
 from alignment.ppo.actor_critic import ActorCritic
-from alignment.ppo.config import PPOConfig, check_rollout_logprobs
+from alignment.ppo.config import PPOConfig, check_generation_weights, check_rollout_logprobs
 from alignment.ppo.rewards import CombinedReward
 from alignment.rl.logprobs import first_eos_mask, logprobs_from_logits
 
@@ -155,6 +155,19 @@ def recomputes_rollout_logprobs(cfg: PPOConfig, ac: ActorCritic, mixed_precision
         return choice == "recompute"
     low_precision = (torch.bfloat16, torch.float16)
     return autocast_dtype(mixed_precision) is not None or ac.weights_dtype in low_precision
+
+
+def samples_from_merged_weights(cfg: PPOConfig, ac: ActorCritic, recompute_logprobs: bool) -> bool:
+    """Whether sampling runs the policy folded into the weights (``generation_weights``).
+
+    Folded weights round differently from the base-plus-adapter passes, so ``auto`` folds only when the rollout's
+    log-probs come from such a pass anyway (in fp32 they are the sampling logits, and the runs stay as they were).
+    A sharded base is never folded.
+    """
+    choice = check_generation_weights(cfg.generation_weights)
+    if ac.sharded:
+        return False
+    return recompute_logprobs if choice == "auto" else choice == "merged"
 
 
 def _ensure_one_token(response_mask: torch.Tensor) -> None:

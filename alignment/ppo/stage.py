@@ -56,6 +56,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if not quantized and not ac.sharded:  # FSDP shards one dtype per block: the storage stays as loaded
                 store_frozen_weights_in(ac.model, compute_dtype)
             ac.generation_head = tied_head_copy(ac.model.get_base_model(), compute_dtype)
+            ac.compute_dtype = compute_dtype
         rewards = build_rewards(cfg, ac, shared_scorers)
         if not rewards.scorers:
             raise ValueError("PPO needs at least one reward model: set reward_model_paths")

@@ -280,6 +280,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     base_weight_dtypes: set[torch.dtype] = set()
     head_weight_dtypes: set[torch.dtype] = set()
     training_row_lengths: set[int] = set()
+    folded: set[tuple[bool, bool]] = set()  # (autograd on, the policy folded into the weights)
     built = []
     build = ppo_policy.build_actor_critic
 
@@ -292,6 +293,7 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
             if torch.is_grad_enabled():  # a packed pass kept for the update: one flat row
                 training_row_lengths.add(output.shape[1])
             base_weight_dtypes.add(module.base_layer.weight.dtype)
+            folded.add((torch.is_grad_enabled(), module.merged_weight is not None))
 
         layer.register_forward_hook(record)
         head = ac.model.get_base_model().get_output_embeddings()
@@ -314,6 +316,9 @@ def test_bf16_runs_every_pass_through_the_base_in_bf16_and_keeps_the_losses_in_f
     # rollout_logprobs=auto recomputes the rollout's log-probs in bf16: the policy and its identical reference
     # copy then agree exactly at update 1 (generate's cached bf16 logits would not).
     assert row["objective/kl"] == 0.0
+    # generation_weights=auto: sampling (no autograd) ran the policy folded into the weights, at least once; every
+    # pass with autograd on ran the adapters.
+    assert built[0].merge_for_sampling and (False, True) in folded and (True, True) not in folded
 
 
 def test_rollout_logprobs_source_follows_the_precision_and_rejects_unknown_values(stage_dirs, tmp_path):
@@ -330,6 +335,19 @@ def test_rollout_logprobs_source_follows_the_precision_and_rejects_unknown_value
         ppo_config_module.validate_sampling(
             ppo_config(stage_dirs, tmp_path, rollout_logprobs="cached").ppo
         )  # before any loading
+
+
+def test_sampling_folds_the_policy_only_where_rollout_logprobs_are_recomputed(stage_dirs, tmp_path):
+    ac, _, _ = ppo_policy.build_actor_critic(ppo_config(stage_dirs, tmp_path))
+    auto = ppo_config(stage_dirs, tmp_path).ppo
+    assert not ppo_rollout.samples_from_merged_weights(auto, ac, recompute_logprobs=False)  # fp32: as it was
+    assert ppo_rollout.samples_from_merged_weights(auto, ac, recompute_logprobs=True)
+    merged = ppo_config(stage_dirs, tmp_path, generation_weights="merged").ppo
+    assert ppo_rollout.samples_from_merged_weights(merged, ac, recompute_logprobs=False)
+    adapter = ppo_config(stage_dirs, tmp_path, generation_weights="adapter").ppo
+    assert not ppo_rollout.samples_from_merged_weights(adapter, ac, recompute_logprobs=True)
+    with pytest.raises(ValueError, match="generation_weights: expected auto, adapter or merged, got 'folded'"):
+        ppo_config_module.validate_sampling(ppo_config(stage_dirs, tmp_path, generation_weights="folded").ppo)
 
 
 def test_value_adapter_starts_as_the_reward_model(stage_dirs, tmp_path):

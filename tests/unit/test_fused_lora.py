@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from alignment.modeling.fused_lora import FusedLoraLinear, use_fused_lora
+from alignment.modeling.fused_lora import FusedLoraLinear, merged_for_sampling, use_fused_lora
 
 
 class Tiny(torch.nn.Module):
@@ -106,3 +106,28 @@ def test_the_fused_path_is_taken_only_under_cpu_autocast_with_one_plain_adapter(
         assert layer._fused_adapter(x) == "other"
         layer.base_layer.weight.requires_grad_(True)  # a trained base weight needs its own gradient
         assert layer._fused_adapter(x) is None
+
+
+def test_sampling_from_the_folded_weight_matches_the_adapter_and_leaves_nothing_behind():
+    peft_model, fused = lora_pair()
+    layer = fused.base_model.model.proj
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        unfolded = fused(x)
+        with merged_for_sampling(fused, "default", torch.float32) as folded:
+            assert folded and layer.merged_weight is not None
+            inside = fused(x)
+            with pytest.raises(RuntimeError, match="autograd on"), torch.enable_grad():
+                fused(x)
+        assert layer.merged_weight is None
+        torch.testing.assert_close(inside, unfolded, atol=1e-5, rtol=1e-5)
+        assert not torch.equal(inside, layer.base_layer(x))  # the adapter is in it
+        # bf16: the folded weight rounded once, within bf16's rounding of the fp32 result.
+        with merged_for_sampling(fused, "default", torch.bfloat16), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert relative_error(fused(x), unfolded) < 1e-2
+    # A layer that cannot fold (DoRA) leaves the whole model as it is.
+    torch.manual_seed(0)
+    dora = get_peft_model(Tiny(), LoraConfig(r=4, target_modules=["proj"], use_dora=True))
+    use_fused_lora(dora)
+    with merged_for_sampling(dora, "default", torch.float32) as folded:
+        assert not folded and dora.base_model.model.proj.merged_weight is None
