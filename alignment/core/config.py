@@ -152,7 +152,7 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     max_grad_norm: float = _help("Clip the gradient norm to this.", default=1.0)
     bf16: bool | Literal["auto"] = _help(
-        "Autocast to bf16. auto: on a GPU that has bf16; fp32 on CPUs (where it measured no faster at 135M).",
+        "Autocast to bf16. auto: on a GPU that has bf16 and on a CPU with AMX (1.7x faster there at 135M); else fp32.",
         default=False,
     )
     logging_steps: int = _help("Log every N optimizer steps.", default=1)

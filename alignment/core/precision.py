@@ -130,18 +130,27 @@ def flat_row_multiple(mixed_precision: str, device: torch.device) -> int:
 
 
 def resolve_bf16(choice: bool | str, cpu: bool = False) -> bool:
-    """The ``bf16`` setting as a yes or no. ``"auto"``: yes on a GPU with bf16 (unless ``cpu`` forces the CPU), no
-    on a CPU.
+    """The ``bf16`` setting as a yes or no. ``"auto"``: yes on a GPU with bf16 and on a CPU with AMX (``cpu`` forces
+    the CPU's answer), else no.
 
-    No on a CPU even where it has bf16 in hardware, because there it did not pay (2026-12-06, the 2-core benchmark
-    machine's host with AMX and AVX512-BF16, SmolLM2-135M with LoRA, the quickstart's stages in one sitting):
-    SFT 311 vs 306 tokens/s, the reward model 2.84 vs 2.79 pairs/s, PPO 0.38 vs 0.45 episodes/s (bf16 vs fp32). At
-    this size the per-operator costs, not the matrix products, decide; ``bf16: true`` stays the choice for larger
-    models on such CPUs (see :func:`flat_row_multiple`).
+    On the 2-core benchmark machine's AMX host (2026-12-06, SmolLM2-135M with LoRA), with the fused LoRA layers,
+    fp32 attention for short packed sequences and folded sampling weights: a packed SFT step 1.83 s in bf16
+    against 3.16 s in fp32, PPO 0.75 against 0.43 episodes/s, the quickstart 10.4 against 13.7 min, learning
+    alike (bench/RESULTS.md). Without AMX the CPU's bf16 products are slower (AVX512-BF16: 2.2x fp32's peak, not
+    measured end to end since those changes) or emulated (AVX2: dozens of times slower), so ``auto`` stays fp32
+    there. The setting's default is ``false``: a recipe whose figures must reproduce on any host stays in fp32.
     """
     if choice != "auto":
         return bool(choice)
-    return not cpu and torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
+    if not cpu and torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_amx()
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where oneDNN's bf16 products run."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x; absent: assume no
+    return bool(probe()) if probe is not None else False
 
 
 def warn_if_slow_on_cpu(mixed_precision: str, device: torch.device) -> bool:

@@ -136,14 +136,18 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch, 
 
 
 @pytest.mark.parametrize("gpu_has_bf16", [True, False])
-def test_bf16_auto_is_yes_on_a_gpu_with_bf16_only(monkeypatch, gpu_has_bf16):
+@pytest.mark.parametrize("cpu_has_amx", [True, False])
+def test_bf16_auto_is_yes_on_a_gpu_with_bf16_and_on_a_cpu_with_amx(monkeypatch, gpu_has_bf16, cpu_has_amx):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert precision.resolve_bf16("auto") is False  # a CPU, whatever its instructions: measured no faster
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_has_amx)
+    assert precision.resolve_bf16("auto") is cpu_has_amx  # a CPU: bf16 only where AMX makes it pay
     assert precision.resolve_bf16(True) is True and precision.resolve_bf16(False) is False  # an explicit choice stays
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu_has_bf16)
     assert precision.resolve_bf16("auto") is gpu_has_bf16
-    assert precision.resolve_bf16("auto", cpu=True) is False  # a run forced onto the CPU
+    assert precision.resolve_bf16("auto", cpu=True) is cpu_has_amx  # a run forced onto the CPU
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: no AMX assumed
+    assert precision.resolve_bf16("auto", cpu=True) is False
 
 
 def test_flat_rows_are_rounded_only_under_low_precision_autocast_on_a_cpu():
