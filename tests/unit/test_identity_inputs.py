@@ -67,13 +67,33 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
 
     values = {"reward_model_paths": ["rm"], "dataset_name": "demo"}
     plain = run_identity(build_config(CONFIG_TYPES, values))
-    added_later = ("reward_weights_by_label", "prompt_labels", "refusal_reward_by_label", "refusal_reward_detector")
+    added_later = (
+        "reward_weights_by_label",
+        "prompt_labels",
+        "refusal_reward_by_label",
+        "refusal_reward_detector",
+        "generation_weights",
+    )
     assert not set(added_later) & set(plain["settings"])
     labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
     assert labelled["settings"]["reward_weights_by_label"] == {"harmful": [1.0]}
     assert labelled["fingerprint"] != plain["fingerprint"]
     ruled = run_identity(build_config(CONFIG_TYPES, {**values, "refusal_reward_detector": "classifier"}))
     assert ruled["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"])
+    folded = run_identity(build_config(CONFIG_TYPES, {**values, "generation_weights": "merged"}))
+    assert folded["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"], ruled["fingerprint"])
+
+
+def test_an_evaluation_setting_added_later_changes_no_identity_at_its_default():
+    from alignment.evaluate.config import CONFIG_TYPES
+
+    values = {"policies": ["sft=runs/sft"], "reward_model_paths": ["rm"]}
+    plain = run_identity(build_config(CONFIG_TYPES, values))
+    assert "second_refusal_detector" not in plain["settings"]
+    same = run_identity(build_config(CONFIG_TYPES, {**values, "second_refusal_detector": "phrase"}))
+    assert same["fingerprint"] == plain["fingerprint"]
+    off = run_identity(build_config(CONFIG_TYPES, {**values, "second_refusal_detector": "none"}))
+    assert off["settings"]["second_refusal_detector"] == "none" and off["fingerprint"] != plain["fingerprint"]
 
 
 def test_bf16_auto_is_the_same_run_as_what_this_machine_makes_of_it(monkeypatch):
