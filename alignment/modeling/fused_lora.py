@@ -105,30 +105,27 @@ class FusedLoraLinear(PeftLoraLinear):
 
     def _fused_adapter(self, x: torch.Tensor) -> str | None:
         """The one active plain-LoRA adapter when the fused path computes what peft's does, else None."""
-        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or self.disable_adapters or self.merged:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or self.disable_adapters:
             return None
         active = self.active_adapters
-        if len(active) != 1 or active[0] not in self.lora_A or active[0] in self.lora_variant:
+        if len(active) != 1 or not self._plain_adapter(active[0]):
             return None
-        adapter = active[0]
-        dropout = self.lora_dropout[adapter]
+        dropout = self.lora_dropout[active[0]]
         if not isinstance(dropout, torch.nn.Identity) and (dropout.training and dropout.p > 0):
             return None
-        base = self.base_layer
-        if type(base) is not torch.nn.Linear or base.weight.requires_grad or self.fan_in_fan_out:
+        base = self.base_layer  # frozen: the function returns no gradient for it
+        if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return None
-        if (base.bias is not None and base.bias.requires_grad) or self.lora_B[adapter].bias is not None:
-            return None
-        return adapter
+        return active[0]
 
     def _plain_adapter(self, adapter: str) -> bool:
-        """Whether ``adapter`` is a plain LoRA update of a plain linear layer, which folds into its weight."""
-        base = self.base_layer
+        """Whether ``adapter`` is a plain LoRA update (no variant such as DoRA, no bias) of a plain, unmerged linear
+        layer: what both the fused function and the folded weight compute."""
         return (
             adapter in self.lora_A
             and adapter not in self.lora_variant
             and self.lora_B[adapter].bias is None
-            and type(base) is torch.nn.Linear
+            and type(self.base_layer) is torch.nn.Linear
             and not self.fan_in_fan_out
             and not self.merged
         )
