@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from peft.tuners.lora.layer import LoraLayer
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ def merged_for_sampling(model: torch.nn.Module, adapter: str, dtype: torch.dtype
     runs, and is rebuilt on every entry, so it always holds the adapter's current weights. The logits differ from the
     unmerged layers' by rounding: where that matters (fp32 runs that reuse the sampling log-probs), do not fold.
     """
-    from peft.tuners.lora.layer import LoraLayer
-
     layers = [module for module in model.modules() if isinstance(module, LoraLayer) and adapter in module.lora_A]
     if not layers or not all(type(layer) is FusedLoraLinear and layer._plain_adapter(adapter) for layer in layers):
         yield False
