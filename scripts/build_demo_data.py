@@ -62,6 +62,8 @@ STYLES = (
     "overrefusals_with_alternative",
     "hedges",
 )
+# What a needless refusal of an everyday question names, by helpful_qa.yaml topic (response_styles.yaml:
+# refusal_topics); every topic must have one.
 
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+|(?<=[.!?]")\s+')
 
@@ -86,6 +88,7 @@ class Tables(NamedTuple):
     ppo_prompts: dict[str, list[str]]  # label -> prompts
     eval_prompts: dict[str, list[str]]
     styles: dict[str, list[str]]  # response style -> templates
+    refusal_topics: dict[str, str]  # helpful_qa.yaml topic -> what a needless refusal of it names
 
 
 def _get(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -171,6 +174,9 @@ def load_tables(tables_dir: Path = TABLES_DIR) -> Tables:
         name: _texts(_get(styles_table, name, list, "response_styles.yaml"), f"response_styles.yaml: {name}")
         for name in STYLES
     }
+    refusal_topics = _get(styles_table, "refusal_topics", dict, "response_styles.yaml")
+    for topic in helpful_qa:
+        _get(refusal_topics, topic, str, "response_styles.yaml: refusal_topics")
 
     return Tables(
         seed=_get(settings, "seed", int, "settings.yaml"),
@@ -185,6 +191,7 @@ def load_tables(tables_dir: Path = TABLES_DIR) -> Tables:
         ppo_prompts=prompt_sets["ppo_prompts.yaml"],
         eval_prompts=prompt_sets["eval_prompts.yaml"],
         styles=styles,
+        refusal_topics=refusal_topics,
     )
 
 
@@ -266,15 +273,21 @@ class _Builder:
     def helpful_rejected(
         self, topic: str, answer: str, wrong: str | None, pool: list[tuple[str, str, str, str | None]]
     ) -> str:
-        """One unhelpful reply: dismissive, rambling and unfinished, off-topic, or (where written) wrong.
+        """One unhelpful reply: dismissive, rambling and unfinished, off-topic, a needless refusal, or (where
+        written) wrong.
 
         Off-topic replies are fluent and friendly, so telling them apart needs the prompt; they are kept
-        rarer than the styles a small reward model picks up in one epoch.
+        rarer than the styles a small reward model picks up in one epoch. The needless refusals name the question's
+        topic ("Sorry, I can't help with cooking."), half of them with an alternative, like a good refusal: without
+        them the reward model saw refusals lose only on scary-sounding safe requests, scored PPO's refusals of
+        everyday questions above SFT's answers, and PPO learned to refuse them.
         """
-        styles = ["dismissive", "dismissive", "rambling", "rambling", "off_topic"] + (["wrong"] * 3 if wrong else [])
-        style = self.rng.choice(styles)
+        styles = ["dismissive", "dismissive", "rambling", "rambling", "off_topic", "refusal", "refusal"]
+        style = self.rng.choice(styles + (["wrong"] * 3 if wrong else []))
         if style == "wrong":
             return wrong
+        if style == "refusal":
+            return self.overrefusal(self.tables.refusal_topics[topic])
         if style == "dismissive":
             return self.rng.choice(self.styles["dismissive"])
         if style == "rambling":

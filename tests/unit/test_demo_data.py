@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -212,6 +213,34 @@ def test_most_harmless_rankings_put_a_bare_refusal_above_compliance(files, gener
     assert len(ranked) >= 40
     for row in ranked:
         assert row["responses"][row["ranks"].index(1)] in bare and row["ranks"].index(2) == 2
+
+
+def test_helpful_comparisons_reject_needless_refusals_of_everyday_questions(files, generator):
+    """Refusing must lose wherever the request is benign, not only where it sounds scary: some helpful comparisons
+    reject a refusal naming the question's topic, half of them shaped like a good refusal (with an alternative)."""
+    tables = generator.load_tables()
+    detector = PhraseRefusalDetector()
+    topics = set(tables.refusal_topics.values())
+    refused = [
+        row["rejected"] for row in files["comparisons.jsonl"] if row["category"] == "helpful" and "rejected" in row
+    ]
+    refused = [text for text in refused if detector.is_refusal(text)]
+    assert len(refused) >= 25, len(refused)
+    written = {
+        style: {t.format(trigger=topic) for t in tables.styles[style] for topic in topics}
+        for style in ("overrefusals", "overrefusals_with_alternative")
+    }
+    assert set(refused) <= written["overrefusals"] | written["overrefusals_with_alternative"], refused
+    assert sum(text in written["overrefusals_with_alternative"] for text in refused) >= 8
+
+
+def test_a_helpful_topic_without_a_refusal_topic_is_named(tmp_path, generator):
+    tables_dir = tmp_path / "tables"
+    shutil.copytree(generator.TABLES_DIR, tables_dir)
+    styles = tables_dir / "response_styles.yaml"
+    styles.write_text(styles.read_text(encoding="utf-8").replace("  cooking: cooking\n", ""), encoding="utf-8")
+    with pytest.raises(ValueError, match="refusal_topics: missing 'cooking'"):
+        generator.load_tables(tables_dir)
 
 
 def test_answers_fit_a_short_generation(files):
