@@ -55,6 +55,7 @@ OMITTED_AT_DEFAULT = {
     "refusal_reward_detector": "phrase",
     "second_refusal_detector": "phrase",
     "generation_weights": "auto",
+    "stratify_by_label": False,
 }
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (

@@ -57,6 +57,12 @@ class PPOConfig:
         "refusals independently of what PPO was paid for.",
         default="phrase",
     )
+    stratify_by_label: bool = _help(
+        "Fill each update with every prompt label in its share of the prompts (stratified sampling) instead of a "
+        "plain shuffle. With refusal_reward_by_label, the pay for refusing harmful prompts and the charge for "
+        "refusing safe ones then arrive in the same update. Labels come from the prompt file or from prompt_labels.",
+        default=False,
+    )
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
     cost_model_is_reward: bool = _help(
         "cost_model_path is a harmlessness reward model (higher = safer): the cost is its negated normalised score.",

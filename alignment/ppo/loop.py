@@ -38,7 +38,7 @@ from alignment.ppo.update import global_explained_variance, global_whiten, ppo_u
 from alignment.rl.controllers import AdaptiveKLController, FixedKLController
 from alignment.rl.critic_free import critic_free_advantages
 from alignment.rl.ppo_math import gae_advantages, kl_shaped_rewards
-from alignment.training.batching import adamw, local_shard, micro_batch_indices, reduce_sum
+from alignment.training.batching import adamw, local_shard, micro_batch_indices, reduce_sum, stratified_batch_indices
 from alignment.training.budget import TrainingBudget
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,14 @@ def ppo_loop(
     episodes, stats = 0, {}
     with GracefulInterrupt() as interrupt:
         for step in range(start, total_updates):
-            # 1. Take this update's prompts: a seeded permutation per epoch, so the data position follows from the step.
+            # 1. Take this update's prompts: a seeded permutation per epoch (each label in its share of every batch, if
+            # stratified), so the data position follows from the step.
             epoch, k = divmod(step, batches_per_epoch)
-            indices = local_shard(
-                micro_batch_indices(len(prompts), global_batch, epoch, train_cfg.seed)[k], rank, world
-            )
+            if cfg.stratify_by_label:
+                batches = stratified_batch_indices([p.label for p in prompts], global_batch, epoch, train_cfg.seed)
+            else:
+                batches = micro_batch_indices(len(prompts), global_batch, epoch, train_cfg.seed)
+            indices = local_shard(batches[k], rank, world)
             t0 = time.perf_counter()
             # 2. Roll out: sample, score, reference log-probs and values (without grad, except the passes the update reuses).
             passes = RolloutPasses(

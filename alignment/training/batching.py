@@ -7,6 +7,7 @@ number alone and a resumed run continues with exactly the batches an uninterrupt
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,30 @@ def micro_batch_indices(num_examples: int, global_batch: int, epoch: int, seed: 
     generator = torch.Generator().manual_seed(seed + epoch)
     order = torch.randperm(num_examples, generator=generator).tolist()
     return [order[i : i + global_batch] for i in range(0, num_examples, global_batch)]
+
+
+def stratified_batch_indices(labels: Sequence[str | None], global_batch: int, epoch: int, seed: int) -> list[list[int]]:
+    """The epoch's global batches with every label spread evenly through them (stratified sampling).
+
+    Each label's examples are put in a seeded random order and placed at evenly spaced points of the epoch, so a batch
+    holds each label in about its share of the data: with a quarter of the prompts harmful and a quarter safe, a batch
+    of 4 holds one of each. A plain permutation leaves some batches with safe prompts and no harmful ones; an
+    update that then charges for refusing safe prompts, with nothing paying for refusing harmful ones, teaches the
+    policy to refuse nothing, and once it never refuses no later update can pay it for refusing again.
+    """
+    generator = torch.Generator().manual_seed(seed + epoch)
+    by_label: dict[str | None, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    label_order = torch.randperm(len(by_label), generator=generator).tolist()
+    placed = []
+    for rank, label in enumerate(sorted(by_label, key=str)):
+        members = by_label[label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        # Evenly spaced positions in [0, 1); ties between labels broken by a seeded label order.
+        placed += [((k + 0.5) / len(members), label_order[rank], members[j]) for k, j in enumerate(order)]
+    order = [i for _, _, i in sorted(placed)]
+    return [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
 
 
 def local_shard(indices: list[int], rank: int, world: int) -> list[int]:

@@ -73,6 +73,7 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
         "refusal_reward_by_label",
         "refusal_reward_detector",
         "generation_weights",
+        "stratify_by_label",
     )
     assert not set(added_later) & set(plain["settings"])
     labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
@@ -82,6 +83,8 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
     assert ruled["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"])
     folded = run_identity(build_config(CONFIG_TYPES, {**values, "generation_weights": "merged"}))
     assert folded["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"], ruled["fingerprint"])
+    stratified = run_identity(build_config(CONFIG_TYPES, {**values, "stratify_by_label": True}))
+    assert stratified["fingerprint"] not in (plain["fingerprint"], folded["fingerprint"])
 
 
 def test_an_evaluation_setting_added_later_changes_no_identity_at_its_default():

@@ -18,7 +18,7 @@ from alignment.core.config import TrainConfig
 from alignment.core.config_parsing import build_config
 from alignment.core.run import start_run
 from alignment.core.tracking import read_log
-from alignment.training.batching import micro_batch_indices
+from alignment.training.batching import micro_batch_indices, stratified_batch_indices
 from alignment.training.loop import LoopSpec, train_loop
 from tests.helpers import interrupt_after
 
@@ -136,6 +136,24 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert a == micro_batch_indices(10, 4, epoch=0, seed=1)
     assert a != micro_batch_indices(10, 4, epoch=1, seed=1)
     assert sorted(i for b in a for i in b) == list(range(10)) and [len(b) for b in a] == [4, 4, 2]
+
+
+def test_stratified_batches_hold_every_label_in_its_share():
+    """A quarter harmful, a quarter safe, half helpful: every batch of 4 holds one harmful and one safe prompt, where
+    a plain shuffle leaves batches with safe prompts and no harmful one."""
+    labels = ["helpful", "harmful", "helpful", "safe"] * 25
+    labels = [labels[i] for i in torch.randperm(100, generator=torch.Generator().manual_seed(0)).tolist()]
+    batches = stratified_batch_indices(labels, 4, epoch=0, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    for b in batches:
+        assert sorted(labels[i] for i in b) == ["harmful", "helpful", "helpful", "safe"], b
+    plain = micro_batch_indices(100, 4, epoch=0, seed=1)
+    assert any(sorted(labels[i] for i in b) != ["harmful", "helpful", "helpful", "safe"] for b in plain)
+    assert batches == stratified_batch_indices(labels, 4, epoch=0, seed=1)
+    assert batches != stratified_batch_indices(labels, 4, epoch=1, seed=1)
+    # Prompts without labels are one stratum: a seeded shuffle of them all.
+    unlabelled = stratified_batch_indices([None] * 10, 4, epoch=0, seed=1)
+    assert sorted(i for b in unlabelled for i in b) == list(range(10)) and [len(b) for b in unlabelled] == [4, 4, 2]
 
 
 def test_training_budget_counts_spent_seconds_including_a_resumed_runs():
