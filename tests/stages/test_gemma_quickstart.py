@@ -32,7 +32,7 @@ def test_the_quickstart_runs_end_to_end_on_gemma3_and_its_samples_end_their_turn
     stages = {name: info["metrics"] for name, info in summary["stages"].items()}
     assert stages["sft"]["eval_loss"] < stages["sft"]["eval_loss_before"] - 0.5, stages["sft"]
     assert stages["reward"]["eval_accuracy"] >= 0.8, stages["reward"]
-    assert math.isfinite(stages["ppo"]["kl_last"]) and stages["ppo"]["updates"] == 16, stages["ppo"]
+    assert math.isfinite(stages["ppo"]["kl_last"]) and stages["ppo"]["updates"] == 8, stages["ppo"]
     evaluation = stages["evaluate"]
     assert evaluation["base/no_eos_rate"] > 0.5, "the base model has no turn format: it should rarely end a turn"
     for policy in ("sft", "ppo"):  # the bar: under 50% of samples may end without an end-of-turn token
