@@ -62,8 +62,6 @@ STYLES = (
     "overrefusals_with_alternative",
     "hedges",
 )
-# What a needless refusal of an everyday question names, by helpful_qa.yaml topic (response_styles.yaml:
-# refusal_topics); every topic must have one.
 
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+|(?<=[.!?]")\s+')
 
