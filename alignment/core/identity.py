@@ -56,6 +56,9 @@ OMITTED_AT_DEFAULT = {
     "second_refusal_detector": "phrase",
     "generation_weights": "auto",
     "stratify_by_label": False,
+    "ptx_coef": 0.0,
+    "ptx_dataset_name": None,
+    "ptx_batch_size": 4,
 }
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (
@@ -68,6 +71,7 @@ INPUT_KEYS = (
     "dataset_name",
     "dataset_mixture",
     "eval_dataset_name",
+    "ptx_dataset_name",
     "prompt_sets",
     "checkpoint_dirs",
 )
@@ -81,6 +85,7 @@ DEMO_FILE_BY_STAGE = {
     "ppo": "prompts.jsonl",
 }
 DEMO_EVAL_PROMPTS = "eval_prompts.jsonl"  # prompt_sets: [demo]
+DEMO_FILE_BY_KEY = {"prompt_sets": DEMO_EVAL_PROMPTS, "ptx_dataset_name": "demonstrations.jsonl"}
 # Files a run writes at its top level; a directory holding only these (and checkpoints/) is a run directory.
 RUN_MARKERS = ("config.yaml", "versions.json")
 
@@ -171,7 +176,7 @@ def run_identity(cfg: Config, known_inputs: dict[str, str] | None = None) -> dic
     inputs = {}
     for key, path in _input_paths(settings):
         if path == "demo":  # the built-in data: the one file of it this stage reads
-            name = DEMO_EVAL_PROMPTS if key == "prompt_sets" else DEMO_FILE_BY_STAGE.get(stage)
+            name = DEMO_FILE_BY_KEY.get(key) or DEMO_FILE_BY_STAGE.get(stage)
             if name is not None:
                 inputs[f"demo:{name}"] = input_digest(str(BUILTIN_DEMO_DIR / name))
             continue

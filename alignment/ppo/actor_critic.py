@@ -20,6 +20,7 @@ from alignment.modeling.attention import supports_flat_packing
 from alignment.modeling.fused_lora import merged_for_sampling
 from alignment.modeling.generation import generation_cache
 from alignment.modeling.sequences import SequenceBatch, last_hidden, response_hidden, response_logprobs
+from alignment.modeling.target_logits import target_logits
 from alignment.ppo.adapters import POLICY, REWARD, SFT, VALUE, use_adapter
 
 if TYPE_CHECKING:
@@ -117,6 +118,12 @@ class ActorCritic(torch.nn.Module):
                 self._backbone, batch, response_length, self.padding_free, self._flat, self.row_multiple
             )
         return self.value_head(hidden.float()).squeeze(-1)
+
+    def demonstration_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (M, V), targets (M,))`` of the policy at the M assistant tokens of an SFT-layout batch (PPO-ptx)."""
+        with use_adapter(self.model, POLICY), self.autocast():
+            logits, targets, _ = target_logits(self.model, self._lm_head, batch)
+        return logits, targets
 
     @torch.no_grad()
     def reward_scores(self, batch: SequenceBatch, adapter: str = REWARD) -> torch.Tensor:

@@ -63,6 +63,16 @@ class PPOConfig:
         "refusing safe ones then arrive in the same update. Labels come from the prompt file or from prompt_labels.",
         default=False,
     )
+    ptx_coef: float = _help(
+        "PPO-ptx (InstructGPT, Ouyang et al. 2022, eq. 2): weight gamma of the log-likelihood of ptx_dataset_name's "
+        "demonstrations (assistant tokens, as SFT's loss), added to every policy step. It holds the policy to the "
+        "demonstrations while the reward moves it; the KL penalty holds it only on what it samples. 0: off.",
+        default=0.0,
+    )
+    ptx_dataset_name: str | None = _help(
+        "The demonstrations of the ptx term: a file, a Hub id, or 'demo' (the built-in demonstrations).", default=None
+    )
+    ptx_batch_size: int = _help("Demonstrations per policy step in the ptx term.", default=4)
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
     cost_model_is_reward: bool = _help(
         "cost_model_path is a harmlessness reward model (higher = safer): the cost is its negated normalised score.",
@@ -146,9 +156,14 @@ class PPOConfig:
             "ppo_epochs",
             "max_new_tokens",
             "samples_per_prompt",
+            "ptx_batch_size",
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.ptx_coef < 0:
+            raise ValueError(f"ptx_coef must be at least 0, got {self.ptx_coef}")
+        if self.ptx_coef and not self.ptx_dataset_name:
+            raise ValueError("ptx_coef is set but ptx_dataset_name is not: name the demonstrations (a file, or 'demo')")
         if self.max_prompt_length < 1 or self.eval_prompts < 0:
             raise ValueError("max_prompt_length must be at least 1 and eval_prompts at least 0")
 

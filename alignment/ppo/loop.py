@@ -24,6 +24,7 @@ from alignment.core.tracking import progress
 from alignment.ppo.actor_critic import ActorCritic
 from alignment.ppo.config import PPOConfig
 from alignment.ppo.policy import save_policy
+from alignment.ppo.ptx import build_ptx_term
 from alignment.ppo.rewards import CombinedReward
 from alignment.ppo.rollout import (
     Rollout,
@@ -67,6 +68,8 @@ def ppo_loop(
     # every activation the user asked not to keep.
     rollout_rows = cfg.rollout_batch_size * cfg.samples_per_prompt
     reuse_rollout_passes = cfg.mini_batch_size >= rollout_rows and not run.cfg.model.gradient_checkpointing
+    ptx = build_ptx_term(run.cfg, ac, tokenizer, rank, world)  # PPO-ptx, or None
+    policy_steps_per_update = cfg.ppo_epochs * math.ceil(rollout_rows / cfg.mini_batch_size)
     kl_ctl = kl_controller(cfg)
     optimizer = ppo_optimizer(ac, cfg, train_cfg.learning_rate)
     start, state = 0, {}
@@ -109,7 +112,10 @@ def ppo_loop(
             t1 = time.perf_counter()
             # 3-4. The KL penalty and the advantages (PPO: GAE on the critic; or a critic-free baseline).
             advantages, returns, kl = estimate_advantages(run, rollout, cfg, kl_ctl.value)
-            # 5. PPO epochs over mini-batches (policy frozen during critic warm-up).
+            # 5. PPO epochs over mini-batches (policy frozen during critic warm-up), with the demonstrations' loss
+            # in each policy step under PPO-ptx.
+            if ptx is not None:
+                ptx.seek(step * policy_steps_per_update)
             update_stats = ppo_update_synced(
                 run,
                 ac,
@@ -121,6 +127,7 @@ def ppo_loop(
                 step >= cfg.critic_warmup_steps,
                 train_cfg.max_grad_norm,
                 kl_loss_coef=kl_ctl.value if cfg.algorithm == "grpo" else 0.0,
+                ptx_loss=(lambda: ptx.loss(ac)) if ptx is not None else None,
             )
             t2 = time.perf_counter()
             fault_point("ppo_update", step + 1)

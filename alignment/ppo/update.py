@@ -33,11 +33,13 @@ def ppo_update(
     max_grad_norm: float,
     average_gradients: Callable[[], None] | None = None,
     kl_loss_coef: float = 0.0,
+    ptx_loss: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Several epochs of clipped policy and value updates over mini-batches of one rollout.
 
     Without a critic (``ac.has_critic`` false) only the policy steps and ``returns`` is unused. ``kl_loss_coef``
-    adds GRPO's KL-to-reference term to the policy loss. ``average_gradients`` (multi-process) runs before
+    adds GRPO's KL-to-reference term to the policy loss; ``ptx_loss`` (PPO-ptx) gives the next demonstrations'
+    loss for each policy step, weighted by ``cfg.ptx_coef``. ``average_gradients`` (multi-process) runs before
     clipping, so every rank clips and steps the same gradient.
     """
     stats: dict[str, list[float]] = {}
@@ -85,6 +87,10 @@ def ppo_update(
                         **{f"policy/{k}": v for k, v in pg_stats.items()},
                     },
                 )
+                if ptx_loss is not None:  # its own backward: the rollout's graph is freed before this one is built
+                    demonstrations_loss = ptx_loss()
+                    (cfg.ptx_coef * demonstrations_loss).backward()
+                    _append(stats, {"loss/ptx_avg": demonstrations_loss})
             if average_gradients is not None:
                 average_gradients()
             params = ac.trainable_parameters()
@@ -115,12 +121,22 @@ def ppo_update_synced(
     train_policy: bool,
     max_grad_norm: float,
     kl_loss_coef: float = 0.0,
+    ptx_loss: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """``ppo_update`` with gradients averaged across processes and its statistics averaged over ranks."""
     world = run.accelerator.num_processes
     if world == 1:
         return ppo_update(
-            ac, optimizer, rollout, advantages, returns, cfg, train_policy, max_grad_norm, kl_loss_coef=kl_loss_coef
+            ac,
+            optimizer,
+            rollout,
+            advantages,
+            returns,
+            cfg,
+            train_policy,
+            max_grad_norm,
+            kl_loss_coef=kl_loss_coef,
+            ptx_loss=ptx_loss,
         )
     stats = ppo_update(
         ac,
@@ -133,6 +149,7 @@ def ppo_update_synced(
         max_grad_norm,
         average_gradients=lambda: sync_gradients(run, ac.trainable_parameters()),
         kl_loss_coef=kl_loss_coef,
+        ptx_loss=ptx_loss,
     )
     keys = sorted(stats)
     return {k: v / world for k, v in zip(keys, reduce_sum(run, [stats[k] for k in keys]))}

@@ -59,6 +59,18 @@ def test_a_stage_on_the_built_in_demo_data_depends_on_the_one_file_it_reads(tmp_
     (demo / "comparisons.jsonl").write_text("{}\n{}\n", encoding="utf-8")
     assert run_identity(sft_cfg)["fingerprint"] == before["sft"]["fingerprint"]
     assert run_identity(reward_cfg)["fingerprint"] != before["reward"]["fingerprint"]
+    # PPO-ptx reads the demonstrations besides the prompts: a new version of either re-runs it.
+    from alignment.ppo.config import CONFIG_TYPES as PPO_TYPES
+
+    ppo_values = {"dataset_name": "demo", "reward_model_paths": ["rm"], "ptx_coef": 1.0, "ptx_dataset_name": "demo"}
+    ppo_cfg = build_config(PPO_TYPES, {**ppo_values, "output_dir": str(tmp_path / "p")})
+    ppo_before = run_identity(ppo_cfg)
+    assert sorted(k for k in ppo_before["inputs"] if k.startswith("demo")) == [
+        "demo:demonstrations.jsonl",
+        "demo:prompts.jsonl",
+    ]
+    (demo / "demonstrations.jsonl").write_text("{}\n{}\n", encoding="utf-8")
+    assert run_identity(ppo_cfg)["fingerprint"] != ppo_before["fingerprint"]
 
 
 def test_a_setting_added_later_changes_no_identity_at_its_default():
@@ -74,6 +86,9 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
         "refusal_reward_detector",
         "generation_weights",
         "stratify_by_label",
+        "ptx_coef",
+        "ptx_dataset_name",
+        "ptx_batch_size",
     )
     assert not set(added_later) & set(plain["settings"])
     labelled = run_identity(build_config(CONFIG_TYPES, {**values, "reward_weights_by_label": {"harmful": [1.0]}}))
@@ -85,6 +100,8 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
     assert folded["fingerprint"] not in (plain["fingerprint"], labelled["fingerprint"], ruled["fingerprint"])
     stratified = run_identity(build_config(CONFIG_TYPES, {**values, "stratify_by_label": True}))
     assert stratified["fingerprint"] not in (plain["fingerprint"], folded["fingerprint"])
+    ptx = run_identity(build_config(CONFIG_TYPES, {**values, "ptx_coef": 1.0, "ptx_dataset_name": "demo"}))
+    assert ptx["fingerprint"] not in (plain["fingerprint"], stratified["fingerprint"])
 
 
 def test_an_evaluation_setting_added_later_changes_no_identity_at_its_default():
