@@ -125,19 +125,6 @@ def ppo_update_synced(
 ) -> dict[str, float]:
     """``ppo_update`` with gradients averaged across processes and its statistics averaged over ranks."""
     world = run.accelerator.num_processes
-    if world == 1:
-        return ppo_update(
-            ac,
-            optimizer,
-            rollout,
-            advantages,
-            returns,
-            cfg,
-            train_policy,
-            max_grad_norm,
-            kl_loss_coef=kl_loss_coef,
-            ptx_loss=ptx_loss,
-        )
     stats = ppo_update(
         ac,
         optimizer,
@@ -147,10 +134,12 @@ def ppo_update_synced(
         cfg,
         train_policy,
         max_grad_norm,
-        average_gradients=lambda: sync_gradients(run, ac.trainable_parameters()),
+        average_gradients=(lambda: sync_gradients(run, ac.trainable_parameters())) if world > 1 else None,
         kl_loss_coef=kl_loss_coef,
         ptx_loss=ptx_loss,
     )
+    if world == 1:
+        return stats
     keys = sorted(stats)
     return {k: v / world for k, v in zip(keys, reduce_sum(run, [stats[k] for k in keys]))}
 
