@@ -2,7 +2,7 @@
 
 InstructGPT (Ouyang et al. 2022, eq. 2) adds ``gamma * E_{x ~ D_pretrain}[log pi(x)]`` to the RL objective, so
 that optimising the reward does not undo what the policy already did well. Here the term reads demonstrations
-(``ptx_dataset_name``, the SFT stage's data in the quickstart) rather than pretraining text, with the loss on the
+(``ptx_dataset_name``: the SFT stage's, say) rather than pretraining text, with the loss on the
 assistant tokens only, as SFT's: the policy is held to the demonstrations' answers to safe requests and their
 refusals of harmful ones while the reward moves it, where the KL penalty holds it only on what it samples.
 
@@ -50,6 +50,7 @@ class PtxTerm:
         epoch, k = divmod(self.position, per_epoch)
         self.position += 1
         indices = micro_batch_indices(len(self.examples), global_batch, epoch, self.seed)[k]
+        # An epoch's last batch may leave a process nothing: it reads one demonstration rather than skip the term.
         return self.collator([self.examples[i] for i in local_shard(indices, self.rank, self.world) or indices[:1]])
 
     def loss(self, ac: ActorCritic) -> torch.Tensor:

@@ -696,3 +696,18 @@ def test_ptx_needs_its_demonstrations_named():
         ppo_config_module.PPOConfig(ptx_coef=1.0)
     with pytest.raises(ValueError, match="ptx_coef"):
         ppo_config_module.PPOConfig(ptx_coef=-1.0, ptx_dataset_name="demo")
+
+
+def test_a_resumed_ptx_run_reads_the_demonstrations_an_uninterrupted_one_reads(stage_dirs, tmp_path, monkeypatch):
+    ptx = {"ptx_coef": 1.0, "ptx_dataset_name": "demo", "ptx_batch_size": 2, "eval_prompts": 0}
+    ppo.train(ppo_config(stage_dirs, tmp_path / "reference", **ptx))
+    reference = read_log(tmp_path / "reference")
+    monkeypatch.setattr(ppo_loop_module, "GracefulInterrupt", interrupt_after(2))
+    with pytest.raises(TrainingInterrupted):
+        ppo.train(ppo_config(stage_dirs, tmp_path / "resumed", **ptx))
+    monkeypatch.undo()
+    ppo.train(ppo_config(stage_dirs, tmp_path / "resumed", resume=True, **ptx))
+    rows = read_log(tmp_path / "resumed")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[2]["loss/ptx_avg"] == pytest.approx(reference[2]["loss/ptx_avg"], rel=1e-4)
+    assert reference[2]["loss/ptx_avg"] != pytest.approx(reference[0]["loss/ptx_avg"], rel=1e-4)
