@@ -8,9 +8,7 @@ demonstration and ``alignment.data.collate.render_sft_example`` labels exactly t
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +19,11 @@ from alignment.core.config_parsing import parse_config
 from alignment.core.run import mark_done, start_run
 from alignment.core.sharding import gathered_model_state
 from alignment.core.tracking import metrics_text
-from alignment.data.collate import RejectedExample, SFTCollator, count_tokens, render_sft_example
+from alignment.data.collate import SFTCollator, count_tokens, tokenize_demonstrations
 from alignment.data.load import load_records
 from alignment.modeling.attention import supports_flat_packing
 from alignment.modeling.target_logits import output_head, target_logits
 from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,23 +36,6 @@ class SFTConfig:
 
 
 CONFIG_TYPES = (ModelConfig, LoraConfig, QuantConfig, DataConfig, TrainConfig, SFTConfig)
-
-
-def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) -> tuple[list, Counter, int]:
-    """Render records; returns (examples, rejected counts by reason, number truncated)."""
-
-    examples, rejected, truncated = [], Counter(), 0
-    for record in records:
-        example = render_sft_example(tokenizer, record, max_length, train_on)
-        if isinstance(example, RejectedExample):
-            rejected[example.reason] += 1
-            logger.warning(
-                "demonstration %s not trained on: %s (%s)", example.source_id, example.reason, example.detail
-            )
-            continue
-        truncated += int(example.truncated)
-        examples.append(example)
-    return examples, rejected, truncated
 
 
 def sft_loop_spec(

@@ -16,7 +16,7 @@ What
 Truncation policy (SFT)
 -----------------------
 The *prompt* is everything before the first learned token. If it alone is ``>= max_length`` the
-example is rejected with reason ``"prompt_too_long"`` (reported by the caller, never silently
+example is rejected with reason ``"prompt_too_long"`` (logged by :func:`tokenize_demonstrations`, never silently
 trained on). Otherwise the example is truncated from the right and marked ``truncated=True``; an
 example left with no learned token is rejected with ``"no_target_tokens"``. Reward and prompt
 batches truncate from the LEFT instead (keeping a leading BOS/CLS token), because the reward is
@@ -29,6 +29,8 @@ packing rows without padding in :mod:`alignment.data.packing`.
 from __future__ import annotations
 
 import bisect
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -46,6 +48,8 @@ from alignment.data.chat_template import (
 from alignment.data.packing import pack_token_rows
 from data_schemas.errors import RecordError
 from data_schemas.records import Comparison, Demonstration, Prompt
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -204,6 +208,23 @@ def render_sft_example(
     text, char_spans = assistant_char_spans(tokenizer, messages, turns)
     input_ids, bounds = _tokenize_with_boundaries(tokenizer, text, [b for span in char_spans for b in span])
     return _truncate_sft(input_ids, list(zip(bounds[0::2], bounds[1::2])), max_length, demo.source_id)
+
+
+def tokenize_demonstrations(tokenizer, records, max_length: int, train_on: str) -> tuple[list, Counter, int]:
+    """Render records as SFT trains on them (SFT, PPO-ptx); a rejected one is logged, not trained on. Returns
+    (examples, rejected counts by reason, number truncated)."""
+    examples, rejected, truncated = [], Counter(), 0
+    for record in records:
+        example = render_sft_example(tokenizer, record, max_length, train_on)
+        if isinstance(example, RejectedExample):
+            rejected[example.reason] += 1
+            logger.warning(
+                "demonstration %s not trained on: %s (%s)", example.source_id, example.reason, example.detail
+            )
+            continue
+        truncated += int(example.truncated)
+        examples.append(example)
+    return examples, rejected, truncated
 
 
 def _truncate_sft(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from alignment.core.config import Config, DataConfig
-from alignment.data.collate import RejectedExample, SFTCollator, render_sft_example
+from alignment.data.collate import SFTCollator, tokenize_demonstrations
 from alignment.data.load import load_records
 from alignment.modeling.attention import supports_flat_packing
 from alignment.ppo.actor_critic import ActorCritic
@@ -67,8 +67,7 @@ def build_ptx_term(cfg: Config, ac: ActorCritic, tokenizer: Any, rank: int = 0, 
         return None
     data = DataConfig(dataset_name=ppo.ptx_dataset_name, invalid_records=cfg.data.invalid_records)
     records = load_records(data, "demonstration", seed=cfg.train.seed).records
-    rendered = [render_sft_example(tokenizer, record, cfg.train.max_length, "all") for record in records]
-    examples = [e for e in rendered if not isinstance(e, RejectedExample)]
+    examples, _, _ = tokenize_demonstrations(tokenizer, records, cfg.train.max_length, "all")  # as SFT renders them
     logger.info(
         "ptx: %d of %d demonstrations of %s, gamma %g", len(examples), len(records), data.dataset_name, ppo.ptx_coef
     )
