@@ -59,6 +59,7 @@ OMITTED_AT_DEFAULT = {
     "ptx_coef": 0.0,
     "ptx_dataset_name": None,
     "ptx_batch_size": 4,
+    "ptx_select_rows": {},
 }
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (

@@ -73,6 +73,11 @@ class PPOConfig:
         "The demonstrations of the ptx term: a file, a Hub id, or 'demo' (the built-in demonstrations).", default=None
     )
     ptx_batch_size: int = _help("Demonstrations per policy step in the ptx term.", default=4)
+    ptx_select_rows: dict[str, list[str]] = _help(
+        "Keep only the ptx demonstrations whose column holds one of these values, as select_rows does for a stage's "
+        "data: {category: [safe, helpful]} holds the policy to the answers to safe requests only.",
+        default_factory=dict,
+    )
     cost_model_path: str | None = _help("A harmfulness (cost) model for the PPO-Lagrangian constraint.", default=None)
     cost_model_is_reward: bool = _help(
         "cost_model_path is a harmlessness reward model (higher = safer): the cost is its negated normalised score.",
@@ -164,6 +169,9 @@ class PPOConfig:
             raise ValueError(f"ptx_coef must be at least 0, got {self.ptx_coef}")
         if self.ptx_coef and not self.ptx_dataset_name:
             raise ValueError("ptx_coef is set but ptx_dataset_name is not: name the demonstrations (a file, or 'demo')")
+        for column, values in self.ptx_select_rows.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"ptx_select_rows: {column!r} needs a list of the values to keep, got {values!r}")
         if self.max_prompt_length < 1 or self.eval_prompts < 0:
             raise ValueError("max_prompt_length must be at least 1 and eval_prompts at least 0")
 

@@ -65,7 +65,9 @@ def build_ptx_term(cfg: Config, ac: ActorCritic, tokenizer: Any, rank: int = 0, 
     ppo = cfg.ppo
     if not ppo.ptx_coef:
         return None
-    data = DataConfig(dataset_name=ppo.ptx_dataset_name, invalid_records=cfg.data.invalid_records)
+    data = DataConfig(
+        dataset_name=ppo.ptx_dataset_name, invalid_records=cfg.data.invalid_records, select_rows=ppo.ptx_select_rows
+    )
     records = load_records(data, "demonstration", seed=cfg.train.seed).records
     examples, _, _ = tokenize_demonstrations(tokenizer, records, cfg.train.max_length, "all")  # as SFT renders them
     logger.info(

@@ -698,6 +698,34 @@ def test_ptx_needs_its_demonstrations_named():
         ppo_config_module.PPOConfig(ptx_coef=-1.0, ptx_dataset_name="demo")
 
 
+def test_ptx_select_rows_keeps_only_the_named_demonstrations(tiny_llama_dir):
+    """``ptx_select_rows: {category: [safe]}`` holds the policy to the answers to safe requests alone: the term reads
+    exactly the demo demonstrations of that category, and a malformed selection names the key."""
+    import types
+
+    from alignment.core.config import ModelConfig
+    from alignment.data.demo import DEMO_DIR
+    from alignment.modeling.tokenizer import load_tokenizer
+    from alignment.ppo.ptx import build_ptx_term
+
+    cfg = build_config(
+        ppo.CONFIG_TYPES,
+        {"ptx_coef": 1.0, "ptx_dataset_name": "demo", "ptx_select_rows": {"category": ["safe"]}, "max_length": 256},
+    )
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_llama_dir)))
+    stand_in = types.SimpleNamespace(model=types.SimpleNamespace(get_base_model=torch.nn.Module), row_multiple=1)
+    term = build_ptx_term(cfg, stand_in, tokenizer)
+    rows = [json.loads(line) for line in (DEMO_DIR / "demonstrations.jsonl").read_text().splitlines()]
+    safe = [r for r in rows if r["category"] == "safe"]
+    assert 0 < len(safe) < len(rows) and len(term.examples) == len(safe)
+    everything = build_ptx_term(
+        build_config(ppo.CONFIG_TYPES, {"ptx_coef": 1.0, "ptx_dataset_name": "demo"}), stand_in, tokenizer
+    )
+    assert len(everything.examples) == len(rows)
+    with pytest.raises(ValueError, match="ptx_select_rows: 'category'"):
+        ppo_config_module.PPOConfig(ptx_coef=1.0, ptx_dataset_name="demo", ptx_select_rows={"category": "safe"})
+
+
 def test_a_resumed_ptx_run_reads_the_demonstrations_an_uninterrupted_one_reads(stage_dirs, tmp_path, monkeypatch):
     ptx = {"ptx_coef": 1.0, "ptx_dataset_name": "demo", "ptx_batch_size": 2, "eval_prompts": 0}
     ppo.train(ppo_config(stage_dirs, tmp_path / "reference", **ptx))
