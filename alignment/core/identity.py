@@ -60,6 +60,7 @@ OMITTED_AT_DEFAULT = {
     "ptx_dataset_name": None,
     "ptx_batch_size": 4,
     "ptx_select_rows": {},
+    "answers_per_prompt": 1,
 }
 # Settings that name something read from disk: their content (not only their name) is part of the identity.
 INPUT_KEYS = (

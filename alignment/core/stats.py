@@ -95,7 +95,7 @@ def mean_confidence_interval(
     return mean, mean - half_width, mean + half_width
 
 
-def proportion_confidence_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+def proportion_confidence_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float, float]:
     """Proportion and Wilson score interval (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it over Wald).
 
     ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. Stays inside [0, 1] and is not degenerate at
@@ -115,13 +115,66 @@ def proportion_confidence_interval(successes: float, n: int, confidence: float =
     return p, min(p, max(0.0, center - half_width)), max(p, min(1.0, center + half_width))
 
 
+def _cluster_means(values: Sequence[float], clusters: Sequence[int]) -> list[float]:
+    sums: dict[int, list[float]] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        sums.setdefault(cluster, []).append(float(value))
+    return [math.fsum(v) / len(v) for v in sums.values()]
+
+
+def clustered_mean_interval(
+    values: Sequence[float], clusters: Sequence[int], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean and t-interval over clusters: several answers to one prompt are one observation, not several.
+
+    Each cluster (a prompt) is first reduced to its mean, and the t-interval is taken over those means (n = the
+    number of prompts), since answers to the same prompt are correlated. With one value per cluster it is
+    :func:`mean_confidence_interval` exactly. Clusters of equal size give the plain mean of ``values``.
+    """
+    return mean_confidence_interval(_cluster_means(values, clusters), confidence)
+
+
+def clustered_proportion_interval(
+    values: Sequence[float], clusters: Sequence[int], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """A rate over several answers per prompt, with a Wilson interval on Kish's effective sample size.
+
+    ``values`` are 0/1 (or 0.5 for a tie). Answers to the same prompt are correlated, so n answers carry less
+    information than n independent trials: the design effect (Kish 1965) is the variance of the rate across prompts,
+    ``s_m^2 / m`` (s_m: the sample std of the m per-prompt rates), over the binomial ``p(1-p)/n``, and the Wilson
+    interval (:func:`proportion_confidence_interval`) is taken on ``n_eff = p(1-p) / (s_m^2 / m)``, kept between m
+    (answers to one prompt all alike) and n (all independent). When every prompt's rate is 0, or every one 1, the
+    spread between prompts cannot be seen, and the interval counts prompts, not answers (n_eff = m). With one value
+    per cluster it is :func:`proportion_confidence_interval` exactly.
+    """
+    xs = [float(v) for v in values]
+    n = len(xs)
+    means = _cluster_means(xs, clusters)
+    m = len(means)
+    if m == n:
+        return proportion_confidence_interval(math.fsum(xs), n, confidence)
+    p = math.fsum(xs) / n
+    spread = math.fsum((x - math.fsum(means) / m) ** 2 for x in means) / (m - 1) / m if m > 1 else 0.0
+    if p in (0.0, 1.0):
+        n_eff = float(m)
+    elif spread == 0.0:
+        n_eff = float(n)
+    else:
+        n_eff = min(float(n), max(float(m), p * (1 - p) / spread))
+    return proportion_confidence_interval(p * n_eff, n_eff, confidence)
+
+
 def win_rate(
-    scores_a: Sequence[float] | torch.Tensor, scores_b: Sequence[float] | torch.Tensor, confidence: float = 0.95
+    scores_a: Sequence[float] | torch.Tensor,
+    scores_b: Sequence[float] | torch.Tensor,
+    confidence: float = 0.95,
+    clusters: Sequence[int] | None = None,
 ) -> tuple[float, float, float]:
     """Rate at which A beats B on paired items (same prompt), ties counted as half a win, with a Wilson interval.
 
     The Wilson interval on the half-counted wins treats each item as a Bernoulli trial; with many ties it is
-    conservative (a tie has less variance than a coin flip).
+    conservative (a tie has less variance than a coin flip). Where several items answer one prompt (``clusters``:
+    the prompt of each item), the interval is :func:`clustered_proportion_interval`'s.
 
     Args:
         scores_a: ``(n,)`` scores of system A (RM scores, judge scores, ...).
@@ -133,8 +186,8 @@ def win_rate(
     a, b = _as_floats(scores_a), _as_floats(scores_b)
     if len(a) != len(b) or not a:
         raise ValueError(f"win_rate needs two non-empty paired score lists, got lengths {len(a)} and {len(b)}")
-    wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b))
-    return proportion_confidence_interval(wins, len(a), confidence)
+    wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
+    return clustered_proportion_interval(wins, range(len(a)) if clusters is None else clusters, confidence)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)) -> list[int]:

@@ -107,7 +107,10 @@ def best_of_n_outputs(
     }
     logger.info("best-of-%d over %s: %.0f s sampling, %.0f s scoring", n, base.name, *list(cost.values())[1:3])
     name = f"best-of-{n}"
-    return PolicyOutputs(name, base.path, chosen, kl=[best_of_n_kl(n)] * len(chosen)), cost
+    best = PolicyOutputs(
+        name, base.path, chosen, kl=[best_of_n_kl(n)] * len(chosen), answers_per_prompt=base.answers_per_prompt
+    )
+    return best, cost
 
 
 def _extra_samples(

@@ -48,6 +48,12 @@ class EvaluateConfig:
     max_prompt_length: int = _help("Longer prompts keep their last tokens.", default=256)
     temperature: float = _help("Sampling temperature, the same for every policy (0 = greedy).", default=0.7)
     generation_batch_size: int = _help("Prompts per generate() call.", default=8)
+    answers_per_prompt: int = _help(
+        "Answers sampled per prompt (k). Rates and means are taken over all k answers, their intervals over the "
+        "prompts (answers to one prompt are correlated): a policy's readiness to refuse is then read from k samples "
+        "of each prompt instead of one, at k times the sampling cost.",
+        default=1,
+    )
     refusal_detector: str = _help(
         "How refusals are detected: 'classifier' (sentence-embedding classifier fitted on XSTest's human labels) or "
         "'phrase' (opening refusal phrases, the baseline).",
@@ -155,11 +161,13 @@ def check_settings(ev: EvaluateConfig) -> None:
     """Reject settings that cannot work, naming the key."""
     if ev.temperature < 0:
         raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {ev.temperature}")
-    for key in ("max_new_tokens", "max_prompt_length", "generation_batch_size"):
+    for key in ("max_new_tokens", "max_prompt_length", "generation_batch_size", "answers_per_prompt"):
         if getattr(ev, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(ev, key)}")
     if not ev.prompt_sets:
         raise ConfigError("prompt_sets is empty: give prompt files or 'demo'")
+    if ev.answers_per_prompt > 1 and ev.temperature == 0:
+        raise ConfigError("answers_per_prompt > 1 needs sampling (temperature > 0): greedy answers are all the same")
     check_detector_name(ev.second_refusal_detector, "second_refusal_detector", allow_none=True)
     if ev.refusal_pairs_data_dir is not None:
         missing = [

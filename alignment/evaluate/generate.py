@@ -253,6 +253,7 @@ def policy_outputs(
 ) -> PolicyOutputs:
     """Generations (saved or fresh) and per-sample KL of one policy; the policy is loaded only when needed."""
     settings = sampling_settings(cfg)
+    k = cfg.evaluate.answers_per_prompt
     key = generation_key(spec, prompts, settings, cfg.model)
     reference_key = generation_key(reference.spec, prompts, settings, cfg.model)
     kl_key = _hash([key, reference_key, "kl"])
@@ -263,7 +264,7 @@ def policy_outputs(
         kl_known, kl = _cached_kl(gen_dir, spec.name, kl_key)
     if generations is not None and kl_known:
         logger.info("%s: reusing saved generations (%s)", spec.name, gen_dir)
-        return PolicyOutputs(spec.name, spec.path, generations, kl=kl, step=spec.step)
+        return PolicyOutputs(spec.name, spec.path, generations, kl=kl, step=spec.step, answers_per_prompt=k)
     model, tokenizer = reference.get() if is_reference else load_policy(cfg, spec, reference.device)
     try:
         if generations is None:
@@ -276,7 +277,7 @@ def policy_outputs(
         if not is_reference:
             model = tokenizer = None
             _release_memory()
-    return PolicyOutputs(spec.name, spec.path, generations, kl=kl, step=spec.step)
+    return PolicyOutputs(spec.name, spec.path, generations, kl=kl, step=spec.step, answers_per_prompt=k)
 
 
 def collect_outputs(

@@ -98,6 +98,8 @@ def sampling_settings(cfg: Config) -> dict[str, Any]:
         "max_prompt_length": ev.max_prompt_length,
         "generation_batch_size": ev.generation_batch_size,
         "seed": cfg.train.seed,
+        # Recorded only when set, so that the saved generations of runs made before the setting existed stay valid.
+        **({"answers_per_prompt": ev.answers_per_prompt} if ev.answers_per_prompt > 1 else {}),
     }
 
 

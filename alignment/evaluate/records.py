@@ -67,6 +67,7 @@ class PolicyOutputs:
     rewards: dict[str, list[float]] = field(default_factory=dict)
     kl: list[float] | None = None
     step: int | None = None
+    answers_per_prompt: int = 1  # consecutive generations answering the same prompt (their CIs count the prompt once)
 
 
 @dataclass(frozen=True)

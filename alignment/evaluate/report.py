@@ -236,12 +236,13 @@ def refusal_preference_table(results: dict[str, Any]) -> list[str]:
     return _table(header, rows) if rows else []
 
 
-def sample_indices(generations: Sequence[Any], per_label: int) -> dict[str, list[int]]:
-    """The first ``per_label`` prompt indices of each label, labels in first-seen order."""
+def sample_indices(generations: Sequence[Any], per_label: int, answers_per_prompt: int = 1) -> dict[str, list[int]]:
+    """The first ``per_label`` prompt indices of each label (the first answer of each prompt), labels in first-seen
+    order."""
     chosen: dict[str, list[int]] = {}
     for i, g in enumerate(generations):
         picked = chosen.setdefault(str(g.label), [])
-        if len(picked) < per_label:
+        if len(picked) < per_label and i % answers_per_prompt == 0:
             picked.append(i)
     return chosen
 
@@ -252,11 +253,12 @@ def sample_sections(outputs: Sequence[PolicyOutputs], detector: RefusalDetector,
         return []
     rms = list(outputs[0].rewards)
     lines: list[str] = []
-    for label, indices in sample_indices(outputs[0].generations, per_label).items():
+    for label, indices in sample_indices(outputs[0].generations, per_label, outputs[0].answers_per_prompt).items():
         lines += [f"### {label} prompts", ""]
         for i in indices:
             prompt = outputs[0].generations[i]
-            lines += [f"**Prompt {i}** ({prompt.format}): {escape_cell(prompt.messages[-1].content)}", ""]
+            number = i // outputs[0].answers_per_prompt
+            lines += [f"**Prompt {number}** ({prompt.format}): {escape_cell(prompt.messages[-1].content)}", ""]
             header = ["policy", "response", *(f"{rm}" for rm in rms), "refusal", "tokens"]
             rows = []
             for out in outputs:
@@ -279,9 +281,12 @@ def sample_sections(outputs: Sequence[PolicyOutputs], detector: RefusalDetector,
 def _settings_line(results: dict[str, Any]) -> str:
     s = results.get("settings", {})
     decoding = "greedy" if s.get("temperature", 0) == 0 else f"temperature {s.get('temperature')}"
+    k = s.get("answers_per_prompt", 1)
+    answers = f"; {k} answers per prompt (rates over all answers, intervals over prompts)" if k > 1 else ""
     return (
         f"Reference policy: **{results['reference_policy']}**. Sampling: {decoding}, at most {s.get('max_new_tokens')} new "
-        f"tokens, seed {s.get('seed')}, the same for every policy. Refusal detector: {results.get('refusal_detector')}. "
+        f"tokens, seed {s.get('seed')}, the same for every policy{answers}. Refusal detector: "
+        f"{results.get('refusal_detector')}. "
         f"Prompt sets: {', '.join(results.get('prompt_sets', [])) or '-'}."
     )
 

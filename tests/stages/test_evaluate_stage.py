@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+import alignment.core.stats as stats
 import alignment.evaluate as stage
 import alignment.evaluate.generate as generate_mod
 import alignment.evaluate.stage as evaluate_mod
+from alignment.core.config import ConfigError
 from tests.helpers import write_xstest_dir
 
 XSTEST_ROWS = (
@@ -125,6 +128,34 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     assert (
         results_2["metrics"]["b"]["reward"]["rm1"] == b["reward"]["rm"] and results_2["metrics"]["b"]["kl"] == b["kl"]
     )
+
+
+def test_several_answers_per_prompt_are_sampled_and_counted_once_per_prompt(
+    eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``answers_per_prompt: 3``: three different answers to each of the 6 prompts; rates over all 18, intervals over
+    the 6 prompts; the report shows each prompt once in its samples and says how the answers were counted."""
+    monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
+    out = tmp_path / "eval"
+    stage.main(_argv(eval_inputs, out, "--answers_per_prompt", "3", "--max_new_tokens", "6"))
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in (out / "generations" / "b.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 18 and [r["messages"] for r in rows[0:3]] == [rows[0]["messages"]] * 3
+    assert len({tuple(r["response_ids"]) for r in rows[0:3]}) > 1 or len({tuple(r["response_ids"]) for r in rows}) > 6
+    b = results["metrics"]["b"]
+    assert b["num_prompts"] == 6 and b["answers_per_prompt"] == 3 and b["refusal_rate_harmful"]["n"] == 9
+    tokens = [float(r["num_tokens"]) for r in rows]
+    per_prompt = [sum(tokens[i : i + 3]) / 3 for i in range(0, 18, 3)]
+    assert b["response_tokens"]["value"] == pytest.approx(sum(tokens) / 18)
+    low = b["response_tokens"]["ci_low"]
+    assert (math.isnan(low) and len(set(per_prompt)) == 1) or low == pytest.approx(
+        stats.mean_confidence_interval(per_prompt)[1]
+    )
+    report = (out / "report.md").read_text(encoding="utf-8")
+    shown = [int(line.split("**Prompt ")[1].split("**")[0]) for line in report.splitlines() if "**Prompt " in line]
+    assert "3 answers per prompt" in report and shown == list(range(6))  # each prompt once, its first answer
+    with pytest.raises(ConfigError, match="answers_per_prompt > 1 needs sampling"):
+        stage.main(_argv(eval_inputs, tmp_path / "greedy", "--answers_per_prompt", "2", "--temperature", "0"))
 
 
 def test_the_reference_listed_again_as_a_snapshot_is_neither_sampled_nor_loaded_again(

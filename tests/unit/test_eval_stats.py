@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from alignment.core.stats import (
+    clustered_mean_interval,
+    clustered_proportion_interval,
     mean_confidence_interval,
     pareto_front,
     proportion_confidence_interval,
@@ -61,6 +63,33 @@ def test_win_rate_counts_ties_as_half() -> None:
     assert win_rate(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]))[0] == 0.5
     with pytest.raises(ValueError):
         win_rate([1.0], [1.0, 2.0])
+
+
+def test_clustered_proportion_counts_prompts_not_answers_where_answers_agree() -> None:
+    """Kish's effective sample size, by hand: n_eff = p(1-p) / (s_m^2 / m), kept within [m, n]."""
+    pairs = [0, 0, 1, 1, 2, 2, 3, 3]  # 4 prompts, 2 answers each
+    # One answer per prompt: the plain Wilson interval.
+    assert clustered_proportion_interval([1, 0, 1], [0, 1, 2]) == proportion_confidence_interval(2, 3)
+    # Each prompt's answers alike: means 1, 0, 1, 0; p = 0.5, s_m^2 = 1/3, s_m^2 / m = 1/12, n_eff = 3 -> kept at m = 4.
+    assert clustered_proportion_interval([1, 1, 0, 0, 1, 1, 0, 0], pairs) == proportion_confidence_interval(2, 4)
+    # Means 1, 0.5, 0.5, 0: s_m^2 = 0.5 / 3, s_m^2 / m = 1/24, n_eff = 0.25 * 24 = 6: Wilson on 3 of 6.
+    rate, low, high = clustered_proportion_interval([1, 1, 1, 0, 0, 1, 0, 0], pairs)
+    assert rate == 0.5 and (low, high) == pytest.approx(proportion_confidence_interval(3, 6)[1:])
+    # Every prompt at 0.5: no spread between prompts, the answers count as independent (n_eff = n = 8).
+    assert clustered_proportion_interval([1, 0, 1, 0, 0, 1, 0, 1], pairs) == proportion_confidence_interval(4, 8)
+    # No refusal at all: the spread cannot be seen, so the interval counts the 4 prompts, not the 8 answers.
+    assert clustered_proportion_interval([0] * 8, pairs) == proportion_confidence_interval(0, 4)
+    assert proportion_confidence_interval(0, 4)[2] > proportion_confidence_interval(0, 8)[2]
+
+
+def test_clustered_mean_and_win_rate_take_one_value_per_prompt() -> None:
+    # Means 2 and 6: the t-interval of two values, not of four.
+    assert clustered_mean_interval([1.0, 3.0, 5.0, 7.0], [0, 0, 1, 1]) == mean_confidence_interval([2.0, 6.0])
+    assert clustered_mean_interval([1.0, 3.0], [0, 1]) == mean_confidence_interval([1.0, 3.0])
+    # Wins 1, 1 | 0, 0.5: rate 0.625; per prompt 1 and 0.25.
+    rate, low, high = win_rate([3.0, 3.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], clusters=[0, 0, 1, 1])
+    assert rate == 0.625
+    assert (rate, low, high) == clustered_proportion_interval([1.0, 1.0, 0.0, 0.5], [0, 0, 1, 1])
 
 
 def test_pareto_front_hand_drawn() -> None:
