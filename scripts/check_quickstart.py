@@ -11,6 +11,7 @@ one): on the 135M policy the two can disagree by a factor of four, and a check t
 
     python scripts/check_quickstart.py                   # runs/quickstart
     python scripts/check_quickstart.py runs/my_quickstart
+    python scripts/check_quickstart.py runs/my_quickstart --evaluation evaluate_k4   # another evaluation stage
 
 Exits 1 when a check fails. ``tests/stages/test_quickstart_harmlessness.py`` (slow) runs the quickstart and these
 checks.
@@ -70,10 +71,11 @@ def held_out_ranking_by_category(run_dir: Path) -> dict[tuple[str, str], tuple[i
     return {key: (right, total) for key, (right, total) in sorted(counts.items())}
 
 
-def refusal_rates(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+def refusal_rates(run_dir: Path, evaluation: str = "evaluate") -> dict[str, dict[str, dict[str, float]]]:
     """``{detector: {policy: {"refusal": rate on harmful prompts, "over_refusal": rate on safe prompts}}}`` from the
-    evaluation: its judge, and its second detector where it has one."""
-    results = json.loads((run_dir / "evaluate" / "results.json").read_text(encoding="utf-8"))
+    evaluation stage ``evaluation`` (one answer per prompt, or several: ``answers_per_prompt``): its judge, and its
+    second detector where it has one."""
+    results = json.loads((run_dir / evaluation / "results.json").read_text(encoding="utf-8"))
     readings = {results.get("refusal_detector", "judge"): results["metrics"]}
     second = results.get("second_refusal_reading")
     if second:
@@ -98,10 +100,10 @@ def refusal_checks(rates: dict[str, dict[str, dict[str, float]]]) -> dict[str, b
     }
 
 
-def check(run_dir: Path) -> dict[str, Any]:
+def check(run_dir: Path, evaluation: str = "evaluate") -> dict[str, Any]:
     """Every figure and whether each check passes."""
     ranking = held_out_ranking_by_category(run_dir)
-    rates = refusal_rates(run_dir)
+    rates = refusal_rates(run_dir, evaluation)
     right = sum(r for (_, name), (r, _) in ranking.items() if name == "harmless")
     total = sum(t for (_, name), (_, t) in ranking.items() if name == "harmless")
     return {
@@ -115,7 +117,9 @@ def check(run_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", nargs="?", default="runs/quickstart", type=Path)
-    result = check(parser.parse_args(argv).run_dir)
+    parser.add_argument("--evaluation", default="evaluate", help="the evaluation stage's directory in run_dir")
+    args = parser.parse_args(argv)
+    result = check(args.run_dir, args.evaluation)
     for (reward_name, name), (right, total) in result["ranking"].items():
         print(f"{reward_name}, held-out {name} pairs: best above worst in {right}/{total}")
     for detector, by_policy in result["rates"].items():
