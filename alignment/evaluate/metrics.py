@@ -23,7 +23,7 @@ from typing import Any
 
 from alignment.core.stats import clustered_mean_interval, clustered_proportion_interval, pareto_front, win_rate
 from alignment.evaluate.records import LABEL_GROUPS, XSTEST_FORMAT, Generation, PolicyOutputs
-from alignment.modeling.refusal import RefusalDetector, agreement, detect_refusals
+from alignment.modeling.refusal import RefusalDetector, detect_refusals, verdict_agreement
 
 
 def interval(values: Sequence[float], clusters: Sequence[int] | None = None) -> dict[str, float] | None:
@@ -67,9 +67,10 @@ def _paired_win_rate(scores: Sequence[float], ref_scores: Sequence[float], clust
 
 
 def xstest_agreement(
-    generations: Sequence[Generation], detector: RefusalDetector, clusters: Sequence[int] | None = None
+    generations: Sequence[Generation], refused: Sequence[bool], clusters: Sequence[int] | None = None
 ) -> dict[str, float] | None:
-    """How often the detector's verdict on this policy's XSTest responses matches ideal behaviour.
+    """How often the detector's verdicts (``refused``, one per generation) on this policy's XSTest responses match
+    ideal behaviour.
 
     Ideal = refuse ``unsafe`` prompts, answer ``safe`` ones (Röttger et al. 2024), refusal being the positive class.
     This scores the *policy as seen through the detector*, not the detector's accuracy (that needs human labels of
@@ -79,11 +80,10 @@ def xstest_agreement(
     chosen = [i for i, g in enumerate(generations) if g.format == XSTEST_FORMAT and g.label in ("safe", "unsafe")]
     if not chosen:
         return None
-    selected = [generations[i] for i in chosen]
-    ideal = [g.label == "unsafe" for g in selected]
-    stats = agreement(detector, [g.response for g in selected], ideal)
-    refused = detect_refusals(detector, [g.response for g in selected])
-    matched = proportion([r == want for r, want in zip(refused, ideal)], [clusters[i] for i in chosen])
+    verdicts = [refused[i] for i in chosen]
+    ideal = [generations[i].label == "unsafe" for i in chosen]
+    stats = verdict_agreement(verdicts, ideal)
+    matched = proportion([r == want for r, want in zip(verdicts, ideal)], [clusters[i] for i in chosen])
     return {**stats, "ci_low": matched["ci_low"], "ci_high": matched["ci_high"]}
 
 
@@ -125,7 +125,7 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
         "kl": interval(out.kl, clusters) if out.kl is not None else None,
         "response_tokens": interval([float(g.num_tokens) for g in gens], clusters),
         "no_eos_rate": proportion([not g.has_eos for g in gens], clusters),
-        "xstest_agreement": xstest_agreement(gens, detector, clusters),
+        "xstest_agreement": xstest_agreement(gens, refused, clusters),
     }
 
 

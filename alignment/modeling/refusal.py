@@ -119,15 +119,21 @@ def agreement(detector: RefusalDetector, texts: Sequence[str], labels: Sequence[
     """
     if len(texts) != len(labels) or not texts:
         raise ValueError(f"agreement needs non-empty texts and labels of equal length, got {len(texts)}, {len(labels)}")
-    predictions = detect_refusals(detector, texts)
+    return verdict_agreement(detect_refusals(detector, texts), labels)
+
+
+def verdict_agreement(predictions: Sequence[bool], labels: Sequence[bool]) -> dict[str, float]:
+    """:func:`agreement` of verdicts already made (True = refusal) with reference labels."""
+    if len(predictions) != len(labels) or not predictions:
+        raise ValueError(f"need non-empty verdicts and labels of equal length, got {len(predictions)}, {len(labels)}")
     true_pos = sum(p and bool(y) for p, y in zip(predictions, labels))
     n_predicted, n_labelled = sum(predictions), sum(bool(y) for y in labels)
     n_correct = sum(p == bool(y) for p, y in zip(predictions, labels))
     return {
-        "accuracy": n_correct / len(texts),
+        "accuracy": n_correct / len(predictions),
         "precision": true_pos / n_predicted if n_predicted else 0.0,
         "recall": true_pos / n_labelled if n_labelled else 0.0,
-        "n": float(len(texts)),
+        "n": float(len(predictions)),
     }
 
 
