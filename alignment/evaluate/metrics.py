@@ -299,7 +299,10 @@ def finite(data: Any) -> Any:
 def headline_metrics(results: dict[str, Any], report_path: Path) -> dict[str, Any]:
     """The flat numbers written to metrics.json and returned to the pipeline."""
     flat: dict[str, Any] = {"report": str(report_path), "reference_policy": results["reference_policy"]}
-    flat["num_prompts"] = next(iter(results["metrics"].values()))["num_prompts"]
+    first = next(iter(results["metrics"].values()))
+    flat["num_prompts"] = first["num_prompts"]
+    if first.get("answers_per_prompt", 1) > 1:
+        flat["answers_per_prompt"] = first["answers_per_prompt"]
     for name, m in results["metrics"].items():
         for key in ("kl", "refusal_rate_harmful", "over_refusal_rate_safe", "response_tokens", "no_eos_rate"):
             flat[f"{name}/{key}"] = _value(m[key])

@@ -173,7 +173,10 @@ def summary_text(metrics: dict[str, Any]) -> str:
     prefix = f"{policies[0]}/reward/"
     reward_names = [key.removeprefix(prefix) for key in metrics if key.startswith(prefix)]
     lines = ["", "=" * 88]
-    lines.append(f"evaluation: {metrics.get('num_prompts')} prompts, reference {metrics.get('reference_policy')}")
+    answers = f" x {metrics['answers_per_prompt']} answers" if metrics.get("answers_per_prompt") else ""
+    lines.append(
+        f"evaluation: {metrics.get('num_prompts')} prompts{answers}, reference {metrics.get('reference_policy')}"
+    )
     header = f"{'policy':<20}" + "".join(f"{rm[:14] + ' rwd':>18}{'win':>8}" for rm in reward_names)
     lines.append(header + f"{'refuse harm':>12}{'over-refuse':>12}{'KL':>9}{'no EOS':>8}")
     for name in policies:

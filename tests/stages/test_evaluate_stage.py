@@ -137,7 +137,8 @@ def test_several_answers_per_prompt_are_sampled_and_counted_once_per_prompt(
     the 6 prompts; the report shows each prompt once in its samples and says how the answers were counted."""
     monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
     out = tmp_path / "eval"
-    stage.main(_argv(eval_inputs, out, "--answers_per_prompt", "3", "--max_new_tokens", "6"))
+    metrics = stage.main(_argv(eval_inputs, out, "--answers_per_prompt", "3", "--max_new_tokens", "6"))
+    assert "evaluation: 6 prompts x 3 answers" in stage.summary_text(metrics)
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in (out / "generations" / "b.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 18 and [r["messages"] for r in rows[0:3]] == [rows[0]["messages"]] * 3
