@@ -69,6 +69,8 @@ def ppo_loop(
     rollout_rows = cfg.rollout_batch_size * cfg.samples_per_prompt
     reuse_rollout_passes = cfg.mini_batch_size >= rollout_rows and not run.cfg.model.gradient_checkpointing
     ptx = build_ptx_term(run.cfg, ac, tokenizer, rank, world)  # PPO-ptx, or None
+    # Every process holds rollout_rows rows in every update (only full global batches are taken: batches_per_epoch
+    # rounds down), so each takes the same number of policy steps.
     policy_steps_per_update = cfg.ppo_epochs * math.ceil(rollout_rows / cfg.mini_batch_size)
     kl_ctl = kl_controller(cfg)
     optimizer = ppo_optimizer(ac, cfg, train_cfg.learning_rate)
