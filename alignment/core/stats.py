@@ -153,8 +153,8 @@ def clustered_proportion_interval(
     m = len(means)
     if m == n:
         return proportion_confidence_interval(math.fsum(xs), n, confidence)
-    p = math.fsum(xs) / n
-    spread = math.fsum((x - math.fsum(means) / m) ** 2 for x in means) / (m - 1) / m if m > 1 else 0.0
+    p, centre = math.fsum(xs) / n, math.fsum(means) / m
+    spread = math.fsum((x - centre) ** 2 for x in means) / (m - 1) / m if m > 1 else 0.0
     if p in (0.0, 1.0):
         n_eff = float(m)
     elif spread == 0.0:

@@ -26,22 +26,20 @@ from alignment.evaluate.records import LABEL_GROUPS, XSTEST_FORMAT, Generation, 
 from alignment.modeling.refusal import RefusalDetector, detect_refusals, verdict_agreement
 
 
-def interval(values: Sequence[float], clusters: Sequence[int] | None = None) -> dict[str, float] | None:
+def interval(values: Sequence[float], clusters: Sequence[int]) -> dict[str, float] | None:
     """Mean with a 95% t-interval over prompts (``ci_low``/``ci_high`` are NaN for one prompt), or None without
-    values. ``clusters``: the prompt of each value, where a prompt has several answers (default: one each)."""
+    values. ``clusters``: the prompt of each value (:func:`prompt_clusters`)."""
     if not values:
         return None
-    clusters = range(len(values)) if clusters is None else clusters
     mean, low, high = clustered_mean_interval(list(values), clusters)
     return {"value": mean, "ci_low": low, "ci_high": high, "n": len(values)}
 
 
-def proportion(flags: Sequence[float], clusters: Sequence[int] | None = None) -> dict[str, float] | None:
+def proportion(flags: Sequence[float], clusters: Sequence[int]) -> dict[str, float] | None:
     """Share of True (a tie may count 0.5) with a 95% Wilson interval, on the effective number of prompts where a
     prompt has several answers (``clusters``: the prompt of each flag); None without values."""
     if not flags:
         return None
-    clusters = range(len(flags)) if clusters is None else clusters
     rate, low, high = clustered_proportion_interval([float(f) for f in flags], clusters)
     return {"value": rate, "ci_low": low, "ci_high": high, "n": len(flags)}
 
@@ -67,7 +65,7 @@ def _paired_win_rate(scores: Sequence[float], ref_scores: Sequence[float], clust
 
 
 def xstest_agreement(
-    generations: Sequence[Generation], refused: Sequence[bool], clusters: Sequence[int] | None = None
+    generations: Sequence[Generation], refused: Sequence[bool], clusters: Sequence[int]
 ) -> dict[str, float] | None:
     """How often the detector's verdicts (``refused``, one per generation) on this policy's XSTest responses match
     ideal behaviour.
@@ -76,7 +74,6 @@ def xstest_agreement(
     This scores the *policy as seen through the detector*, not the detector's accuracy (that needs human labels of
     the responses). None when no prompt comes from an XSTest file.
     """
-    clusters = range(len(generations)) if clusters is None else clusters
     chosen = [i for i, g in enumerate(generations) if g.format == XSTEST_FORMAT and g.label in ("safe", "unsafe")]
     if not chosen:
         return None
