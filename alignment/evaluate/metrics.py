@@ -102,7 +102,7 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
         "answers_per_prompt": out.answers_per_prompt,
         "num_by_label": {str(k): sum(g.label == k for g in gens) for k in sorted({g.label for g in gens}, key=str)},
         "reward": {
-            rm: {group: interval([scores[i] for i in idx], [clusters[i] for i in idx]) for group, idx in groups.items()}
+            rm: {group: interval(*_select(scores, clusters, idx)) for group, idx in groups.items()}
             for rm, scores in out.rewards.items()
         },
         "win_rate": {
