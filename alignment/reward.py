@@ -29,7 +29,7 @@ from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, write_json_atomic
 from alignment.data.collate import RewardCollator
 from alignment.data.load import load_records
-from alignment.modeling.attention import supports_flat_packing, varlen_kwargs
+from alignment.modeling.attention import supports_flat_packing, supports_shared_prefixes, varlen_kwargs
 from alignment.modeling.module_utils import disable_dropout, unwrap_transformers_model
 from alignment.rl.losses import ranked_groups_loss
 from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
@@ -47,6 +47,13 @@ class RewardConfig:
     padding_free: bool = field(
         default=True,
         metadata={"help": "Pack each batch's responses into rows without padding (decoder-only reward models)."},
+    )
+    share_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each comparison's prompt once for all its responses (packed batches, sdpa_varlen "
+            "attention): the same rewards from fewer positions."
+        },
     )
 
 
@@ -71,7 +78,9 @@ def packed_rewards(model: torch.nn.Module, head: torch.nn.Module, batch: dict[st
     """
 
     captured: list[torch.Tensor] = []
-    extra = varlen_kwargs(batch["cu_seq_lens"].to(device)) if "cu_seq_lens" in batch else {}
+    extra = (
+        varlen_kwargs(batch["cu_seq_lens"].to(device), batch.get("branch_lengths")) if "cu_seq_lens" in batch else {}
+    )
     handle = head.register_forward_hook(lambda _module, _args, output: captured.append(output))
     try:
         model(
@@ -93,10 +102,12 @@ def reward_loop_spec(
     packed_head: torch.nn.Module | None = None,
     flat_rows: bool = False,
     row_multiple: int = 1,
+    share_prompts: bool = False,
 ) -> LoopSpec:
     """Loss and batching; with ``packed_head`` (see :func:`score_head`) batches are packed without padding,
     in one row without filler with ``flat_rows`` (``alignment.modeling.attention.supports_flat_packing``), rounded
-    up to a multiple of ``row_multiple`` (``Run.flat_row_multiple``)."""
+    up to a multiple of ``row_multiple`` (``Run.flat_row_multiple``), each record's prompt computed once for all its
+    responses with ``share_prompts`` (``supports_shared_prefixes``)."""
 
     def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(p for p in model.parameters()).device
@@ -125,7 +136,12 @@ def reward_loop_spec(
         loss_fn=loss_fn,
         count_fn=lambda b: int(b["group_ids"].unique().numel()),
         collate_fn=RewardCollator(
-            tokenizer, max_length, padding_free=packed_head is not None, flat_rows=flat_rows, row_multiple=row_multiple
+            tokenizer,
+            max_length,
+            padding_free=packed_head is not None,
+            flat_rows=flat_rows,
+            row_multiple=row_multiple,
+            share_prompts=share_prompts,
         ),
         tokens_fn=lambda b: int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()),
     )
@@ -171,6 +187,7 @@ def train(cfg: Config) -> dict[str, Any]:
             head,
             flat_rows=head is not None and supports_flat_packing(model),
             row_multiple=run.flat_row_multiple,
+            share_prompts=cfg.reward.share_prompts and head is not None and supports_shared_prefixes(model),
         )
         if cfg.reward.eval_only:  # every record is held out; max_eval_samples caps them, as for a held-out split
             eval_records = list(records.records)[: cfg.data.max_eval_samples or None]

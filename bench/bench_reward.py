@@ -83,6 +83,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             "save_steps": 0,
             "logging_steps": 1,
             "bf16": args.bf16,
+            "share_prompts": not args.no_share_prompts,
         },
     )
     captured: dict[str, Any] = {"tokens": [], "groups": [], "padded": [], "evals": []}
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--output-dir", default=None, help="stage output dir (default bench/work/runs/<side>/reward-<tag>)"
     )
     parser.add_argument("--eval-before", action="store_true", help="ours: keep the held-out eval before training")
+    parser.add_argument(
+        "--no-share-prompts", action="store_true", help="ours: compute each pair's prompt twice (share_prompts false)"
+    )
     args = parser.parse_args(argv)
     ensure_pools()
     if args.peer:

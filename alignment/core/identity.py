@@ -38,6 +38,7 @@ NOT_IDENTITY = frozenset(
         "overwrite",
         "report_to",
         "fsdp",  # how the processes hold the model; FSDP and DDP make the same updates (tests/stages)
+        "share_prompts",  # a batch layout, like packing: the same rewards and gradients (tests/stages/test_reward.py)
         "logging_steps",
         "save_steps",
         "save_total_limit",

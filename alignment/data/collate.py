@@ -45,7 +45,7 @@ from alignment.data.chat_template import (
     render_prompt,
     render_reward_texts,
 )
-from alignment.data.packing import pack_token_rows
+from alignment.data.packing import pack_shared_prefixes, pack_token_rows
 from data_schemas.errors import RecordError
 from data_schemas.records import Comparison, Demonstration, Prompt
 
@@ -336,7 +336,9 @@ class RewardCollator:
     ``padding_free=True`` (decoder-only models): ``input_ids``/``position_ids`` (R, L) from
     :func:`pack_token_rows` instead of the padded rows and mask, ``last_token_index`` (N,) as a flat
     index into R * L, and ``num_tokens`` (0-dim); with ``flat_rows`` one row and ``cu_seq_lens``
-    (see :class:`SFTCollator`, also for ``row_multiple``).
+    (see :class:`SFTCollator`, also for ``row_multiple``). ``share_prompts`` (with ``flat_rows``; attention that
+    honours ``branch_lengths``): each record's responses share the tokens they have in common (its prompt), computed
+    once (:func:`pack_shared_prefixes`: its fields are the batch's keys, ``branch_lengths`` for ``varlen_kwargs``).
     """
 
     def __init__(
@@ -346,13 +348,17 @@ class RewardCollator:
         padding_free: bool = False,
         flat_rows: bool = False,
         row_multiple: int = 1,
+        share_prompts: bool = False,
     ) -> None:
         _pad_token_id(tokenizer)  # fail at construction, not at the first batch
+        if share_prompts and not (padding_free and flat_rows):
+            raise ValueError("share_prompts needs padding_free and flat_rows (one flat row with boundaries)")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.padding_free = padding_free
         self.flat_rows = flat_rows
         self.row_multiple = row_multiple
+        self.share_prompts = share_prompts
         self.num_truncated = 0
 
     def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
@@ -366,7 +372,13 @@ class RewardCollator:
                 ranks.append(rank)
         batch = tokenize_reward_texts(self.tokenizer, texts, self.max_length)
         self.num_truncated += int(batch["num_truncated"])
-        if self.padding_free:
+        if self.share_prompts:  # one group per record: its K responses are consecutive rows
+            lengths = batch.pop("attention_mask").sum(dim=1).tolist()
+            rows = iter(row[:n] for row, n in zip(batch.pop("input_ids").tolist(), lengths))
+            groups = [[next(rows) for _ in c.responses] for c in comparisons]
+            shared = pack_shared_prefixes(groups, _pad_token_id(self.tokenizer), self.row_multiple)._asdict()
+            batch.update({k: v for k, v in shared.items() if k != "token_index"})
+        elif self.padding_free:
             lengths = batch.pop("attention_mask").sum(dim=1)
             padded = batch.pop("input_ids")
             packed = pack_token_rows(

@@ -89,3 +89,84 @@ def pack_token_rows(
         if offset < capacity:
             position_ids[r, offset:] = lengths[members[-1]] + torch.arange(capacity - offset, device=device)
     return PackedTokens(input_ids, position_ids, torch.tensor(starts, dtype=torch.long, device=device))
+
+
+class SharedPrefixTokens(NamedTuple):
+    """One flat row of groups, each group's common prefix computed once (:func:`pack_shared_prefixes`).
+
+    ``last_token_index`` ``(N,)``: flat index of each sequence's last token, in the order given. ``cu_seq_lens``
+    ``(B + 1,)`` int32: the blocks' boundaries, one block per group (and one for the filler). ``branch_lengths``: per
+    block, ``(prefix, suffix_1, ..., suffix_K)``; a block of one length is an ordinary causal sequence.
+    ``num_tokens``: the positions the model computes (filler excluded). ``token_index``: per sequence, in the order
+    given, the flat index of each of its tokens (its prefix's, then its suffix's).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    last_token_index: torch.Tensor
+    cu_seq_lens: torch.Tensor
+    branch_lengths: tuple[tuple[int, ...], ...]
+    num_tokens: int
+    token_index: tuple[torch.Tensor, ...]
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares, kept below the shortest one's length so that each sequence
+    keeps at least its last token (where a reward is read) outside the shared part."""
+    shortest = min(len(s) for s in sequences)
+    length = 0
+    while length < shortest - 1 and all(s[length] == sequences[0][length] for s in sequences[1:]):
+        length += 1
+    return length
+
+
+def pack_shared_prefixes(
+    groups: Sequence[Sequence[Sequence[int]]], pad_value: int = 0, multiple_of: int = 1
+) -> SharedPrefixTokens:
+    """Groups of sequences in ONE flat row, each group laid out as its common prefix followed by every sequence's
+    own suffix: ``[prefix, suffix_1, ..., suffix_K]``.
+
+    Suffix k's positions continue the prefix's (``prefix, prefix + 1, ...``), and the attention
+    (``alignment.modeling.attention``, given ``varlen_kwargs(cu_seq_lens, branch_lengths)``) lets it see the prefix
+    and itself only, so every token gets the hidden state it has in its own sequence: the K responses to one prompt
+    share the prompt's computation (forward and backward) instead of repeating it K times. ``multiple_of``: as in
+    :func:`pack_token_rows`.
+    """
+    tokens: list[torch.Tensor] = []
+    positions: list[torch.Tensor] = []
+    branches: list[tuple[int, ...]] = []
+    token_index: list[torch.Tensor] = []
+    offset = 0
+    for group in groups:
+        rows = [[int(t) for t in s] for s in group]
+        if len(rows) == 1:  # an ordinary causal sequence: all prefix, no branches
+            prefix, suffixes = len(rows[0]), []
+        else:
+            prefix = common_prefix_length(rows)
+            suffixes = [row[prefix:] for row in rows]
+        tokens.append(torch.tensor(rows[0][:prefix] + [t for s in suffixes for t in s], dtype=torch.long))
+        positions.append(torch.cat([torch.arange(prefix), *(torch.arange(prefix, prefix + len(s)) for s in suffixes)]))
+        shared = torch.arange(offset, offset + prefix)
+        offset += prefix
+        if not suffixes:
+            token_index.append(shared)
+        for suffix in suffixes:
+            token_index.append(torch.cat([shared, torch.arange(offset, offset + len(suffix))]))
+            offset += len(suffix)
+        branches.append((prefix, *(len(s) for s in suffixes)))
+    num_tokens = offset
+    filler = -num_tokens % multiple_of
+    if filler:
+        tokens.append(torch.full((filler,), pad_value, dtype=torch.long))
+        positions.append(torch.arange(filler))
+        branches.append((filler,))
+    bounds = torch.tensor([0, *(sum(b) for b in branches)], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return SharedPrefixTokens(
+        torch.cat(tokens).unsqueeze(0),
+        torch.cat(positions).unsqueeze(0),
+        torch.stack([index[-1] for index in token_index]),
+        bounds,
+        tuple(branches),
+        num_tokens,
+        tuple(token_index),
+    )

@@ -48,6 +48,8 @@ def sdpa_varlen_attention_forward(
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if cu_seq_lens is None or query.shape[0] != 1 or not causal or key.shape[2] != query.shape[2]:
+        if kwargs.get("branch_lengths") is not None:  # plain SDPA would let a block's branches see each other
+            raise ValueError("branch_lengths need one flat causal row with cu_seq_lens_q (varlen_kwargs)")
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
@@ -65,9 +67,17 @@ def sdpa_varlen_attention_forward(
     # is one concatenation. Same numbers; on 9 sequences of ~120 tokens it took SmolLM2-135M's attention forward and
     # backward from 21 to 13 ms a layer in fp32 (the 2-core AMX benchmark host).
     lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    # Blocks that hold a shared prefix and its branches (alignment.data.packing.pack_shared_prefixes).
+    branch_lengths = kwargs.get("branch_lengths") or [None] * len(lengths)
+    if len(branch_lengths) != len(lengths) or any(
+        b is not None and sum(b) != n for b, n in zip(branch_lengths, lengths)
+    ):
+        raise ValueError(f"branch_lengths {list(branch_lengths)[:3]}... do not match the blocks {lengths[:3]}...")
     outputs = [
-        sequence_attention(q, k, v, dropout, scaling, window, softcap)
-        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+        sequence_attention(q, k, v, dropout, scaling, window, softcap, branches)
+        for q, k, v, branches in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), branch_lengths
+        )
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
@@ -80,19 +90,25 @@ def sequence_attention(
     scaling: float | None,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    branch_lengths: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """Causal attention of one sequence, ``(1, H, n, D)``: token i sees j with ``i - window < j <= i``
     (transformers' ``sliding_window_overlay``), and with ``softcap`` the scores pass through
     ``softcap * tanh(scores / softcap)`` before the softmax (Gemma 2; SDPA has no such option, so it runs eagerly,
-    as the model's own eager attention does)."""
+    as the model's own eager attention does). With ``branch_lengths`` ``(prefix, suffix_1, ...)`` of more than one
+    part, the block is a shared prefix and its branches (:func:`prefix_tree_mask`)."""
     n = query.shape[2]
     windowed = bool(sliding_window) and n > sliding_window
-    if not softcap and not windowed:
+    branched = branch_lengths is not None and len(branch_lengths) > 1
+    if not softcap and not windowed and not branched:
         if n <= CPU_FP32_ATTENTION_MAX_LENGTH and query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return _fp32_causal_attention(query, key, value, dropout, scaling)
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
-    positions = torch.arange(n, device=query.device)
-    allowed = positions[:, None] >= positions[None, :]
+    if branched:
+        allowed, positions = prefix_tree_mask(branch_lengths, query.device)
+    else:
+        positions = torch.arange(n, device=query.device)
+        allowed = positions[:, None] >= positions[None, :]
     if windowed:
         allowed &= positions[None, :] > positions[:, None] - sliding_window
     if not softcap:
@@ -102,6 +118,22 @@ def sequence_attention(
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = F.dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), p=dropout)
     return torch.matmul(probs, value)
+
+
+def prefix_tree_mask(branch_lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Who may attend to whom in a block laid out ``[prefix, suffix_1, ..., suffix_K]``, and each token's position.
+
+    A token sees the tokens before it in its own part and, in a suffix, the whole prefix: the mask each suffix's
+    sequence ``prefix + suffix_k`` would have alone. Positions continue the prefix's in every suffix.
+    """
+    prefix, *suffixes = branch_lengths
+    part = torch.cat(
+        [torch.zeros(prefix, dtype=torch.long), *(torch.full((n,), k + 1) for k, n in enumerate(suffixes))]
+    ).to(device)
+    positions = torch.cat([torch.arange(prefix), *(torch.arange(prefix, prefix + n) for n in suffixes)]).to(device)
+    order = torch.arange(part.numel(), device=device)
+    allowed = (order[:, None] >= order[None, :]) & ((part[None, :] == 0) | (part[None, :] == part[:, None]))
+    return allowed, positions
 
 
 # Under CPU bf16/fp16 autocast, sequences up to this many tokens attend in fp32 (see _fp32_causal_attention).
@@ -175,12 +207,27 @@ def supports_flat_packing(model: torch.nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) in VARLEN_IMPLEMENTATIONS
 
 
-def varlen_kwargs(cu_seq_lens: torch.Tensor) -> dict[str, Any]:
-    """Model-call kwargs describing a flat packed row (the names transformers' flash-attention path reads)."""
+def supports_shared_prefixes(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s attention honours ``branch_lengths`` (this module's ``sdpa_varlen``; flash-attention's
+    varlen kernels would take a shared-prefix block for one causal sequence and let branches see each other)."""
+
+    config = getattr(unwrap_transformers_model(model), "config", None)
+    return getattr(config, "_attn_implementation", None) == SDPA_VARLEN
+
+
+def varlen_kwargs(
+    cu_seq_lens: torch.Tensor, branch_lengths: tuple[tuple[int, ...], ...] | None = None
+) -> dict[str, Any]:
+    """Model-call kwargs describing a flat packed row (the names transformers' flash-attention path reads), and with
+    ``branch_lengths`` its shared-prefix blocks (``alignment.data.packing.pack_shared_prefixes``; ``sdpa_varlen``
+    only, see :func:`supports_shared_prefixes`)."""
     longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
-    return {
+    kwargs: dict[str, Any] = {
         "cu_seq_lens_q": cu_seq_lens,
         "cu_seq_lens_k": cu_seq_lens,
         "max_length_q": longest,
         "max_length_k": longest,
     }
+    if branch_lengths is not None:
+        kwargs["branch_lengths"] = branch_lengths
+    return kwargs

@@ -9,6 +9,7 @@ import torch
 
 from alignment import reward
 from alignment.core.config_parsing import build_config
+from alignment.modeling.attention import supports_shared_prefixes
 from alignment.modeling.scoring import load_reward_scorer
 from data_schemas.records import Comparison, Message
 
@@ -93,7 +94,8 @@ def test_encoder_reward_model_trains_and_scores_through_the_same_code(tiny_bert_
 
 
 def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_dir, tiny_bert_dir, tmp_path):
-    """Padding-free reward batches (several responses per row) change no reward, loss or gradient."""
+    """Padding-free reward batches (several responses per row; each prompt computed once for its responses) change
+    no reward, loss or gradient."""
     from alignment.data.load import load_records
     from alignment.modeling.load import load_reward_model
     from alignment.modeling.tokenizer import load_tokenizer
@@ -108,25 +110,37 @@ def test_packed_batches_give_the_padded_rewards_loss_and_gradients(tiny_llama_di
     model = load_reward_model(cfg.model, cfg.lora, cfg.quant)
     head = reward.score_head(model)
     results = {}
-    for layout in ("padded", "rows", "flat"):
+    assert supports_shared_prefixes(model)
+    for layout in ("padded", "rows", "flat", "shared"):
         spec = reward.reward_loop_spec(
-            tokenizer, 160, 0.0, 0.0, head if layout != "padded" else None, flat_rows=layout == "flat"
+            tokenizer,
+            160,
+            0.0,
+            0.0,
+            head if layout != "padded" else None,
+            flat_rows=layout in ("flat", "shared"),
+            share_prompts=layout == "shared",
         )
         batch = spec.collate_fn(comparisons)
-        assert ("position_ids" in batch) is (layout != "padded") and ("cu_seq_lens" in batch) is (layout == "flat")
+        assert ("position_ids" in batch) is (layout != "padded")
+        assert ("cu_seq_lens" in batch) is (layout in ("flat", "shared"))
         model.zero_grad()
         loss, stats = spec.loss_fn(model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         results[layout] = (float(loss.detach()), stats, grads, spec.tokens_fn(batch), batch["input_ids"].numel())
     padded = results["padded"]
-    for layout in ("rows", "flat"):
+    for layout in ("rows", "flat", "shared"):
         packed = results[layout]
         assert packed[0] == pytest.approx(padded[0], abs=1e-5), layout
         assert packed[1]["reward_sum"] == pytest.approx(padded[1]["reward_sum"], abs=1e-4), layout
-        assert packed[1]["n_correct"] == padded[1]["n_correct"] and packed[3] == padded[3]
+        assert packed[1]["n_correct"] == padded[1]["n_correct"]
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed[2], padded[2])), layout
+    assert results["flat"][3] == results["rows"][3] == padded[3]  # tokens: every response's own
     assert results["flat"][4] == results["flat"][3] < results["rows"][4] < padded[4]  # positions computed
+    # Each prompt once: fewer positions than the responses' tokens, by at least the K - 1 repeats of the long prompt.
+    long_prompt = len(tokenizer(comparisons[-1].prompt[0].content).input_ids)
+    assert results["shared"][4] == results["shared"][3] <= results["flat"][3] - long_prompt
     # An encoder pools its own way: it has no per-position score head, so its batches stay padded.
     bert = load_reward_model(reward_config(tiny_bert_dir, tmp_path).model, cfg.lora, cfg.quant)
     assert reward.score_head(bert) is None

@@ -99,3 +99,43 @@ def test_short_sequences_attend_in_fp32_under_cpu_autocast():
             assert (out.float() - exact).abs().mean() < (in_bf16.float() - exact).abs().mean()
         else:
             torch.testing.assert_close(out, in_bf16, atol=0, rtol=0)
+
+
+def test_shared_prefix_blocks_give_each_sequence_its_own_logits_and_gradients():
+    """Sequences that share a prefix, packed as the prefix once and each one's suffix (pack_shared_prefixes): every
+    token gets the logits it has in its own sequence, through a sliding-window layer whose window (4) is shorter
+    than the prefix, and the gradients are those of the sequences run alone."""
+    from alignment.data.packing import pack_shared_prefixes
+
+    model = tiny_gemma3()
+    torch.manual_seed(4)
+    prompt = torch.randint(1, 128, (7,)).tolist()
+    groups = [
+        [prompt + [5, 6, 7], prompt + [9], prompt + [5, 6, 8, 3, 2]],  # the first two suffix tokens shared by two
+        [torch.randint(1, 128, (6,)).tolist()],  # a group of one: an ordinary sequence
+        [[3, 4, 5], [3, 4, 5, 6]],  # one sequence a prefix of the other: it keeps its last token
+    ]
+    sequences = [torch.tensor(s) for group in groups for s in group]
+    for sequence in sequences:
+        model(input_ids=sequence.unsqueeze(0)).logits[0, -1].square().sum().backward()
+    alone_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        alone_last = torch.stack([model(input_ids=s.unsqueeze(0)).logits[0, -1] for s in sequences])
+    model.zero_grad()
+    register()
+    model.set_attn_implementation(SDPA_VARLEN)
+    packed = pack_shared_prefixes(groups, pad_value=0, multiple_of=16)
+    assert packed.branch_lengths[0] == (7, 3, 1, 5) and packed.branch_lengths[1:3] == ((6,), (2, 1, 2))
+    assert packed.num_tokens == 7 + 9 + 6 + 5 and packed.input_ids.shape[1] == 32  # rounded up with filler
+    assert packed.position_ids[0, 7:16].tolist() == [7, 8, 9, 7, 7, 8, 9, 10, 11]
+    logits = model(
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        use_cache=False,
+        **varlen_kwargs(packed.cu_seq_lens, packed.branch_lengths),
+    ).logits[0]
+    last = logits[packed.last_token_index]
+    last.square().sum().backward()
+    torch.testing.assert_close(last.detach(), alone_last, atol=1e-5, rtol=1e-4)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, alone_grads[name], atol=1e-4, rtol=1e-4, msg=name)
