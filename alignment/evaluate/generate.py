@@ -34,7 +34,7 @@ from alignment.evaluate.prompts import (
     save_generations,
 )
 from alignment.evaluate.records import EvalPrompt, Generation, PolicyOutputs, PolicySpec
-from alignment.modeling.attention import supports_flat_packing
+from alignment.modeling.attention import supports_flat_packing, supports_shared_prefixes
 from alignment.modeling.module_utils import unwrap_transformers_model
 from alignment.modeling.sequences import SequenceBatch, response_logprobs
 from alignment.rl.logprobs import first_eos_mask
@@ -145,7 +145,7 @@ def response_logprob_sums(
     """``(B,)`` sum over valid response tokens of ``log softmax(logits / T)[y_t]``, by teacher forcing.
 
     The same pass PPO takes for its policy and reference (:func:`alignment.modeling.sequences.response_logprobs`),
-    on packed rows without padding.
+    on packed rows without padding (each prompt once for its answers).
     """
     causal_lm = unwrap_transformers_model(model)
     device = next(model.parameters()).device
@@ -160,6 +160,7 @@ def response_logprob_sums(
         temperature,
         padding_free=True,
         flat=supports_flat_packing(causal_lm),
+        share_prompts=supports_shared_prefixes(causal_lm),  # k answers to one prompt (answers_per_prompt)
     )
     return torch.where(response_mask, logprobs, torch.zeros_like(logprobs)).sum(-1).cpu()
 

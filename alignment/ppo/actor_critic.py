@@ -16,7 +16,7 @@ import torch
 
 from alignment.core.precision import head_weight
 from alignment.core.sharding import blocks_gathered
-from alignment.modeling.attention import supports_flat_packing
+from alignment.modeling.attention import supports_flat_packing, supports_shared_prefixes
 from alignment.modeling.fused_lora import merged_for_sampling
 from alignment.modeling.generation import generation_cache
 from alignment.modeling.sequences import SequenceBatch, last_hidden, response_hidden, response_logprobs
@@ -52,6 +52,8 @@ class ActorCritic(torch.nn.Module):
         self._backbone = causal_lm.base_model  # e.g. LlamaModel: LoRA layers are injected in place
         self._lm_head = causal_lm.get_output_embeddings()
         self._flat = supports_flat_packing(causal_lm)  # one packed row without filler (varlen attention)
+        # The samples of one prompt share its tokens in that row, computed once (sequences.pack_sequences).
+        self._share_prompts = self._flat and supports_shared_prefixes(causal_lm)
         self.row_multiple = 1  # what that row is rounded up to (``Run.flat_row_multiple``, set by the stage)
         # The mixed-precision context of every pass through the base (``Accelerator.autocast`` for ``bf16``);
         # the scalar heads, log-softmax and losses stay in fp32.
@@ -107,6 +109,7 @@ class ActorCritic(torch.nn.Module):
                 self._flat,
                 with_entropy,
                 self.row_multiple,
+                self._share_prompts,
             )
 
     def response_values(self, batch: SequenceBatch, response_length: int) -> torch.Tensor:
@@ -115,7 +118,13 @@ class ActorCritic(torch.nn.Module):
             raise ValueError("this actor-critic has no critic (a critic-free algorithm)")
         with use_adapter(self.model, VALUE), self.autocast():
             hidden = response_hidden(
-                self._backbone, batch, response_length, self.padding_free, self._flat, self.row_multiple
+                self._backbone,
+                batch,
+                response_length,
+                self.padding_free,
+                self._flat,
+                self.row_multiple,
+                self._share_prompts,
             )
         return self.value_head(hidden.float()).squeeze(-1)
 
@@ -131,7 +140,9 @@ class ActorCritic(torch.nn.Module):
         if adapter not in self.reward_heads:
             raise ValueError(f"this actor-critic has no shared-base reward model {adapter!r}")
         with use_adapter(self.model, adapter), self.autocast():
-            picked = last_hidden(self._backbone, batch, self.padding_free, self._flat, self.row_multiple)
+            picked = last_hidden(
+                self._backbone, batch, self.padding_free, self._flat, self.row_multiple, self._share_prompts
+            )
         return self.reward_heads[adapter](picked.float()).squeeze(-1)
 
     @torch.no_grad()

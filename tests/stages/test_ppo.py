@@ -114,7 +114,8 @@ def test_ppo_starts_from_an_sft_output_trained_on_top_of_another_at_kl_0(stage_d
 
 
 def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
-    """Packing the sequences (prompts of different lengths, responses cut at different EOS) changes no output."""
+    """Packing the sequences (prompts of different lengths, responses cut at different EOS), and computing each
+    prompt once for its several samples, changes no output."""
     from alignment.data.collate import PromptCollator
     from alignment.modeling.sequences import pack_sequences
     from data_schemas.records import Message, Prompt
@@ -122,19 +123,25 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
     cfg = ppo_config(stage_dirs, tmp_path)
     ac, tokenizer, _ = ppo_policy.build_actor_critic(cfg)
     questions = ["Hi?", "Why?", "How so?", "And then?", "Explain " + "the tides and the moon " * 12, "Tell me " * 30]
+    questions += [questions[1], questions[4], questions[1]]  # samples of one prompt, not next to each other
     prompts = [Prompt((Message("user", q),)) for q in questions]  # the short ones can share rows with the long ones
     encoded = PromptCollator(tokenizer, 128)(prompts)
     torch.manual_seed(0)
-    response_ids = torch.randint(10, 200, (6, 7))
-    response_mask = torch.arange(7)[None, :] < torch.tensor([7, 1, 4, 7, 2, 5])[:, None]
+    response_ids = torch.randint(10, 200, (9, 7))
+    response_ids[[6, 8], :2] = response_ids[1, :2]  # samples that begin alike share those tokens too
+    response_mask = torch.arange(7)[None, :] < torch.tensor([7, 4, 4, 7, 2, 5, 6, 3, 3])[:, None]
     batch = SequenceBatch.build(encoded["input_ids"], encoded["attention_mask"], response_ids, response_mask)
     packed = pack_sequences(batch, 7)
-    assert packed.input_ids.shape[0] < 6 and packed.input_ids.shape[1] == int(batch.attention_mask.sum(-1).max())
+    assert packed.input_ids.shape[0] < 9 and packed.input_ids.shape[1] == int(batch.attention_mask.sum(-1).max())
     flat = pack_sequences(batch, 7, flat=True)
     assert flat.input_ids.shape == (1, int(batch.attention_mask.sum())) and ac._flat  # the loader made it varlen
+    shared = pack_sequences(batch, 7, flat=True, share_prompts=True)
+    prompt_lengths, _ = batch.sequence_lengths()
+    repeats = int(prompt_lengths[1] * 2 + prompt_lengths[4]) + 2 * 2  # and the two alike tokens of two samples
+    assert shared.input_ids.shape[1] == flat.input_ids.shape[1] - repeats and ac._share_prompts
     outputs = {}
-    for layout, padding_free, flat_rows in (("padded", False, False), ("rows", True, False), ("flat", True, True)):
-        ac.padding_free, ac._flat = padding_free, flat_rows
+    layouts = {"padded": (False, False, False), "rows": (True, False, False), "flat": (True, True, False)}
+    for layout, (ac.padding_free, ac._flat, ac._share_prompts) in {**layouts, "shared": (True, True, True)}.items():
         with torch.no_grad():
             outputs[layout] = (
                 ac.response_logprobs(batch, response_ids, 0.7)[0],
@@ -142,7 +149,7 @@ def test_padding_free_passes_equal_the_padded_ones(stage_dirs, tmp_path):
                 ac.response_values(batch, 7),
                 ac.reward_scores(batch),
             )
-    for layout in ("rows", "flat"):
+    for layout in ("rows", "flat", "shared"):
         for padded, packed_out in zip(outputs["padded"], outputs[layout]):
             valid = response_mask if padded.dim() == 2 else torch.ones_like(padded, dtype=torch.bool)
             assert (padded - packed_out)[valid].abs().max() < 1e-4, layout
