@@ -59,7 +59,17 @@ def label_groups(generations: Sequence[Generation]) -> dict[str, list[int]]:
     return groups
 
 
-def _paired_win_rate(scores: Sequence[float], ref_scores: Sequence[float], clusters: Sequence[int]) -> dict[str, float]:
+def paired_win_rate(out: PolicyOutputs, reference: PolicyOutputs, rm: str, clusters: Sequence[int]) -> dict[str, float]:
+    """``out``'s win rate over ``reference`` by reward model ``rm``, answer by answer on the same prompts.
+
+    The same answer to the same prompt is a tie, whatever its two scores: they differ only by the float rounding of
+    the batches each was scored in (a policy that left an answer unchanged won or lost it by that rounding).
+    """
+    ref_scores = reference.rewards[rm]
+    scores = [
+        ref if answer.response == ref_answer.response else score
+        for score, ref, answer, ref_answer in zip(out.rewards[rm], ref_scores, out.generations, reference.generations)
+    ]
     rate, low, high = win_rate(scores, ref_scores, clusters=clusters)
     return {"value": rate, "ci_low": low, "ci_high": high, "n": len(scores)}
 
@@ -106,8 +116,8 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
             for rm, scores in out.rewards.items()
         },
         "win_rate": {
-            rm: _paired_win_rate(scores, reference.rewards[rm], clusters)
-            for rm, scores in out.rewards.items()
+            rm: paired_win_rate(out, reference, rm, clusters)
+            for rm in out.rewards
             if compare and rm in reference.rewards
         },
         **_refusal_rates(refused, groups, clusters),
