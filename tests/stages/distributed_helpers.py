@@ -148,11 +148,25 @@ def assert_same_metrics(one: Path, two: Path, keys: tuple[str, ...]) -> None:
         assert metrics_two[key] == pytest.approx(metrics_one[key], rel=LOSS_RTOL, abs=1e-6), key
 
 
+# Where a gradient is ~0 up to float noise, Adam's first steps are about +-lr whichever sign the noise takes: in a
+# large tensor (full fine-tuning's embedding matrix: a token seen once, a sum that nearly cancels) a coordinate or two
+# per million may then differ by up to the run's whole movement (lr x steps). Found when a change of batch layout
+# that left every gradient equal to 1e-6 relative moved one of 3.1M embedding weights by 2e-4.
+ADAM_NOISE_PER_MILLION = 1.0
+ADAM_NOISE_BOUND = COMMON["learning_rate"] * COMMON["max_steps"]
+
+
 def assert_same_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, **tol: float):
     assert expected.keys() == got.keys(), f"{what}: different parameter names"
     assert expected, f"{what}: no tensors"
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], **tol, msg=lambda m, n=name: f"{what}, {n}: {m}")
+        a, b = got[name], expected[name]
+        allowed = int(a.numel() * ADAM_NOISE_PER_MILLION / 1e6)
+        apart = ~torch.isclose(a, b, **tol) if a.shape == b.shape else None
+        if apart is not None and 0 < int(apart.sum()) <= allowed:
+            assert (a - b).abs()[apart].max() <= ADAM_NOISE_BOUND, f"{what}, {name}: {(a - b).abs()[apart]}"
+            continue
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, n=name: f"{what}, {n}: {m}")
 
 
 def assert_ranks_agree(dump: Path) -> None:
