@@ -67,12 +67,9 @@ def sdpa_varlen_attention_forward(
     # is one concatenation. Same numbers; on 9 sequences of ~120 tokens it took SmolLM2-135M's attention forward and
     # backward from 21 to 13 ms a layer in fp32 (the 2-core AMX benchmark host).
     lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
-    # Blocks that hold a shared prefix and its branches (alignment.data.packing.pack_shared_prefixes).
+    # Blocks that hold a shared prefix and its branches (alignment.data.packing.pack_shared_prefixes), checked against
+    # the blocks once per forward by varlen_kwargs.
     branch_lengths = kwargs.get("branch_lengths") or [None] * len(lengths)
-    if len(branch_lengths) != len(lengths) or any(
-        b is not None and sum(b) != n for b, n in zip(branch_lengths, lengths)
-    ):
-        raise ValueError(f"branch_lengths {list(branch_lengths)[:3]}... do not match the blocks {lengths[:3]}...")
     outputs = [
         sequence_attention(q, k, v, dropout, scaling, window, softcap, branches)
         for q, k, v, branches in zip(
@@ -229,5 +226,8 @@ def varlen_kwargs(
         "max_length_k": longest,
     }
     if branch_lengths is not None:
+        blocks = (cu_seq_lens[1:] - cu_seq_lens[:-1]).tolist()
+        if [sum(b) for b in branch_lengths] != blocks:
+            raise ValueError(f"branch_lengths {list(branch_lengths)[:3]}... do not match the blocks {blocks[:3]}...")
         kwargs["branch_lengths"] = branch_lengths
     return kwargs

@@ -111,11 +111,11 @@ def _pack_by_prompt(
     packed = pack_shared_prefixes([[rows[i] for i in m] for m in by_prompt.values()], multiple_of=row_multiple)
     device = steps.device
     response_index = torch.empty(len(rows), steps.numel(), dtype=torch.long, device=device)
+    last = torch.empty(len(rows), dtype=torch.long, device=device)
     for i, token_index in zip(order, packed.token_index):
         token_index = token_index.to(device)
         response_index[i] = token_index[(prompt_lengths[i] - 1 + steps).clamp(max=token_index.numel() - 1)]
-    last = torch.empty(len(rows), dtype=torch.long, device=device)
-    last[order] = packed.last_token_index.to(device)
+        last[i] = token_index[-1]
     return PackedRows(
         packed.input_ids.to(device),
         packed.position_ids.to(device),

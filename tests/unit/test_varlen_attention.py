@@ -139,3 +139,12 @@ def test_shared_prefix_blocks_give_each_sequence_its_own_logits_and_gradients():
     torch.testing.assert_close(last.detach(), alone_last, atol=1e-5, rtol=1e-4)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, alone_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_branch_lengths_that_do_not_cover_the_blocks_are_refused():
+    import pytest
+
+    bounds = torch.tensor([0, 5, 8], dtype=torch.int32)
+    assert varlen_kwargs(bounds, ((2, 1, 2), (3,)))["branch_lengths"] == ((2, 1, 2), (3,))
+    with pytest.raises(ValueError, match="do not match the blocks"):
+        varlen_kwargs(bounds, ((2, 1, 1), (3,)))
