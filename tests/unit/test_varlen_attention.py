@@ -148,3 +148,22 @@ def test_branch_lengths_that_do_not_cover_the_blocks_are_refused():
     assert varlen_kwargs(bounds, ((2, 1, 2), (3,)))["branch_lengths"] == ((2, 1, 2), (3,))
     with pytest.raises(ValueError, match="do not match the blocks"):
         varlen_kwargs(bounds, ((2, 1, 1), (3,)))
+
+
+def test_branched_attention_equals_the_block_mask():
+    """Per-suffix attention over [prefix | suffix] gives what the block's full prefix-tree mask gives, an empty
+    prefix included."""
+    import torch.nn.functional as F
+
+    from alignment.modeling.attention import branched_attention, prefix_tree_mask
+
+    torch.manual_seed(5)
+    for branches in ((5, 3, 1, 4), (0, 2, 3), (4, 2)):
+        query, key, value = (torch.randn(1, 2, sum(branches), 8, requires_grad=True) for _ in range(3))
+        allowed, _ = prefix_tree_mask(branches, query.device)
+        masked = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+        grads = torch.autograd.grad(masked.square().sum(), (query, key, value))
+        branched = branched_attention(query, key, value, branches, 0.0, None)
+        torch.testing.assert_close(branched, masked)
+        for got, want in zip(torch.autograd.grad(branched.square().sum(), (query, key, value)), grads):
+            torch.testing.assert_close(got, want)
