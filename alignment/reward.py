@@ -27,8 +27,8 @@ from alignment.core.run import mark_done, start_run
 from alignment.core.sharding import gathered_model_state
 from alignment.core.stats import pair_accuracy
 from alignment.core.tracking import metrics_text, write_json_atomic
-from alignment.data.collate import RewardCollator
 from alignment.data.load import load_records
+from alignment.data.reward_batches import RewardCollator
 from alignment.modeling.attention import supports_flat_packing, supports_shared_prefixes, varlen_kwargs
 from alignment.modeling.module_utils import disable_dropout, unwrap_transformers_model
 from alignment.rl.losses import ranked_groups_loss

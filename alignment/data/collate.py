@@ -8,9 +8,8 @@ What
   template scaffolding such as ``<|im_start|>assistant\\n`` get ``-100``.
 - :class:`SFTCollator` pads a batch (right padding) or packs it padding-free into one row whose
   ``position_ids`` restart at 0 per example, so transformers builds a block-diagonal causal mask.
-- :func:`render_reward_texts` / :class:`RewardCollator` tokenize all K responses of each
-  :class:`Comparison` with ``group_ids`` and ``ranks`` so the loss forms every pair of a group in one
-  forward (InstructGPT, Ouyang et al. 2022, sec. 3.5).
+- Reward groups (all K responses of a :class:`Comparison`) are batched in :mod:`alignment.data.reward_batches`,
+  with this module's row helpers.
 - :func:`render_prompt` / :class:`PromptCollator` build left-padded prompt batches for generation.
 
 Truncation policy (SFT)
@@ -43,9 +42,8 @@ from alignment.data.chat_template import (
     has_chat_template,
     message_dicts,
     render_prompt,
-    render_reward_texts,
 )
-from alignment.data.packing import pack_shared_prefixes, pack_token_rows
+from alignment.data.packing import pack_token_rows
 from data_schemas.errors import RecordError
 from data_schemas.records import Comparison, Demonstration, Prompt
 
@@ -141,13 +139,13 @@ def _boundaries_by_prefix_tokenization(
     return ids, counts
 
 
-def _pad_token_id(tokenizer: Any) -> int:
+def tokenizer_pad_id(tokenizer: Any) -> int:
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token (load_tokenizer does)")
     return int(tokenizer.pad_token_id)
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal["left", "right"]) -> torch.Tensor:
+def pad_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal["left", "right"]) -> torch.Tensor:
     """(N, T) long tensor, T = longest row."""
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), pad_value, dtype=torch.long)
@@ -158,11 +156,11 @@ def _pad_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal["left
     return out
 
 
-def _attention_mask(rows: Sequence[Sequence[int]], side: Literal["left", "right"]) -> torch.Tensor:
-    return _pad_rows([[1] * len(r) for r in rows], 0, side)
+def row_attention_mask(rows: Sequence[Sequence[int]], side: Literal["left", "right"]) -> torch.Tensor:
+    return pad_rows([[1] * len(r) for r in rows], 0, side)
 
 
-def _encode_left_truncated(
+def encode_left_truncated(
     tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool
 ) -> tuple[list[list[int]], int]:
     """Tokenize and keep the LAST ``max_length`` tokens (plus a leading BOS/CLS); returns rows, #truncated."""
@@ -279,9 +277,9 @@ class SFTCollator:
             return self._pack(examples)
         rows = [e.input_ids for e in examples]
         batch = {
-            "input_ids": _pad_rows(rows, self.pad_token_id, "right"),
-            "labels": _pad_rows([e.labels for e in examples], IGNORE_INDEX, "right"),
-            "attention_mask": _attention_mask(rows, "right"),
+            "input_ids": pad_rows(rows, self.pad_token_id, "right"),
+            "labels": pad_rows([e.labels for e in examples], IGNORE_INDEX, "right"),
+            "attention_mask": row_attention_mask(rows, "right"),
         }
         if self.with_example_ids:
             batch["example_ids"] = torch.arange(len(rows)).unsqueeze(1).expand_as(batch["input_ids"]).clone()
@@ -321,103 +319,6 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
     return TokenCounts(non_pad, loss)
 
 
-# ----------------------------------------------------------------------------- reward
-
-
-class RewardCollator:
-    """Batches :class:`Comparison` s: all K responses of each record, flattened to N = sum of K rows.
-
-    Returns ``input_ids`` (N, T) right-padded, ``attention_mask`` (N, T), ``group_ids`` (N,) (the
-    record's position in the batch), ``ranks`` (N,) (0 = best; equal = tie), ``last_token_index``
-    (N,) (where the reward is read) and ``num_truncated`` (0-dim). Rows longer than ``max_length``
-    are truncated from the LEFT (the prompt's start goes, the response's end stays);
-    ``self.num_truncated`` counts them over the collator's life.
-
-    ``padding_free=True`` (decoder-only models): ``input_ids``/``position_ids`` (R, L) from
-    :func:`pack_token_rows` instead of the padded rows and mask, ``last_token_index`` (N,) as a flat
-    index into R * L, and ``num_tokens`` (0-dim); with ``flat_rows`` one row and ``cu_seq_lens``
-    (see :class:`SFTCollator`, also for ``row_multiple``). ``share_prompts`` (with ``flat_rows``; attention that
-    honours ``branch_lengths``): each record's responses share the tokens they have in common (its prompt), computed
-    once (:func:`pack_shared_prefixes`: its fields are the batch's keys, ``branch_lengths`` for ``varlen_kwargs``).
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int,
-        padding_free: bool = False,
-        flat_rows: bool = False,
-        row_multiple: int = 1,
-        share_prompts: bool = False,
-    ) -> None:
-        _pad_token_id(tokenizer)  # fail at construction, not at the first batch
-        if share_prompts and not (padding_free and flat_rows):
-            raise ValueError("share_prompts needs padding_free and flat_rows (one flat row with boundaries)")
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.padding_free = padding_free
-        self.flat_rows = flat_rows
-        self.row_multiple = row_multiple
-        self.share_prompts = share_prompts
-        self.num_truncated = 0
-
-    def __call__(self, comparisons: Sequence[Comparison]) -> dict[str, torch.Tensor]:
-        if not comparisons:
-            raise ValueError("cannot collate an empty batch")
-        texts, group_ids, ranks = [], [], []
-        for group, comparison in enumerate(comparisons):
-            for response, rank in zip(comparison.responses, comparison.ranks, strict=True):
-                texts.append(render_reward_texts(self.tokenizer, comparison.prompt, response))
-                group_ids.append(group)
-                ranks.append(rank)
-        batch = tokenize_reward_texts(self.tokenizer, texts, self.max_length)
-        self.num_truncated += int(batch["num_truncated"])
-        if self.share_prompts:  # one group per record: its K responses are consecutive rows
-            lengths = batch.pop("attention_mask").sum(dim=1).tolist()
-            rows = iter(row[:n] for row, n in zip(batch.pop("input_ids").tolist(), lengths))
-            groups = [[next(rows) for _ in c.responses] for c in comparisons]
-            shared = pack_shared_prefixes(groups, _pad_token_id(self.tokenizer), self.row_multiple)._asdict()
-            batch.update({k: v for k, v in shared.items() if k != "token_index"})
-        elif self.padding_free:
-            lengths = batch.pop("attention_mask").sum(dim=1)
-            padded = batch.pop("input_ids")
-            packed = pack_token_rows(
-                [row[:n] for row, n in zip(padded, lengths.tolist())],
-                _pad_token_id(self.tokenizer),
-                flat=self.flat_rows,
-                multiple_of=self.row_multiple,
-            )
-            batch.update(
-                input_ids=packed.input_ids,
-                position_ids=packed.position_ids,
-                last_token_index=packed.starts + lengths - 1,
-                num_tokens=lengths.sum(),
-            )
-            if packed.cu_seq_lens is not None:
-                batch["cu_seq_lens"] = packed.cu_seq_lens
-        batch["group_ids"] = torch.tensor(group_ids, dtype=torch.long)
-        batch["ranks"] = torch.tensor(ranks, dtype=torch.long)
-        return batch
-
-
-def tokenize_reward_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenize :func:`render_reward_texts` outputs exactly as :class:`RewardCollator` does (use it when scoring).
-
-    Returns ``input_ids`` (N, T) right-padded, ``attention_mask`` (N, T), ``last_token_index`` (N,)
-    and ``num_truncated`` (0-dim). Rows are truncated from the LEFT (keeping a leading BOS/CLS);
-    the tokenizer adds its own special tokens only for the plain-text fallback.
-    """
-    add_special = not has_chat_template(tokenizer)
-    rows, num_truncated = _encode_left_truncated(tokenizer, list(texts), max_length, add_special)
-    attention_mask = _attention_mask(rows, "right")
-    return {
-        "input_ids": _pad_rows(rows, _pad_token_id(tokenizer), "right"),
-        "attention_mask": attention_mask,
-        "last_token_index": attention_mask.sum(dim=1) - 1,
-        "num_truncated": torch.tensor(num_truncated),
-    }
-
-
 # ----------------------------------------------------------------------------- prompts
 
 
@@ -432,7 +333,7 @@ class PromptCollator:
     def __init__(self, tokenizer: Any, max_prompt_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
-        self.pad_token_id = _pad_token_id(tokenizer)
+        self.pad_token_id = tokenizer_pad_id(tokenizer)
         self.num_truncated = 0
 
     def __call__(self, prompts: Sequence[Prompt | Comparison]) -> dict[str, torch.Tensor]:
@@ -440,10 +341,10 @@ class PromptCollator:
             raise ValueError("cannot collate an empty batch")
         texts = [render_prompt(self.tokenizer, p.prompt if isinstance(p, Comparison) else p.messages) for p in prompts]
         add_special = not has_chat_template(self.tokenizer)
-        rows, num_truncated = _encode_left_truncated(self.tokenizer, texts, self.max_prompt_length, add_special)
+        rows, num_truncated = encode_left_truncated(self.tokenizer, texts, self.max_prompt_length, add_special)
         self.num_truncated += num_truncated
         return {
-            "input_ids": _pad_rows(rows, self.pad_token_id, "left"),
-            "attention_mask": _attention_mask(rows, "left"),
+            "input_ids": pad_rows(rows, self.pad_token_id, "left"),
+            "attention_mask": row_attention_mask(rows, "left"),
             "num_truncated": torch.tensor(num_truncated),
         }

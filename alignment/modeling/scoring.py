@@ -20,7 +20,7 @@ import torch
 
 from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
 from alignment.data.chat_template import render_reward_texts
-from alignment.data.collate import tokenize_reward_texts
+from alignment.data.reward_batches import tokenize_reward_texts
 from alignment.modeling.load import load_reward_model
 from alignment.modeling.module_utils import disable_dropout
 from alignment.modeling.tokenizer import load_tokenizer

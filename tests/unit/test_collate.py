@@ -15,16 +15,15 @@ from alignment.data.collate import (
     IGNORE_INDEX,
     PromptCollator,
     RejectedExample,
-    RewardCollator,
     SFTCollator,
     SFTExample,
     _boundaries_by_prefix_tokenization,
     _tokenize_with_boundaries,
     count_tokens,
     render_sft_example,
-    tokenize_reward_texts,
 )
 from alignment.data.packing import pack_token_rows
+from alignment.data.reward_batches import RewardCollator, tokenize_reward_texts
 from data_schemas.records import Comparison, Demonstration, Message, Prompt
 from tests.helpers import tiny_llama_config
 
