@@ -21,7 +21,7 @@ from alignment.core.sharding import gathered_model_state
 from alignment.core.tracking import metrics_text
 from alignment.data.collate import SFTCollator, count_tokens, tokenize_demonstrations
 from alignment.data.load import load_records
-from alignment.modeling.attention import supports_flat_packing
+from alignment.modeling.attention import supports_flat_packing, supports_shared_prefixes
 from alignment.modeling.target_logits import output_head, target_logits
 from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_for_training, train_loop
 
@@ -30,6 +30,13 @@ from alignment.training.loop import LoopSpec, evaluate_loss, load_device, shard_
 class SFTConfig:
     train_on: str = field(default="all", metadata={"help": "Learn 'all' assistant turns or only the 'last' one."})
     padding_free: bool = field(default=True, metadata={"help": "Pack each batch into one row without padding."})
+    share_prefixes: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the tokens that several demonstrations of a batch open with (a chat template's default "
+            "system turn) once (packed batches, sdpa_varlen attention): the same loss from fewer positions."
+        },
+    )
     merge_adapter: bool = field(
         default=False, metadata={"help": "Also export merged full weights to <output_dir>/merged."}
     )
@@ -44,12 +51,13 @@ def sft_loop_spec(
     head: torch.nn.Module | None = None,
     flat_rows: bool = False,
     row_multiple: int = 1,
+    share_prefixes: bool = False,
 ) -> LoopSpec:
     """Loss and batching. With ``head`` (see :func:`output_head`) the LM head runs only where a label is predicted.
 
     ``flat_rows``: pack each batch into one row without filler (the model's attention must take
     sequence boundaries: ``alignment.modeling.attention.supports_flat_packing``), rounded up to a multiple of
-    ``row_multiple`` (``Run.flat_row_multiple``).
+    ``row_multiple`` (``Run.flat_row_multiple``); ``share_prefixes``: see :class:`SFTCollator`.
 
     Most positions are prompt (the peer workload: 1,816 target tokens of 8,982): the head runs on the target
     positions only (:func:`~alignment.modeling.target_logits.target_logits`).
@@ -63,7 +71,11 @@ def sft_loop_spec(
         loss_fn=loss_fn,
         count_fn=lambda b: count_tokens(b).loss_tokens,
         collate_fn=SFTCollator(
-            tokenizer.pad_token_id, padding_free=padding_free, flat_rows=flat_rows, row_multiple=row_multiple
+            tokenizer.pad_token_id,
+            padding_free=padding_free,
+            flat_rows=flat_rows,
+            row_multiple=row_multiple,
+            share_prefixes=share_prefixes,
         ),
         tokens_fn=lambda b: count_tokens(b).non_pad_tokens,
     )
@@ -89,8 +101,14 @@ def train(cfg: Config) -> dict[str, Any]:
             raise ValueError(f"no demonstration can be trained on (rejected: {dict(rejected)})")
         model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True, device=load_device(run))
         shard_for_training(run, model)
+        flat = cfg.sft.padding_free and supports_flat_packing(model)
         spec = sft_loop_spec(
-            tokenizer, cfg.sft.padding_free, output_head(model), supports_flat_packing(model), run.flat_row_multiple
+            tokenizer,
+            cfg.sft.padding_free,
+            output_head(model),
+            flat,
+            run.flat_row_multiple,
+            share_prefixes=flat and cfg.sft.share_prefixes and supports_shared_prefixes(model),
         )
         batch_size = cfg.train.per_device_eval_batch_size
         spec.eval_fn = (lambda: evaluate_loss(run, model, eval_examples, spec, batch_size)) if eval_examples else None

@@ -39,6 +39,7 @@ NOT_IDENTITY = frozenset(
         "report_to",
         "fsdp",  # how the processes hold the model; FSDP and DDP make the same updates (tests/stages)
         "share_prompts",  # a batch layout, like packing: the same rewards and gradients (tests/stages/test_reward.py)
+        "share_prefixes",  # the same for SFT (tests/stages/test_sft.py)
         "logging_steps",
         "save_steps",
         "save_total_limit",

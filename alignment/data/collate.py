@@ -43,7 +43,7 @@ from alignment.data.chat_template import (
     message_dicts,
     render_prompt,
 )
-from alignment.data.packing import pack_token_rows
+from alignment.data.packing import group_by_common_prefix, pack_shared_prefixes, pack_token_rows
 from data_schemas.errors import RecordError
 from data_schemas.records import Comparison, Demonstration, Prompt
 
@@ -261,7 +261,10 @@ class SFTCollator:
     ``use_cache=False``: with a KV cache transformers skips the packed-sequence detection.
     ``flat_rows=True`` (models with varlen attention): one row (1, N) with no filler and
     ``cu_seq_lens`` for the model's ``varlen_kwargs``; ``row_multiple``: that row rounded up to a multiple of it
-    (filler labelled ``-100``, :func:`pack_token_rows`).
+    (filler labelled ``-100``, :func:`pack_token_rows`). ``share_prefixes`` (flat rows, attention that takes
+    ``branch_lengths``): examples that open alike (a chat template's default system turn) share those tokens in one
+    block (:func:`alignment.data.packing.pack_shared_prefixes`); a position may then predict several targets, so the
+    batch has ``target_index`` (M,) and ``targets`` (M,) instead of ``labels``.
     """
 
     pad_token_id: int
@@ -269,6 +272,11 @@ class SFTCollator:
     flat_rows: bool = False
     row_multiple: int = 1
     with_example_ids: bool = False  # also ``example_ids``, shaped like ``labels``: which example each token is of
+    share_prefixes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.share_prefixes and (not (self.padding_free and self.flat_rows) or self.with_example_ids):
+            raise ValueError("share_prefixes needs padding_free and flat_rows, and gives no example_ids")
 
     def __call__(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -286,6 +294,8 @@ class SFTCollator:
         return batch
 
     def _pack(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        if self.share_prefixes:
+            return self._pack_shared(examples)
         packed = pack_token_rows(
             [e.input_ids for e in examples], self.pad_token_id, flat=self.flat_rows, multiple_of=self.row_multiple
         )
@@ -306,6 +316,31 @@ class SFTCollator:
             batch["cu_seq_lens"] = packed.cu_seq_lens
         return batch
 
+    def _pack_shared(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
+        rows = [e.input_ids for e in examples]
+        groups = group_by_common_prefix(rows, MIN_SHARED_PREFIX)
+        packed = pack_shared_prefixes([[rows[i] for i in g] for g in groups], self.pad_token_id, self.row_multiple)
+        target_index, targets = [], []
+        for i, token_index in zip([i for g in groups for i in g], packed.token_index):
+            labels = torch.tensor(examples[i].labels[1:], dtype=torch.long)
+            learned = labels != IGNORE_INDEX
+            target_index.append(token_index[:-1][learned])  # token t predicts token t + 1, wherever each lies
+            targets.append(labels[learned])
+        return {
+            "input_ids": packed.input_ids,
+            "position_ids": packed.position_ids,
+            "cu_seq_lens": packed.cu_seq_lens,
+            "branch_lengths": packed.branch_lengths,
+            "target_index": torch.cat(target_index),
+            "targets": torch.cat(targets),
+            "num_tokens": torch.tensor(sum(len(e) for e in examples)),
+        }
+
+
+# Examples share a block only when they open with at least this many equal tokens: a few shared tokens do not pay
+# for a block's extra attention calls.
+MIN_SHARED_PREFIX = 8
+
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
     """Non-padding tokens, and loss tokens: the shifted labels ``labels[:, 1:] != -100`` the causal-LM loss averages."""
@@ -315,6 +350,8 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> TokenCounts:
         non_pad = int(batch["num_tokens"])
     else:
         non_pad = int(batch["input_ids"].numel())
+    if "targets" in batch:  # shared-prefix rows (SFTCollator share_prefixes)
+        return TokenCounts(non_pad, int(batch["targets"].numel()))
     loss = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in batch else 0
     return TokenCounts(non_pad, loss)
 

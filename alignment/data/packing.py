@@ -120,6 +120,19 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return length
 
 
+def group_by_common_prefix(sequences: Sequence[Sequence[int]], min_shared: int) -> list[list[int]]:
+    """Indices of ``sequences`` in groups whose members all open with the same ``min_shared`` tokens or more (sorted,
+    then cut where the group's common prefix would fall below ``min_shared``); a group of one shares nothing."""
+    order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and common_prefix_length([sequences[groups[-1][0]], sequences[i]]) >= min_shared:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def pack_shared_prefixes(
     groups: Sequence[Sequence[Sequence[int]]], pad_value: int = 0, multiple_of: int = 1
 ) -> SharedPrefixTokens:

@@ -24,26 +24,33 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
 
 def target_logits(
     model: torch.nn.Module, head: torch.nn.Module | None, batch: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(logits (M, V), targets (M,), where (2, M))`` for the M labelled tokens of an SFT-layout batch.
 
     Position t of a row predicts ``labels[t + 1]``; ``where`` holds the ``(row, t + 1)`` index of each target, so a
-    caller can read per-token values such as ``example_ids`` there. ``head`` is the model's output embeddings
+    caller can read per-token values such as ``example_ids`` there (None for a shared-prefix batch, whose
+    ``target_index`` gives each target's predicting position instead). ``head`` is the model's output embeddings
     (None: the full logits are computed and the target rows picked from them).
     """
     device = next(p for p in model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if "cu_seq_lens" in batch:
-        inputs.update(varlen_kwargs(batch["cu_seq_lens"].to(device)))
-    labels = batch["labels"].to(device)
-    is_target = labels[:, 1:] != IGNORE_INDEX
-    rows, steps = is_target.nonzero(as_tuple=True)
-    targets = labels[:, 1:][is_target]
-    where = torch.stack([rows, steps + 1])
-    if head is None:
-        logits = model(**inputs, use_cache=False).logits
-        return logits[:, :-1][is_target], targets, where
-    flat = rows * labels.shape[1] + steps
+        inputs.update(varlen_kwargs(batch["cu_seq_lens"].to(device), batch.get("branch_lengths")))
+    if "target_index" in batch:  # shared-prefix rows: where each target is predicted is given (no ``where``)
+        flat, targets, where = batch["target_index"].to(device), batch["targets"].to(device), None
+        if head is None:
+            logits = model(**inputs, use_cache=False).logits
+            return logits.reshape(-1, logits.shape[-1])[flat], targets, where
+    else:
+        labels = batch["labels"].to(device)
+        is_target = labels[:, 1:] != IGNORE_INDEX
+        rows, steps = is_target.nonzero(as_tuple=True)
+        targets = labels[:, 1:][is_target]
+        where = torch.stack([rows, steps + 1])
+        if head is None:
+            logits = model(**inputs, use_cache=False).logits
+            return logits[:, :-1][is_target], targets, where
+        flat = rows * labels.shape[1] + steps
 
     def select(_module: torch.nn.Module, args: tuple) -> tuple:
         hidden = args[0]

@@ -91,8 +91,10 @@ def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(tiny_l
 
 
 def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, tmp_path):
-    """One row without filler and per-sequence attention (``sdpa_varlen``) computes what padding does."""
+    """One row without filler and per-sequence attention (``sdpa_varlen``) computes what padding does, and so does
+    computing the demonstrations' common opening once."""
     from alignment.data.load import load_records
+    from alignment.data.packing import common_prefix_length
     from alignment.modeling.attention import SDPA_VARLEN, supports_flat_packing
     from alignment.modeling.tokenizer import load_tokenizer
 
@@ -104,16 +106,27 @@ def test_flat_packed_batches_give_the_padded_loss_and_gradients(tiny_llama_dir, 
     model = load_causal_lm(cfg.model, cfg.lora, cfg.quant, trainable=True)
     assert model.config._attn_implementation == SDPA_VARLEN and supports_flat_packing(model)
     results = {}
-    for layout in ("padded", "rows", "flat"):
-        spec = sft.sft_loop_spec(tokenizer, layout != "padded", output_head(model), flat_rows=layout == "flat")
+    for layout in ("padded", "rows", "flat", "shared"):
+        spec = sft.sft_loop_spec(
+            tokenizer,
+            layout != "padded",
+            output_head(model),
+            flat_rows=layout in ("flat", "shared"),
+            share_prefixes=layout == "shared",
+        )
         batch = spec.collate_fn(examples)
         model.zero_grad()
         loss, _ = spec.loss_fn(model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        results[layout] = (float(loss.detach()), grads, batch["input_ids"].numel())
+        results[layout] = (float(loss.detach()), grads, batch["input_ids"].numel(), sft.count_tokens(batch))
     assert results["flat"][2] == sum(len(e) for e in examples) < results["rows"][2]  # no filler
-    for layout in ("rows", "flat"):
+    # Shared prefixes: the demonstrations' common opening (the template's system turn) computed once, the same
+    # tokens and learned tokens counted.
+    opening = common_prefix_length([e.input_ids for e in examples])
+    assert opening >= 8 and results["shared"][2] == results["flat"][2] - (len(examples) - 1) * opening
+    assert results["shared"][3] == results["flat"][3] == results["padded"][3]
+    for layout in ("rows", "flat", "shared"):
         assert results[layout][0] == pytest.approx(results["padded"][0], rel=1e-5), layout
         grads, padded = (torch.cat([g.flatten() for g in results[k][1]]) for k in (layout, "padded"))
         assert padded.abs().max() > 0 and float((grads - padded).abs().max() / padded.abs().max()) < 1e-5, layout

@@ -423,3 +423,11 @@ def test_a_flat_row_rounded_up_with_filler_gives_the_same_logits_loss_and_reward
     assert reward_rounded["input_ids"].shape[1] % 64 == 0
     assert reward_rounded["last_token_index"].tolist() == reward_plain["last_token_index"].tolist()
     assert int(reward_rounded["num_tokens"]) == int(reward_plain["num_tokens"])
+
+
+def test_sequences_are_grouped_by_a_common_opening_of_at_least_the_minimum():
+    from alignment.data.packing import group_by_common_prefix
+
+    sequences = [[1, 2, 3, 4], [1, 2, 3, 5], [9, 9], [1, 2, 7], [1, 2, 3, 4, 6]]
+    assert group_by_common_prefix(sequences, 3) == [[0, 4, 1], [3], [2]]
+    assert group_by_common_prefix(sequences, 2) == [[0, 4, 1, 3], [2]]
