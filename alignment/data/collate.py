@@ -319,7 +319,9 @@ class SFTCollator:
     def _pack_shared(self, examples: Sequence[SFTExample]) -> dict[str, torch.Tensor]:
         rows = [e.input_ids for e in examples]
         groups = group_by_common_prefix(rows, MIN_SHARED_PREFIX)
-        packed = pack_shared_prefixes([[rows[i] for i in g] for g in groups], self.pad_token_id, self.row_multiple)
+        packed = pack_shared_prefixes(
+            [[rows[i] for i in g] for g in groups], self.pad_token_id, multiple_of=self.row_multiple
+        )
         target_index, targets = [], []
         for i, token_index in zip([i for g in groups for i in g], packed.token_index):
             labels = torch.tensor(examples[i].labels[1:], dtype=torch.long)

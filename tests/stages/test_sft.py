@@ -239,14 +239,18 @@ def test_bf16_on_a_cpu_rounds_each_packed_row_up_to_64_tokens_and_fp32_adds_none
     import alignment.data.collate as collate
 
     rows: list[tuple[int, int]] = []  # (multiple asked for, row length)
-    pack = collate.pack_token_rows
 
-    def recording(*args, **kwargs):
-        packed = pack(*args, **kwargs)
-        rows.append((kwargs.get("multiple_of", 1), packed.input_ids.shape[1]))
-        return packed
+    def recording(pack):
+        def packed_rows(*args, **kwargs):
+            packed = pack(*args, **kwargs)
+            rows.append((kwargs.get("multiple_of", 1), packed.input_ids.shape[1]))
+            return packed
 
-    monkeypatch.setattr(collate, "pack_token_rows", recording)
+        return packed_rows
+
+    # Rows packed plainly, and with the demonstrations' common openings shared (share_prefixes, the default).
+    for name in ("pack_token_rows", "pack_shared_prefixes"):
+        monkeypatch.setattr(collate, name, recording(getattr(collate, name)))
     bf16 = sft.train(sft_config(tiny_llama_dir, tmp_path / "bf16", bf16=True))
     assert rows and all(multiple == 64 and length % 64 == 0 for multiple, length in rows)
     rows.clear()
