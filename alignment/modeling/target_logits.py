@@ -38,19 +38,16 @@ def target_logits(
         inputs.update(varlen_kwargs(batch["cu_seq_lens"].to(device), batch.get("branch_lengths")))
     if "target_index" in batch:  # shared-prefix rows: where each target is predicted is given (no ``where``)
         flat, targets, where = batch["target_index"].to(device), batch["targets"].to(device), None
-        if head is None:
-            logits = model(**inputs, use_cache=False).logits
-            return logits.reshape(-1, logits.shape[-1])[flat], targets, where
     else:
         labels = batch["labels"].to(device)
         is_target = labels[:, 1:] != IGNORE_INDEX
         rows, steps = is_target.nonzero(as_tuple=True)
         targets = labels[:, 1:][is_target]
         where = torch.stack([rows, steps + 1])
-        if head is None:
-            logits = model(**inputs, use_cache=False).logits
-            return logits[:, :-1][is_target], targets, where
-        flat = rows * labels.shape[1] + steps
+        flat = rows * labels.shape[1] + steps  # position (row, step) predicts labels[row, step + 1]
+    if head is None:
+        logits = model(**inputs, use_cache=False).logits
+        return logits.reshape(-1, logits.shape[-1])[flat], targets, where
 
     def select(_module: torch.nn.Module, args: tuple) -> tuple:
         hidden = args[0]
