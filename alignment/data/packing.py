@@ -133,6 +133,12 @@ def group_by_common_prefix(sequences: Sequence[Sequence[int]], min_shared: int) 
     return groups
 
 
+def branch_positions(branch_lengths: Sequence[int]) -> torch.Tensor:
+    """Position ids of a ``[prefix, suffix_1, ..., suffix_K]`` block: every suffix continues the prefix's."""
+    prefix, *suffixes = branch_lengths
+    return torch.cat([torch.arange(prefix), *(torch.arange(prefix, prefix + n) for n in suffixes)])
+
+
 def pack_shared_prefixes(
     groups: Sequence[Sequence[Sequence[int]]], pad_value: int = 0, multiple_of: int = 1
 ) -> SharedPrefixTokens:
@@ -158,7 +164,7 @@ def pack_shared_prefixes(
             prefix = common_prefix_length(rows)
             suffixes = [row[prefix:] for row in rows]
         tokens.append(torch.tensor(rows[0][:prefix] + [t for s in suffixes for t in s], dtype=torch.long))
-        positions.append(torch.cat([torch.arange(prefix), *(torch.arange(prefix, prefix + len(s)) for s in suffixes)]))
+        positions.append(branch_positions((prefix, *(len(s) for s in suffixes))))
         shared = torch.arange(offset, offset + prefix)
         offset += prefix
         if not suffixes:

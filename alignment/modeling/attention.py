@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from alignment.data.packing import branch_positions
 from alignment.modeling.module_utils import unwrap_transformers_model
 
 SDPA_VARLEN = "sdpa_varlen"
@@ -178,7 +179,7 @@ def prefix_tree_mask(branch_lengths: tuple[int, ...], device: torch.device) -> t
     part = torch.cat(
         [torch.zeros(prefix, dtype=torch.long), *(torch.full((n,), k + 1) for k, n in enumerate(suffixes))]
     ).to(device)
-    positions = torch.cat([torch.arange(prefix), *(torch.arange(prefix, prefix + n) for n in suffixes)]).to(device)
+    positions = branch_positions(branch_lengths).to(device)
     order = torch.arange(part.numel(), device=device)
     allowed = (order[:, None] >= order[None, :]) & ((part[None, :] == 0) | (part[None, :] == part[:, None]))
     return allowed, positions
