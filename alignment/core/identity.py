@@ -40,6 +40,7 @@ NOT_IDENTITY = frozenset(
         "fsdp",  # how the processes hold the model; FSDP and DDP make the same updates (tests/stages)
         "share_prompts",  # a batch layout, like packing: the same rewards and gradients (tests/stages/test_reward.py)
         "share_prefixes",  # the same for SFT (tests/stages/test_sft.py)
+        "generation_batch_size",  # each answer has its own random stream (tests/stages/test_evaluate_stage.py)
         "logging_steps",
         "save_steps",
         "save_total_limit",

@@ -47,7 +47,10 @@ class EvaluateConfig:
     max_new_tokens: int = _help("Longest response (the same for every policy).", default=128)
     max_prompt_length: int = _help("Longer prompts keep their last tokens.", default=256)
     temperature: float = _help("Sampling temperature, the same for every policy (0 = greedy).", default=0.7)
-    generation_batch_size: int = _help("Prompts per generate() call.", default=8)
+    generation_batch_size: int = _help(
+        "Prompts per generate() call (a speed setting: each answer has its own random stream, so it does not change them).",
+        default=64,
+    )
     answers_per_prompt: int = _help(
         "Answers sampled per prompt (k). Rates and means are taken over all k answers, their intervals over the "
         "prompts (answers to one prompt are correlated): a policy's readiness to refuse is then read from k samples "

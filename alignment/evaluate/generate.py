@@ -66,18 +66,18 @@ def load_policy(cfg: Config, spec: PolicySpec, device: torch.device) -> tuple[An
 
 
 def _generation_config(settings: dict[str, Any], eos_ids: list[int], pad_id: int) -> Any:
+    """Greedy decoding over the scores :class:`RowStreamSampler` returns (one drawn token per row), or plain greedy.
+
+    Plain temperature sampling (no top-k, no top-p): the KL below is then an estimate for the sampled distribution.
+    """
     from transformers import GenerationConfig
 
-    sampling = settings["temperature"] > 0
-    # Plain temperature sampling (top_k=0, top_p=1): the KL below is then an estimate for the sampled distribution.
-    extra = {"temperature": settings["temperature"], "top_k": 0, "top_p": 1.0} if sampling else {}
     return GenerationConfig(
-        do_sample=sampling,
+        do_sample=False,
         max_new_tokens=settings["max_new_tokens"],
         repetition_penalty=1.0,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
-        **extra,
     )
 
 
@@ -85,19 +85,22 @@ def _generation_config(settings: dict[str, Any], eos_ids: list[int], pad_id: int
 def generate_responses(
     model: Any, tokenizer: Any, prompts: Sequence[EvalPrompt], settings: dict[str, Any], desc: str = "generate"
 ) -> list[Generation]:
-    """Batched, seeded sampling: one :class:`Generation` per prompt, in order.
+    """Batched sampling: one :class:`Generation` per prompt, in order.
 
-    The RNG is re-seeded with ``settings["seed"]`` first, so every policy draws from the same random stream.
+    Row ``i`` (the i-th prompt, or the i-th answer with ``answers_per_prompt``) draws from its own random
+    stream, seeded from ``settings["seed"]`` and ``i``: every policy draws row i's answer from the same
+    stream (common random numbers, so policies differ by their weights, not their luck), and an answer does
+    not depend on ``generation_batch_size``. ``temperature`` 0 decodes greedily.
     """
-    from alignment.modeling.generation import generation_cache  # imports transformers
+    from transformers import LogitsProcessorList
 
-    collator = PromptCollator(tokenizer, settings["max_prompt_length"])
+    from alignment.modeling.generation import RowStreamSampler, generation_cache, row_seed  # imports transformers
     from alignment.modeling.tokenizer import stop_token_ids  # imports transformers
 
+    collator = PromptCollator(tokenizer, settings["max_prompt_length"])
     eos_ids = stop_token_ids(tokenizer, model)
     gen_cfg = _generation_config(settings, eos_ids, tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    torch.manual_seed(settings["seed"])
     batch_size = settings["generation_batch_size"]
     out: list[Generation] = []
     for start in progress(range(0, len(prompts), batch_size), desc=desc):
@@ -105,10 +108,15 @@ def generate_responses(
         encoded = collator([p.prompt for p in batch])
         prompt_ids, prompt_mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
         cache = generation_cache(model, prompt_ids, prompt_mask, gen_cfg)  # packed prefill, in-place cache
+        processors = LogitsProcessorList()
+        if settings["temperature"] > 0:
+            seeds = [row_seed(settings["seed"], start + i) for i in range(len(batch))]
+            processors.append(RowStreamSampler(settings["temperature"], seeds))
         sequences = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             generation_config=gen_cfg,
+            logits_processor=processors,
             **({"cache": cache} if cache is not None else {}),
         )
         response_ids = sequences[:, prompt_ids.shape[1] :].cpu()

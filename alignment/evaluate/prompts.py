@@ -108,7 +108,18 @@ def generation_key(
 ) -> str:
     prompt_data = [[[m.to_dict() for m in p.prompt.messages], p.label] for p in prompts]
     model_data = {k: getattr(model_cfg, k) for k in ("dtype", "chat_template", "tokenizer_name_or_path", "revision")}
-    return _hash({"policy": policy_fingerprint(spec.path), "model": model_data, "prompts": prompt_data, **settings})
+    # Answers do not depend on the generation batch (each row has its own random stream), so it is not in the key;
+    # "sampling" tells these answers from those of the one-stream sampler before it, which the key must not reuse.
+    sampled = {k: v for k, v in settings.items() if k != "generation_batch_size"}
+    return _hash(
+        {
+            "policy": policy_fingerprint(spec.path),
+            "model": model_data,
+            "prompts": prompt_data,
+            "sampling": "row_streams",
+            **sampled,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------- saved files

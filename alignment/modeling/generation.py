@@ -1,4 +1,4 @@
-"""A KV cache for ``generate`` that is filled from packed prompts and written in place.
+"""A KV cache for ``generate`` that is filled from packed prompts and written in place; one random stream per row.
 
 Two costs of transformers' ``generate`` with its default ``DynamicCache``, measured on the 2-core CPU
 benchmark machine for 8 HH-RLHF prompts (35-208 tokens) and 48 sampled tokens:
@@ -14,6 +14,10 @@ benchmark machine for 8 HH-RLHF prompts (35-208 tokens) and 48 sampled tokens:
 
 Only for caches of plain full-attention layers (no sliding windows, no hybrid or linear-attention
 layers) and one sequence per prompt (no beam search); otherwise ``generate`` keeps its own cache.
+
+:class:`RowStreamSampler` samples each row from its own seeded stream, so that evaluation's answers do not depend on
+how the prompts are batched, and a larger generation batch (2.7x faster for the quickstart's 48 prompts at 48 rows
+than at 8) changes nothing but the time.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor
 from transformers.cache_utils import DynamicLayer
 
 from alignment.data.packing import pack_token_rows
@@ -125,3 +129,47 @@ def _prefill_packed(
                 out[row, :, width - (end - start) :] = flat[0, :, start:end]
             padded.append(out)
         layer.update(*padded)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row ``row``'s random stream: both numbers mixed (SplitMix64), so nearby rows and seeds differ."""
+    x = (seed * 0x9E3779B97F4A7C15 + row + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class RowStreamSampler(LogitsProcessor):
+    """Temperature sampling in which each row draws from its own seeded random stream.
+
+    ``generate`` samples every row of a batch from one random stream, so a row's answer depends on which
+    rows share its batch and on how long earlier batches ran: changing the batch size changes every sample.
+    Here row ``i`` draws its token at each step from a generator seeded with ``seeds[i]``, so its answer
+    depends only on its own seed, prompt and model, whatever batch it is in (up to the last float bits of
+    the logits, which batch shapes can move). Used as ``generate``'s only logits processor with greedy
+    decoding: it returns scores that are ``-inf`` everywhere but the drawn token, which greedy then picks.
+    """
+
+    def __init__(self, temperature: float, seeds: list[int]) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        self.temperature = temperature
+        self.seeds = seeds
+        self._generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._generators is None:
+            self._generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        if scores.shape[0] != len(self._generators):
+            raise ValueError(f"{scores.shape[0]} rows to sample, {len(self._generators)} seeds")
+        # Inverse-CDF sampling, one uniform per row: torch.multinomial takes ~1 ms a row on a 49k vocabulary (one
+        # exponential per token); a batched cumulative sum and search take ~2 ms for 48 rows.
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        cdf = probs.double().cumsum(dim=-1)
+        uniform = torch.cat(
+            [torch.rand(1, generator=g, dtype=torch.float64, device=cdf.device) for g in self._generators]
+        )
+        # right=True: the first token whose cumulative probability exceeds u * total, never one of probability 0.
+        drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True).clamp_(max=scores.shape[1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, drawn, 0.0)

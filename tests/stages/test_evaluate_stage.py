@@ -210,6 +210,32 @@ def test_teacher_forced_logprobs_match_the_sampling_distribution(tiny_llama_dir:
     torch.testing.assert_close(recomputed, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_answers_do_not_depend_on_the_generation_batch_and_each_row_has_its_own_stream(tiny_llama_dir: Path) -> None:
+    """Each row samples from its own seeded stream: batch size 1, 3 or all gives the same answers; a prompt asked
+    twice (answers_per_prompt) gets two answers; another seed gives others."""
+    from alignment.core.config import LoraConfig, ModelConfig, QuantConfig
+    from alignment.evaluate.records import EvalPrompt
+    from alignment.modeling.load import load_causal_lm
+    from alignment.modeling.tokenizer import load_tokenizer
+    from data_schemas.records import Message, Prompt
+
+    model_cfg = ModelConfig(model_name_or_path=str(tiny_llama_dir))
+    tokenizer = load_tokenizer(model_cfg, padding_side="left")
+    model = load_causal_lm(model_cfg, LoraConfig(), QuantConfig(), trainable=False, tokenizer=tokenizer, dropout=False)
+    texts = ["Hi", "Tell me a long story about a dragon", "Hi", "What is two plus two?", "Name a colour"]
+    prompts = [EvalPrompt(Prompt((Message("user", t),), label="helpful"), "test", "prompts") for t in texts]
+    settings = {"temperature": 1.0, "max_new_tokens": 6, "max_prompt_length": 64, "seed": 5}
+
+    def answers(batch_size: int, seed: int = 5) -> list[list[int]]:
+        run = {**settings, "generation_batch_size": batch_size, "seed": seed}
+        return [g.response_ids for g in generate_mod.generate_responses(model, tokenizer, prompts, run)]
+
+    whole = answers(len(prompts))
+    assert answers(1) == whole and answers(3) == whole
+    assert whole[0] != whole[2]  # the same prompt in two rows: two streams, two answers
+    assert sum(a != b for a, b in zip(answers(len(prompts), seed=6), whole)) >= 4
+
+
 def test_best_of_n_keeps_the_best_of_the_reference_samples_by_the_proxy_and_counts_its_cost(
     eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
