@@ -93,7 +93,7 @@ def run_evaluation(cfg: Config, plan: EvaluationPlan, output_dir: Path, device: 
 
     ev = cfg.evaluate
     prompts = load_prompt_sets(ev.prompt_sets, ev.max_prompts_per_label, cfg.train.seed, cfg.data.invalid_records)
-    # k answers per prompt: each prompt k times in consecutive rows (sampled in one stream, so each answer differs).
+    # k answers per prompt: each prompt k times in consecutive rows (each row its own random stream, so each answer differs).
     prompts = [p for p in prompts for _ in range(ev.answers_per_prompt)]
     outputs = collect_outputs(cfg, plan.policies + plan.snapshots, plan.reference_index, prompts, output_dir, device)
     policies, snapshot_outputs = outputs[: len(plan.policies)], outputs[len(plan.policies) :]
