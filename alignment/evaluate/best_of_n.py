@@ -135,7 +135,9 @@ def _extra_samples(
         try:
             for i in missing:
                 name, key, seeded = keys[i]
-                out[i] = generate_responses(model, tokenizer, prompts, seeded, desc=f"generate {name}")
+                out[i] = generate_responses(
+                    model, tokenizer, prompts, seeded, cfg.evaluate.generation_batch_size, desc=f"generate {name}"
+                )
                 save_generations(gen_dir, name, key, out[i], {"policy": spec.path, "settings": seeded})
         finally:
             model = tokenizer = None

@@ -83,14 +83,19 @@ def _generation_config(settings: dict[str, Any], eos_ids: list[int], pad_id: int
 
 @torch.no_grad()
 def generate_responses(
-    model: Any, tokenizer: Any, prompts: Sequence[EvalPrompt], settings: dict[str, Any], desc: str = "generate"
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[EvalPrompt],
+    settings: dict[str, Any],
+    batch_size: int,
+    desc: str = "generate",
 ) -> list[Generation]:
     """Batched sampling: one :class:`Generation` per prompt, in order.
 
     Row ``i`` (the i-th prompt, or the i-th answer with ``answers_per_prompt``) draws from its own random
     stream, seeded from ``settings["seed"]`` and ``i``: every policy draws row i's answer from the same
     stream (common random numbers, so policies differ by their weights, not their luck), and an answer does
-    not depend on ``generation_batch_size``. ``temperature`` 0 decodes greedily.
+    not depend on ``batch_size``. ``temperature`` 0 decodes greedily.
     """
     from transformers import LogitsProcessorList
 
@@ -101,7 +106,6 @@ def generate_responses(
     eos_ids = stop_token_ids(tokenizer, model)
     gen_cfg = _generation_config(settings, eos_ids, tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    batch_size = settings["generation_batch_size"]
     out: list[Generation] = []
     for start in progress(range(0, len(prompts), batch_size), desc=desc):
         batch = prompts[start : start + batch_size]
@@ -277,7 +281,9 @@ def policy_outputs(
     model, tokenizer = reference.get() if is_reference else load_policy(cfg, spec, reference.device)
     try:
         if generations is None:
-            generations = generate_responses(model, tokenizer, prompts, settings, desc=f"generate {spec.name}")
+            generations = generate_responses(
+                model, tokenizer, prompts, settings, cfg.evaluate.generation_batch_size, desc=f"generate {spec.name}"
+            )
             save_generations(gen_dir, spec.name, key, generations, {"policy": spec.path, "settings": settings})
         if not kl_known:
             kl, note = _kl_against_reference(cfg, model, tokenizer, reference, prompts, generations)

@@ -91,12 +91,14 @@ def policy_fingerprint(path: str) -> list[Any]:
 
 
 def sampling_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that shape the answers. Not the generation batch: each answer has its own random stream.
+    ``sampler`` tells these answers from those of the one-stream sampler before it, which the key must not reuse."""
     ev = cfg.evaluate
     return {
+        "sampler": "row_streams",
         "temperature": ev.temperature,
         "max_new_tokens": ev.max_new_tokens,
         "max_prompt_length": ev.max_prompt_length,
-        "generation_batch_size": ev.generation_batch_size,
         "seed": cfg.train.seed,
         # Recorded only when set, so that the saved generations of runs made before the setting existed stay valid.
         **({"answers_per_prompt": ev.answers_per_prompt} if ev.answers_per_prompt > 1 else {}),
@@ -108,18 +110,7 @@ def generation_key(
 ) -> str:
     prompt_data = [[[m.to_dict() for m in p.prompt.messages], p.label] for p in prompts]
     model_data = {k: getattr(model_cfg, k) for k in ("dtype", "chat_template", "tokenizer_name_or_path", "revision")}
-    # Answers do not depend on the generation batch (each row has its own random stream), so it is not in the key;
-    # "sampling" tells these answers from those of the one-stream sampler before it, which the key must not reuse.
-    sampled = {k: v for k, v in settings.items() if k != "generation_batch_size"}
-    return _hash(
-        {
-            "policy": policy_fingerprint(spec.path),
-            "model": model_data,
-            "prompts": prompt_data,
-            "sampling": "row_streams",
-            **sampled,
-        }
-    )
+    return _hash({"policy": policy_fingerprint(spec.path), "model": model_data, "prompts": prompt_data, **settings})
 
 
 # ----------------------------------------------------------------------------------------------- saved files

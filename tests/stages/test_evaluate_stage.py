@@ -227,8 +227,8 @@ def test_answers_do_not_depend_on_the_generation_batch_and_each_row_has_its_own_
     settings = {"temperature": 1.0, "max_new_tokens": 6, "max_prompt_length": 64, "seed": 5}
 
     def answers(batch_size: int, seed: int = 5) -> list[list[int]]:
-        run = {**settings, "generation_batch_size": batch_size, "seed": seed}
-        return [g.response_ids for g in generate_mod.generate_responses(model, tokenizer, prompts, run)]
+        run = {**settings, "seed": seed}
+        return [g.response_ids for g in generate_mod.generate_responses(model, tokenizer, prompts, run, batch_size)]
 
     whole = answers(len(prompts))
     assert answers(1) == whole and answers(3) == whole
