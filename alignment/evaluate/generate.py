@@ -65,22 +65,6 @@ def load_policy(cfg: Config, spec: PolicySpec, device: torch.device) -> tuple[An
     return model, tokenizer
 
 
-def _generation_config(settings: dict[str, Any], eos_ids: list[int], pad_id: int) -> Any:
-    """Greedy decoding over the scores :class:`RowStreamSampler` returns (one drawn token per row), or plain greedy.
-
-    Plain temperature sampling (no top-k, no top-p): the KL below is then an estimate for the sampled distribution.
-    """
-    from transformers import GenerationConfig
-
-    return GenerationConfig(
-        do_sample=False,
-        max_new_tokens=settings["max_new_tokens"],
-        repetition_penalty=1.0,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-    )
-
-
 @torch.no_grad()
 def generate_responses(
     model: Any,
@@ -97,14 +81,22 @@ def generate_responses(
     stream (common random numbers, so policies differ by their weights, not their luck), and an answer does
     not depend on ``batch_size``. ``temperature`` 0 decodes greedily.
     """
-    from transformers import LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList
 
     from alignment.modeling.generation import RowStreamSampler, generation_cache, row_seed  # imports transformers
     from alignment.modeling.tokenizer import stop_token_ids  # imports transformers
 
     collator = PromptCollator(tokenizer, settings["max_prompt_length"])
     eos_ids = stop_token_ids(tokenizer, model)
-    gen_cfg = _generation_config(settings, eos_ids, tokenizer.pad_token_id)
+    # Greedy over RowStreamSampler's scores (one drawn token left per row): plain temperature sampling, no top-k or
+    # top-p, so the KL below estimates the KL of the sampled distribution.
+    gen_cfg = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=settings["max_new_tokens"],
+        repetition_penalty=1.0,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     device = next(model.parameters()).device
     out: list[Generation] = []
     for start in progress(range(0, len(prompts), batch_size), desc=desc):
