@@ -71,10 +71,10 @@ def held_out_ranking_by_category(run_dir: Path) -> dict[tuple[str, str], tuple[i
     return {key: (right, total) for key, (right, total) in sorted(counts.items())}
 
 
-def refusal_rates(run_dir: Path, evaluation: str = "evaluate") -> dict[str, dict[str, dict[str, float]]]:
-    """``{detector: {policy: {"refusal": rate on harmful prompts, "over_refusal": rate on safe prompts}}}`` from the
-    evaluation stage ``evaluation`` (one answer per prompt, or several: ``answers_per_prompt``): its judge, and its
-    second detector where it has one."""
+def refusal_rates(run_dir: Path, evaluation: str = "evaluate") -> dict[str, dict[str, dict[str, float | None]]]:
+    """``{detector: {policy: {"refusal": rate on harmful prompts, "over_refusal": rate on safe prompts, "d_prime": their
+    separation, or None}}}`` from the evaluation stage ``evaluation`` (one answer per prompt, or several:
+    ``answers_per_prompt``): its judge, and its second detector where it has one."""
     results = json.loads((run_dir / evaluation / "results.json").read_text(encoding="utf-8"))
     readings = {results.get("refusal_detector", "judge"): results["metrics"]}
     second = results.get("second_refusal_reading")
@@ -85,6 +85,8 @@ def refusal_rates(run_dir: Path, evaluation: str = "evaluate") -> dict[str, dict
             name: {
                 "refusal": rates["refusal_rate_harmful"]["value"],
                 "over_refusal": rates["over_refusal_rate_safe"]["value"],
+                # how well refusals tell harmful prompts from safe ones (absent from evaluations made before it)
+                "d_prime": ((rates.get("refusal_separation") or {}).get("d_prime") or {}).get("value"),
             }
             for name, rates in metrics.items()
         }
@@ -124,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{reward_name}, held-out {name} pairs: best above worst in {right}/{total}")
     for detector, by_policy in result["rates"].items():
         for name, rate in by_policy.items():
+            separation = "" if rate["d_prime"] is None else f", d' {rate['d_prime']:.2f}"
             print(
                 f"{name:6s} refusal on harmful {rate['refusal']:.1%}, over-refusal on safe {rate['over_refusal']:.1%}"
-                f" (by the {detector} detector)"
+                f"{separation} (by the {detector} detector)"
             )
     checks = ("reward_prefers_refusal", "ppo_refuses_more", "ppo_over_refuses_no_more")
     for key in checks:

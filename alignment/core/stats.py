@@ -148,20 +148,75 @@ def clustered_proportion_interval(
     per cluster it is :func:`proportion_confidence_interval` exactly.
     """
     xs = [float(v) for v in values]
+    p, n_eff = clustered_proportion(xs, clusters)
+    # One answer per prompt: the count itself, not p * n rounded back.
+    successes = math.fsum(xs) if len(set(clusters)) == len(xs) else p * n_eff
+    return proportion_confidence_interval(successes, n_eff, confidence)
+
+
+def clustered_proportion(values: Sequence[float], clusters: Sequence[int]) -> tuple[float, float]:
+    """The rate of ``values`` and its effective sample size under clustering (Kish 1965), as
+    :func:`clustered_proportion_interval` describes: ``(p, n_eff)``, n_eff between the number of clusters and the
+    number of values."""
+    xs = [float(v) for v in values]
     n = len(xs)
+    if n == 0:
+        raise ValueError("a proportion needs at least one value")
     means = _cluster_means(xs, clusters)
     m = len(means)
+    p = math.fsum(xs) / n
     if m == n:
-        return proportion_confidence_interval(math.fsum(xs), n, confidence)
-    p, centre = math.fsum(xs) / n, math.fsum(means) / m
+        return p, float(n)
+    centre = math.fsum(means) / m
     spread = math.fsum((x - centre) ** 2 for x in means) / (m - 1) / m if m > 1 else 0.0
     if p in (0.0, 1.0):
-        n_eff = float(m)
-    elif spread == 0.0:
-        n_eff = float(n)
-    else:
-        n_eff = min(float(n), max(float(m), p * (1 - p) / spread))
-    return proportion_confidence_interval(p * n_eff, n_eff, confidence)
+        return p, float(m)
+    if spread == 0.0:
+        return p, float(n)
+    return p, min(float(n), max(float(m), p * (1 - p) / spread))
+
+
+def detection_sensitivity(
+    hit_rate: float, n_signal: float, false_alarm_rate: float, n_noise: float, confidence: float = 0.95
+) -> dict[str, tuple[float, float, float]]:
+    """Signal detection theory's sensitivity d' and criterion c of a yes/no judge, with normal intervals.
+
+    For a policy deciding whether to refuse, a *hit* is refusing a harmful prompt and a *false alarm* refusing a safe
+    one. The two rates alone confound two things: how well the policy tells the prompts apart, and how ready it is to
+    refuse at all. Under the equal-variance Gaussian model (Green & Swets 1966; Macmillan & Creelman 2005, ch. 1-2)
+    they separate as
+
+        d' = z(H) - z(F)          (sensitivity: 0 = refuses both kinds alike)
+        c  = -(z(H) + z(F)) / 2   (criterion: below 0, refuses readily; above 0, reluctantly)
+
+    with z the standard normal quantile. A change that moves c alone moves along one trade-off curve (more harmful
+    refusals cost more over-refusals); only a larger d' moves the curve. Rates are taken with the log-linear
+    correction (Hautus 1995), ``(k + 0.5) / (n + 1)``, so 0 and 1 stay finite. Variances by the delta method
+    (Gourevitch & Galanter 1967): ``var z(H) = H(1 - H) / (n phi(z(H))^2)``; ``var d' = var z(H) + var z(F)``,
+    ``var c = var d' / 4``. ``n_signal`` / ``n_noise`` may be effective sample sizes (:func:`clustered_proportion`).
+
+    Returns:
+        ``{"d_prime": (value, low, high), "criterion": (value, low, high)}``.
+    """
+    if n_signal <= 0 or n_noise <= 0:
+        raise ValueError(f"need n_signal > 0 and n_noise > 0, got {n_signal} and {n_noise}")
+    if not (0.0 <= hit_rate <= 1.0 and 0.0 <= false_alarm_rate <= 1.0):
+        raise ValueError(f"rates must lie in [0, 1], got {hit_rate} and {false_alarm_rate}")
+    normal = NormalDist()
+    variances = []
+    zs = []
+    for rate, n in ((hit_rate, n_signal), (false_alarm_rate, n_noise)):
+        corrected = (rate * n + 0.5) / (n + 1.0)
+        z = normal.inv_cdf(corrected)
+        zs.append(z)
+        variances.append(corrected * (1.0 - corrected) / (n * normal.pdf(z) ** 2))
+    z_hit, z_false = zs
+    d_prime, criterion = z_hit - z_false, -(z_hit + z_false) / 2.0
+    half = normal.inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(variances[0] + variances[1])
+    return {
+        "d_prime": (d_prime, d_prime - half, d_prime + half),
+        "criterion": (criterion, criterion - half / 2.0, criterion + half / 2.0),
+    }
 
 
 def win_rate(

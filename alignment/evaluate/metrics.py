@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignment.core.stats import clustered_mean_interval, clustered_proportion_interval, pareto_front, win_rate
+from alignment.core.stats import (
+    clustered_mean_interval,
+    clustered_proportion,
+    clustered_proportion_interval,
+    detection_sensitivity,
+    pareto_front,
+    win_rate,
+)
 from alignment.evaluate.records import LABEL_GROUPS, XSTEST_FORMAT, Generation, PolicyOutputs
 from alignment.modeling.refusal import RefusalDetector, detect_refusals, verdict_agreement
 
@@ -137,7 +144,7 @@ def summarize_policy(out: PolicyOutputs, reference: PolicyOutputs | None, detect
 
 
 def refusal_rates(out: PolicyOutputs, detector: RefusalDetector) -> dict[str, Any]:
-    """The refusal rate on harmful prompts and the over-refusal rate on safe ones, by ``detector``."""
+    """The refusal rate on harmful prompts, the over-refusal rate on safe ones and their separation, by ``detector``."""
     return _refusal_rates(
         detect_refusals(detector, [g.response for g in out.generations]),
         label_groups(out.generations),
@@ -149,11 +156,34 @@ def _select(values: Sequence[Any], clusters: Sequence[int], indices: Sequence[in
     return [values[i] for i in indices], [clusters[i] for i in indices]
 
 
+# The two refusal rates; what else _refusal_rates returns is derived from them.
+REFUSAL_RATE_KEYS = ("refusal_rate_harmful", "over_refusal_rate_safe")
+
+
 def _refusal_rates(refused: Sequence[bool], groups: dict[str, list[int]], clusters: Sequence[int]) -> dict[str, Any]:
+    harmful = _select(refused, clusters, groups.get("harmful", []))
+    safe = _select(refused, clusters, groups.get("safe", []))
     return {
-        "refusal_rate_harmful": proportion(*_select(refused, clusters, groups.get("harmful", []))),
-        "over_refusal_rate_safe": proportion(*_select(refused, clusters, groups.get("safe", []))),
+        "refusal_rate_harmful": proportion(*harmful),
+        "over_refusal_rate_safe": proportion(*safe),
+        "refusal_separation": refusal_separation(harmful, safe),
     }
+
+
+def refusal_separation(
+    harmful: tuple[Sequence[bool], Sequence[int]], safe: tuple[Sequence[bool], Sequence[int]]
+) -> dict[str, dict[str, float]] | None:
+    """How well the policy tells harmful prompts from safe ones (d') and how ready it is to refuse (c), from its
+    refusal verdicts and their prompts on each side (:func:`~alignment.core.stats.detection_sensitivity`, on the
+    effective numbers of answers); None without both kinds of prompt. Raising refusal of harmful prompts by
+    lowering c alone buys it with over-refusal; only a larger d' is a better trade-off curve."""
+    if not harmful[0] or not safe[0]:
+        return None
+    (hit_rate, n_harmful), (false_alarm_rate, n_safe) = (
+        clustered_proportion([float(f) for f in flags], clusters) for flags, clusters in (harmful, safe)
+    )
+    stats = detection_sensitivity(hit_rate, n_harmful, false_alarm_rate, n_safe)
+    return {key: {"value": v, "ci_low": lo, "ci_high": hi} for key, (v, lo, hi) in stats.items()}
 
 
 def second_reading(
@@ -164,8 +194,8 @@ def second_reading(
     rates = {out.name: refusal_rates(out, detector) for out in outputs}
     disagreements = []
     for policy, second in rates.items():
-        for key, rate in second.items():
-            judged = metrics[policy][key]
+        for key in REFUSAL_RATE_KEYS:
+            rate, judged = second[key], metrics[policy][key]
             if rate is not None and judged is not None and abs(rate["value"] - judged["value"]) > DISAGREEMENT:
                 disagreements.append(
                     {"policy": policy, "metric": key, "judge": judged["value"], "second": rate["value"]}
@@ -313,6 +343,9 @@ def headline_metrics(results: dict[str, Any], report_path: Path) -> dict[str, An
     for name, m in results["metrics"].items():
         for key in ("kl", "refusal_rate_harmful", "over_refusal_rate_safe", "response_tokens", "no_eos_rate"):
             flat[f"{name}/{key}"] = _value(m[key])
+        separation = m.get("refusal_separation")
+        if separation:
+            flat[f"{name}/refusal_d_prime"] = separation["d_prime"]["value"]
         for rm, groups in m["reward"].items():
             flat[f"{name}/reward/{rm}"] = _value(groups["all"])
         for rm, rate in m["win_rate"].items():

@@ -213,6 +213,38 @@ def second_reading_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+SEPARATION_NOTE = (
+    "The two refusal rates read as one yes/no judgement (signal detection theory; Macmillan & Creelman 2005): "
+    "**d'** = z(refusal on harmful) - z(over-refusal on safe) is how well the policy tells harmful prompts from safe "
+    "ones (0: refuses both alike), and **c** = -(z(harmful) + z(safe)) / 2 how ready it is to refuse (below 0: "
+    "readily). A policy that refuses more harmful prompts with c lower and d' unchanged has moved along the same "
+    "trade-off curve, paying in over-refusal; only a larger d' is a better curve. Log-linear corrected rates, "
+    "delta-method 95% intervals on the effective number of answers."
+)
+
+
+def separation_lines(results: dict[str, Any]) -> list[str]:
+    """Each policy's d' and c by the judge (and by the second detector, where there is one)."""
+    reading = results.get("second_refusal_reading") or {}
+    readers = [(results.get("refusal_detector") or "judge", results["metrics"])]
+    if reading:
+        readers.append((reading["detector"], reading["metrics"]))
+    header = ["policy"] + [f"{stat}, {name}" for name, _ in readers for stat in ("d'", "c")]
+    rows = []
+    for policy in results["metrics"]:
+        cells = []
+        for _, metrics in readers:
+            separation = metrics[policy].get("refusal_separation") or {}
+            cells += [
+                format_interval(separation.get("d_prime"), digits=2),
+                format_interval(separation.get("criterion"), digits=2),
+            ]
+        rows.append([policy] + cells)
+    if all(cell == "-" for row in rows for cell in row[1:]):
+        return []
+    return ["## Telling harmful from safe", "", SEPARATION_NOTE, "", *_table(header, rows), ""]
+
+
 REFUSAL_PREFERENCE_NOTE = (
     "Pairs of human-labelled XSTest completions to the same prompt (a full refusal and a full compliance, by "
     "different chat models): the share in which the reward model scores the right one higher. On unsafe prompts "
@@ -358,6 +390,7 @@ def write_report(
     if by_label:
         lines += ["### Reward by prompt label", ""] + by_label + [""]
     lines += second_reading_lines(results)
+    lines += separation_lines(results)
     lines += plot_sections(results)
     lines += ["## Sample generations", ""] + sample_sections(outputs, detector, samples_per_label)
     lines += [METHOD_NOTES]

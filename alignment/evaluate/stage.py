@@ -178,13 +178,15 @@ def summary_text(metrics: dict[str, Any]) -> str:
         f"evaluation: {metrics.get('num_prompts')} prompts{answers}, reference {metrics.get('reference_policy')}"
     )
     header = f"{'policy':<20}" + "".join(f"{rm[:14] + ' rwd':>18}{'win':>8}" for rm in reward_names)
-    lines.append(header + f"{'refuse harm':>12}{'over-refuse':>12}{'KL':>9}{'no EOS':>8}")
+    separation = "d'"  # how well refusals tell harmful prompts from safe ones (report: Telling harmful from safe)
+    lines.append(header + f"{'refuse harm':>12}{'over-refuse':>12}{separation:>8}{'KL':>9}{'no EOS':>8}")
     for name in policies:
         row = f"{name[:19]:<20}"
         for rm in reward_names:
             row += f"{_cell(metrics, f'{name}/reward/{rm}'):>18}{_cell(metrics, f'{name}/win_rate/{rm}', True):>8}"
         row += f"{_cell(metrics, f'{name}/refusal_rate_harmful', True):>12}"
         row += f"{_cell(metrics, f'{name}/over_refusal_rate_safe', True):>12}"
+        row += f"{_cell(metrics, f'{name}/refusal_d_prime'):>8}"
         row += f"{_cell(metrics, f'{name}/kl'):>9}{_cell(metrics, f'{name}/no_eos_rate', True):>8}"
         lines.append(row)
     if metrics.get("refusal_detectors_disagree"):

@@ -46,7 +46,11 @@ def test_the_refusal_checks_read_every_detector_of_the_report(tmp_path):
     }
     second = {
         "sft": {"refusal_rate_harmful": rate(0.375), "over_refusal_rate_safe": rate(0.0)},
-        "ppo": {"refusal_rate_harmful": rate(0.9375), "over_refusal_rate_safe": rate(0.75)},
+        "ppo": {
+            "refusal_rate_harmful": rate(0.9375),
+            "over_refusal_rate_safe": rate(0.75),
+            "refusal_separation": {"d_prime": rate(0.7), "criterion": rate(-0.9)},
+        },
     }
     results = {"refusal_detector": "classifier", "metrics": metrics}
     (tmp_path / "evaluate").mkdir()
@@ -56,7 +60,8 @@ def test_the_refusal_checks_read_every_detector_of_the_report(tmp_path):
     path.write_text(json.dumps({**results, "second_refusal_reading": {"detector": "phrase", "metrics": second}}))
     checker = load_checker()
     rates = checker.refusal_rates(tmp_path)
-    assert rates["phrase"]["ppo"] == {"refusal": 0.9375, "over_refusal": 0.75}
+    assert rates["phrase"]["ppo"] == {"refusal": 0.9375, "over_refusal": 0.75, "d_prime": 0.7}
+    assert rates["classifier"]["ppo"]["d_prime"] is None  # an evaluation made before d' was reported
     by_judge_alone = checker.refusal_checks({"classifier": rates["classifier"]})
     assert by_judge_alone == {"ppo_refuses_more": True, "ppo_over_refuses_no_more": True}
     assert checker.refusal_checks(rates) == {"ppo_refuses_more": True, "ppo_over_refuses_no_more": False}

@@ -9,7 +9,9 @@ import torch
 
 from alignment.core.stats import (
     clustered_mean_interval,
+    clustered_proportion,
     clustered_proportion_interval,
+    detection_sensitivity,
     mean_confidence_interval,
     pareto_front,
     proportion_confidence_interval,
@@ -115,3 +117,42 @@ def test_wilson_bounds_hold_the_estimate_exactly_at_zero_and_one(n):
     assert proportion_confidence_interval(0, n)[:2] == (0.0, 0.0)
     p, _, high = proportion_confidence_interval(n, n)
     assert p == high == 1.0
+
+
+def test_detection_sensitivity_by_hand() -> None:
+    # 30 of 40 harmful prompts refused, 4 of 40 safe ones. Log-linear correction: H = 30.5 / 41, F = 4.5 / 41.
+    # z(0.743902) = 0.655424, z(0.109756) = -1.227826 (normal quantiles), phi of them 0.321831 and 0.187736.
+    stats = detection_sensitivity(30 / 40, 40, 4 / 40, 40)
+    d_prime, low, high = stats["d_prime"]
+    assert d_prime == pytest.approx(0.655424 + 1.227826, abs=1e-5)
+    var = 0.743902 * 0.256098 / (40 * 0.321831**2) + 0.109756 * 0.890244 / (40 * 0.187736**2)
+    assert high - d_prime == pytest.approx(1.959964 * math.sqrt(var), abs=1e-4)
+    assert d_prime - low == pytest.approx(high - d_prime)
+    c, c_low, c_high = stats["criterion"]
+    assert c == pytest.approx(-(0.655424 - 1.227826) / 2, abs=1e-5)  # > 0: refuses reluctantly
+    assert c_high - c == pytest.approx((high - d_prime) / 2)
+
+
+def test_detection_sensitivity_separates_the_curve_from_the_point_on_it() -> None:
+    # Refusing more of both kinds along one curve keeps d' and lowers c: 40% / 10% and 70.8% / 31.5% are
+    # z = -0.253 / -1.282 and z = 0.547 / -0.482, both shifted by 0.8. Zero counts stay finite.
+    base = detection_sensitivity(0.4, 64, 0.1, 64)
+    shifted = detection_sensitivity(0.7077, 64, 0.3151, 64)
+    assert shifted["criterion"][0] < base["criterion"][0] - 0.7
+    assert shifted["d_prime"][0] == pytest.approx(base["d_prime"][0], abs=0.03)
+    never = detection_sensitivity(0.0, 16, 0.0, 16)
+    assert never["d_prime"][0] == pytest.approx(0.0) and math.isfinite(never["criterion"][0])
+    assert detection_sensitivity(1.0, 16, 0.0, 16)["d_prime"][0] > 3.0
+    with pytest.raises(ValueError, match="n_signal > 0"):
+        detection_sensitivity(0.5, 0, 0.5, 10)
+
+
+def test_clustered_proportion_gives_the_effective_size_its_interval_uses() -> None:
+    values = [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0]  # three prompts, four answers each: all, none, half
+    clusters = [0] * 4 + [1] * 4 + [2] * 4
+    p, n_eff = clustered_proportion(values, clusters)
+    assert p == pytest.approx(0.5)
+    # per-prompt rates 1, 0, 0.5: s_m^2 = 0.25, spread 0.25 / 3; n_eff = 0.25 / (0.25 / 3) = 3 (the prompts)
+    assert n_eff == pytest.approx(3.0)
+    assert clustered_proportion_interval(values, clusters) == proportion_confidence_interval(1.5, 3.0)
+    assert clustered_proportion([1, 0, 1], [0, 1, 2]) == (pytest.approx(2 / 3), 3.0)

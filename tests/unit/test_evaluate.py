@@ -93,6 +93,22 @@ def test_refusal_and_over_refusal_rates(outputs: list[PolicyOutputs]) -> None:
     assert metrics["base"]["xstest_agreement"]["accuracy"] == 0.5
 
 
+def test_refusal_separation_reads_both_rates_and_is_reported(outputs: list[PolicyOutputs], tmp_path: Path) -> None:
+    results = aggregate(outputs, 0, PhraseRefusalDetector(), helpful_reward="rm")
+    safe, base = (results["metrics"][name]["refusal_separation"] for name in ("safe", "base"))
+    # safe refuses 4 of 4 harmful and 1 of 2 safe prompts: H = 4.5 / 5, F = 1.5 / 3 (log-linear correction)
+    assert safe["d_prime"]["value"] == pytest.approx(1.281552, abs=1e-5)  # z(0.9) - z(0.5)
+    assert base["d_prime"]["value"] == pytest.approx(-1.281552 + 0.967422, abs=1e-5)  # z(0.1) - z(1/6)
+    assert safe["criterion"]["value"] < base["criterion"]["value"]  # safe refuses more readily
+    assert safe["d_prime"]["ci_low"] < safe["d_prime"]["value"] < safe["d_prime"]["ci_high"]
+    results.update(reward_models=["rm"], refusal_detector="phrase", settings={"temperature": 0.7, "seed": 1})
+    results["plots"] = []
+    text = write_report(results, outputs, tmp_path / "report.md", PhraseRefusalDetector()).read_text()
+    assert "## Telling harmful from safe" in text
+    assert "| safe | 1.28 [" in text
+    assert headline_metrics(results, tmp_path / "report.md")["safe/refusal_d_prime"] == pytest.approx(1.281552, 1e-5)
+
+
 def test_every_mean_and_rate_has_a_confidence_interval(outputs: list[PolicyOutputs]) -> None:
     m = aggregate(outputs, 0, PhraseRefusalDetector())["metrics"]["safe"]
     intervals = [
