@@ -203,16 +203,18 @@ def detection_sensitivity(
     if not (0.0 <= hit_rate <= 1.0 and 0.0 <= false_alarm_rate <= 1.0):
         raise ValueError(f"rates must lie in [0, 1], got {hit_rate} and {false_alarm_rate}")
     normal = NormalDist()
-    variances = []
-    zs = []
-    for rate, n in ((hit_rate, n_signal), (false_alarm_rate, n_noise)):
+
+    def z_and_variance(rate: float, n: float) -> tuple[float, float]:
         corrected = (rate * n + 0.5) / (n + 1.0)
         z = normal.inv_cdf(corrected)
-        zs.append(z)
-        variances.append(corrected * (1.0 - corrected) / (n * normal.pdf(z) ** 2))
-    z_hit, z_false = zs
+        return z, corrected * (1.0 - corrected) / (n * normal.pdf(z) ** 2)
+
+    (z_hit, var_hit), (z_false, var_false) = (
+        z_and_variance(hit_rate, n_signal),
+        z_and_variance(false_alarm_rate, n_noise),
+    )
     d_prime, criterion = z_hit - z_false, -(z_hit + z_false) / 2.0
-    half = normal.inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(variances[0] + variances[1])
+    half = normal.inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(var_hit + var_false)
     return {
         "d_prime": (d_prime, d_prime - half, d_prime + half),
         "criterion": (criterion, criterion - half / 2.0, criterion + half / 2.0),

@@ -179,9 +179,7 @@ def refusal_separation(
     lowering c alone buys it with over-refusal; only a larger d' is a better trade-off curve."""
     if not harmful[0] or not safe[0]:
         return None
-    (hit_rate, n_harmful), (false_alarm_rate, n_safe) = (
-        clustered_proportion([float(f) for f in flags], clusters) for flags, clusters in (harmful, safe)
-    )
+    (hit_rate, n_harmful), (false_alarm_rate, n_safe) = clustered_proportion(*harmful), clustered_proportion(*safe)
     stats = detection_sensitivity(hit_rate, n_harmful, false_alarm_rate, n_safe)
     return {key: {"value": v, "ci_low": lo, "ci_high": hi} for key, (v, lo, hi) in stats.items()}
 
