@@ -1,8 +1,9 @@
-"""The quickstart, run as the README runs it, teaches harmlessness (slow: about 18 minutes on 2 CPU cores).
+"""The quickstart, run as the README runs it, teaches harmlessness (slow: about 35 minutes on 2 CPU cores).
 
 Its reward model ranks a refusal above going along with a harmful request in at least 80% of the held-out demo
-pairs of that kind, and its PPO policy refuses more held-out harmful prompts than SFT. It should over-refuse no more
-safe ones; today it does (the test reports that as an expected failure until it is fixed).
+pairs of that kind, and its PPO policy refuses more held-out harmful prompts than SFT (by both detectors, four
+answers a prompt). It should over-refuse no more safe ones; the README's run does by one of 64 answers by the
+classifier (the test reports that as an expected failure until it is fixed).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def test_the_quickstart_rewards_refusing_harmful_requests_and_ppo_refuses_more(t
     assert result["reward_prefers_refusal"], result["ranking"]
     assert result["ppo_refuses_more"], result["rates"]
     if not result["ppo_over_refuses_no_more"]:
-        # Known and reported in the README: by hand PPO refuses 11 of 16 safe prompts, SFT none; still to fix.
+        # Known and reported in the README: by the classifier 7 of 64 safe answers against SFT's 6 (by hand 3 against
+        # 4-6: the classifier misreads this model's answers); still to fix.
         pytest.xfail(f"PPO over-refuses more safe prompts than SFT: {result['rates']}")
 
 
