@@ -209,10 +209,8 @@ def detection_sensitivity(
         z = normal.inv_cdf(corrected)
         return z, corrected * (1.0 - corrected) / (n * normal.pdf(z) ** 2)
 
-    (z_hit, var_hit), (z_false, var_false) = (
-        z_and_variance(hit_rate, n_signal),
-        z_and_variance(false_alarm_rate, n_noise),
-    )
+    z_hit, var_hit = z_and_variance(hit_rate, n_signal)
+    z_false, var_false = z_and_variance(false_alarm_rate, n_noise)
     d_prime, criterion = z_hit - z_false, -(z_hit + z_false) / 2.0
     half = normal.inv_cdf((1.0 + confidence) / 2.0) * math.sqrt(var_hit + var_false)
     return {
