@@ -59,6 +59,7 @@ OMITTED_AT_DEFAULT = {
     "second_refusal_detector": "phrase",
     "generation_weights": "auto",
     "stratify_by_label": False,
+    "refusal_reward_baseline": "group",
     "ptx_coef": 0.0,
     "ptx_dataset_name": None,
     "ptx_batch_size": 4,

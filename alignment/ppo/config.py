@@ -57,6 +57,13 @@ class PPOConfig:
         "refusals independently of what PPO was paid for.",
         default="phrase",
     )
+    refusal_reward_baseline: str = _help(
+        "How algorithm rloo baselines refusal_reward_by_label's rule reward: group (with the rest of the reward, by "
+        "the prompt's other samples) or none (a baseline of 0, still unbiased). With group, a prompt whose samples "
+        "all refuse, or all answer, teaches nothing about refusing it: a safe prompt the policy always refuses is "
+        "never charged. With none, every refusal is paid or charged its label's value.",
+        default="group",
+    )
     stratify_by_label: bool = _help(
         "Fill each update with every prompt label in its share of the prompts (stratified sampling) instead of a "
         "plain shuffle. With refusal_reward_by_label, the pay for refusing harmful prompts and the charge for "
@@ -219,6 +226,13 @@ def validate_sampling(cfg: PPOConfig) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"refusal_reward_by_label: {label!r} needs one number, got {value!r}")
     check_detector_name(cfg.refusal_reward_detector, "refusal_reward_detector")
+    if cfg.refusal_reward_baseline not in ("group", "none"):
+        raise ConfigError(f"refusal_reward_baseline must be group or none, got {cfg.refusal_reward_baseline!r}")
+    if cfg.refusal_reward_baseline == "none" and (cfg.algorithm != "rloo" or not cfg.refusal_reward_by_label):
+        raise ConfigError(
+            "refusal_reward_baseline: none applies to algorithm rloo with a refusal_reward_by_label rule "
+            f"(algorithm is {cfg.algorithm!r}, refusal_reward_by_label {cfg.refusal_reward_by_label or '{}'})"
+        )
 
 
 def check_algorithm(cfg: PPOConfig) -> None:

@@ -224,6 +224,7 @@ def estimate_advantages(
             kl_coef,
             cfg.samples_per_prompt,
             cfg.kl_estimator,
+            rollout.raw_scores["rule_reward"] if cfg.refusal_reward_baseline == "none" else None,
         )
         if cfg.algorithm == "reinforce_pp":
             advantages = global_whiten(run, advantages, mask)

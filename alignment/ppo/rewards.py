@@ -79,7 +79,9 @@ class CombinedReward:
             raw["refused"] = torch.tensor(refused, dtype=torch.float32)
             for label in sorted({label for label in labels if label is not None}):  # does it refuse the right ones?
                 raw[f"refused/{label}"] = torch.tensor([r for r, lab in zip(refused, labels) if lab == label]).float()
-            total += refusal_rule_rewards(refused, labels, self.refusal_reward_by_label)
+            rule = refusal_rule_rewards(refused, labels, self.refusal_reward_by_label)
+            raw["rule_reward"] = rule  # as it enters the total (rescaled below with a cost model)
+            total += rule
         if self.cost_scorer is not None:
             cost_score = _score(self.cost_scorer, ac, batch, prompts, responses)
             cost = self.cost_sign * self.cost_scorer.stats.normalize(cost_score)
@@ -87,6 +89,8 @@ class CombinedReward:
             lam = self.lagrange.value
             # PPO-Lagrangian (Safe RLHF, Dai et al. 2023): maximise R - lambda C, rescaled by 1 / (1 + lambda).
             total = (total - lam * cost) / (1.0 + lam)
+            if "rule_reward" in raw:
+                raw["rule_reward"] = raw["rule_reward"] / (1.0 + lam)
         return total.clamp(-self.clip, self.clip), raw
 
 

@@ -120,6 +120,7 @@ def critic_free_advantages(
     kl_coef: float,
     group_size: int,
     estimator: KLEstimator = "k1",
+    unbaselined: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token advantages of one critic-free method, with the KL placed where its paper places it.
 
@@ -137,6 +138,10 @@ def critic_free_advantages(
         kl_coef: beta.
         group_size: K samples per prompt (consecutive rows); unused by ``reinforce_pp``.
         estimator: the per-token KL estimator in the reward (k1, as PPO's).
+        unbaselined: ``(B,)`` the part of ``scores`` that ``rloo`` leaves out of the leave-one-out baseline: it is
+            added to each sample's advantage as it is (a baseline of 0, which depends on no sample and so keeps the
+            gradient unbiased; Williams 1992). A reward that every sample of a prompt earns alike then still moves
+            the policy, where the group baseline would cancel it. ``rloo`` only.
 
     Returns:
         ``(advantages, kl)``, both ``(B, T)`` fp32 and 0 on masked positions; ``kl`` is the per-token estimate
@@ -147,9 +152,13 @@ def critic_free_advantages(
         shaped, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator)
         return returns_to_go(shaped, mask), kl
     kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), torch.zeros((), device=mask.device))
+    if unbaselined is not None and algorithm != "rloo":
+        raise ValueError(f"unbaselined applies to rloo only, not {algorithm!r}")
     if algorithm == "rloo":
-        sequence_reward = scores.float().to(kl.device) - kl_coef * kl.sum(-1)
-        return broadcast_to_tokens(rloo_advantages(sequence_reward, group_size), mask), kl
+        fixed = torch.zeros_like(scores, dtype=torch.float32) if unbaselined is None else unbaselined.float()
+        fixed = fixed.to(kl.device)
+        sequence_reward = scores.float().to(kl.device) - fixed - kl_coef * kl.sum(-1)
+        return broadcast_to_tokens(rloo_advantages(sequence_reward, group_size) + fixed, mask), kl
     if algorithm == "grpo":
         return broadcast_to_tokens(grpo_advantages(scores.to(kl.device), group_size), mask), kl
     raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS[1:])} here, got {algorithm!r}")

@@ -81,7 +81,8 @@ def test_the_refusal_rule_pays_and_charges_refusals_by_label_by_hand():
     torch.testing.assert_close(total, torch.tensor([3.0, 1.0, -0.5, 1.0, 1.0]))
     torch.testing.assert_close(raw["refused"], torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
     torch.testing.assert_close(raw["refused/harmful"], torch.tensor([1.0, 0.0]))  # logged per label: 50% here
-    assert sorted(raw) == ["helpful", "refused", "refused/harmful", "refused/helpful", "refused/safe"]
+    assert sorted(raw) == ["helpful", "refused", "refused/harmful", "refused/helpful", "refused/safe", "rule_reward"]
+    torch.testing.assert_close(raw["rule_reward"], torch.tensor([2.0, 0.0, -1.5, 0.0, 0.0]))  # the rule's share
 
 
 def test_refusal_rule_rewards_by_hand():
@@ -100,8 +101,9 @@ def test_the_rule_adds_before_the_lagrangian_rescaling():
         refusal_detector=ListedRefusals("no"),
         refusal_reward_by_label={"harmful": 2.0},
     )
-    total, _ = reward.combined(None, None, ["p", "q"], ["no", "yes"], labels=["harmful", "harmful"])
+    total, raw = reward.combined(None, None, ["p", "q"], ["no", "yes"], labels=["harmful", "harmful"])
     torch.testing.assert_close(total, torch.tensor([1.0, 0.0]))  # (0 + 2 - 1 * 0) / (1 + 1)
+    torch.testing.assert_close(raw["rule_reward"], torch.tensor([1.0, 0.0]))  # its share of the total: 2 / (1 + 1)
 
 
 def test_refusal_rule_settings_are_checked_before_any_model_loads():
@@ -113,3 +115,15 @@ def test_refusal_rule_settings_are_checked_before_any_model_loads():
             PPOConfig(refusal_reward_by_label={"harmful": 1}, refusal_reward_detector="regex", **one_model)
         )
     validate_sampling(PPOConfig(refusal_reward_by_label={"harmful": 1, "safe": -1.5}, **one_model))
+    rule, one_model = {"harmful": 1.0}, {**one_model, "samples_per_prompt": 4}
+    with pytest.raises(ConfigError, match=r"refusal_reward_baseline must be group or none, got 'batch'"):
+        validate_sampling(PPOConfig(refusal_reward_by_label=rule, refusal_reward_baseline="batch", **one_model))
+    with pytest.raises(ConfigError, match=r"refusal_reward_baseline: none applies to algorithm rloo .*'grpo'"):
+        validate_sampling(
+            PPOConfig(algorithm="grpo", refusal_reward_by_label=rule, refusal_reward_baseline="none", **one_model)
+        )
+    with pytest.raises(ConfigError, match=r"refusal_reward_baseline: none applies .* refusal_reward_by_label \{\}"):
+        validate_sampling(PPOConfig(algorithm="rloo", refusal_reward_baseline="none", **one_model))
+    validate_sampling(
+        PPOConfig(algorithm="rloo", refusal_reward_by_label=rule, refusal_reward_baseline="none", **one_model)
+    )

@@ -80,6 +80,24 @@ def test_kl_is_zero_at_step_0_and_each_method_places_it_as_its_paper_does() -> N
     close(advantages, [[0.95, 1.0], [0.0, 0.0]])
 
 
+def test_rloo_leaves_an_unbaselined_reward_out_of_the_baseline_by_hand() -> None:
+    # Two groups of K = 2, KL 0. Scores [1 + 1, 1 + 1] and [0 - 1, 0.5 + 0]: the rule's share is [1, 1] and [-1, 0].
+    # Group 1 baselined on the rest [1, 1]: [0, 0], plus the rule [1, 1] -> [1, 1] (the group baseline alone: [0, 0]).
+    # Group 2 baselined on the rest [0, 0.5]: [-0.5, 0.5], plus the rule [-1, 0] -> [-1.5, 0.5] (alone: [-1.5, 1.5]).
+    scores = torch.tensor([2.0, 2.0, -1.0, 0.5])
+    logprobs = torch.full((4, 1), -1.0)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    rule = torch.tensor([1.0, 1.0, -1.0, 0.0])
+    advantages, _ = critic_free_advantages("rloo", scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule)
+    close(advantages, [[1.0], [1.0], [-1.5], [0.5]])
+    plain, _ = critic_free_advantages("rloo", scores, logprobs, logprobs.clone(), mask, 0.1, 2)
+    close(plain, [[0.0], [0.0], [-1.5], [1.5]])
+    zeros, _ = critic_free_advantages("rloo", scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule * 0)
+    assert torch.equal(zeros, plain)  # nothing left out: the plain estimator, bit for bit
+    with pytest.raises(ValueError, match="unbaselined applies to rloo only"):
+        critic_free_advantages("grpo", scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule)
+
+
 def test_padding_never_reaches_an_advantage() -> None:
     scores = torch.tensor([2.0, 1.0])
     logprobs = torch.tensor([[-1.0, float("nan")], [-1.0, -1.0]])

@@ -86,6 +86,7 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
         "refusal_reward_detector",
         "generation_weights",
         "stratify_by_label",
+        "refusal_reward_baseline",
         "ptx_coef",
         "ptx_dataset_name",
         "ptx_batch_size",
@@ -102,6 +103,8 @@ def test_a_setting_added_later_changes_no_identity_at_its_default():
     assert stratified["fingerprint"] not in (plain["fingerprint"], folded["fingerprint"])
     ptx = run_identity(build_config(CONFIG_TYPES, {**values, "ptx_coef": 1.0, "ptx_dataset_name": "demo"}))
     assert ptx["fingerprint"] not in (plain["fingerprint"], stratified["fingerprint"])
+    unbaselined = run_identity(build_config(CONFIG_TYPES, {**values, "refusal_reward_baseline": "none"}))
+    assert unbaselined["fingerprint"] not in (plain["fingerprint"], ptx["fingerprint"])
 
 
 def test_an_evaluation_setting_added_later_changes_no_identity_at_its_default():
