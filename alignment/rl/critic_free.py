@@ -148,17 +148,18 @@ def critic_free_advantages(
         (reported by every method, whether or not it enters the reward).
     """
     mask = response_mask.bool()
+    if unbaselined is not None and algorithm != "rloo":
+        raise ValueError(f"unbaselined applies to rloo only, not {algorithm!r}")
     if algorithm == "reinforce_pp":
         shaped, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, estimator)
         return returns_to_go(shaped, mask), kl
     kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, estimator), torch.zeros((), device=mask.device))
-    if unbaselined is not None and algorithm != "rloo":
-        raise ValueError(f"unbaselined applies to rloo only, not {algorithm!r}")
     if algorithm == "rloo":
-        fixed = torch.zeros_like(scores, dtype=torch.float32) if unbaselined is None else unbaselined.float()
-        fixed = fixed.to(kl.device)
-        sequence_reward = scores.float().to(kl.device) - fixed - kl_coef * kl.sum(-1)
-        return broadcast_to_tokens(rloo_advantages(sequence_reward, group_size) + fixed, mask), kl
+        sequence_reward = scores.float().to(kl.device) - kl_coef * kl.sum(-1)
+        if unbaselined is None:
+            return broadcast_to_tokens(rloo_advantages(sequence_reward, group_size), mask), kl
+        fixed = unbaselined.float().to(kl.device)
+        return broadcast_to_tokens(rloo_advantages(sequence_reward - fixed, group_size) + fixed, mask), kl
     if algorithm == "grpo":
         return broadcast_to_tokens(grpo_advantages(scores.to(kl.device), group_size), mask), kl
     raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS[1:])} here, got {algorithm!r}")

@@ -94,8 +94,9 @@ def test_rloo_leaves_an_unbaselined_reward_out_of_the_baseline_by_hand() -> None
     close(plain, [[0.0], [0.0], [-1.5], [1.5]])
     zeros, _ = critic_free_advantages("rloo", scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule * 0)
     assert torch.equal(zeros, plain)  # nothing left out: the plain estimator, bit for bit
-    with pytest.raises(ValueError, match="unbaselined applies to rloo only"):
-        critic_free_advantages("grpo", scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule)
+    for other in ("grpo", "reinforce_pp"):
+        with pytest.raises(ValueError, match="unbaselined applies to rloo only"):
+            critic_free_advantages(other, scores, logprobs, logprobs.clone(), mask, 0.1, 2, unbaselined=rule)
 
 
 def test_padding_never_reaches_an_advantage() -> None:
