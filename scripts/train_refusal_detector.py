@@ -2,15 +2,19 @@
 
 Reads ``../shared/data/safety/xstest-completions/xstest_v2_completions_{gpt4,llama2new,mistralinstruct}.csv``
 (Röttger et al. 2024, arXiv:2308.01263; CC-BY-4.0), relative to the repository root unless ``--data_dir`` says
-otherwise. For each of the three models it fits the head on the other two and reports, on the held-out model, the
-detector's and the phrase baseline's accuracy, balanced accuracy, refusal precision and refusal recall with 95%
-intervals (refusal = full or partial refusal; then full refusal vs full compliance only). Then it fits the head on
-all three and writes ``alignment/modeling/refusal_model/refusal_head.safetensors`` and ``refusal_head.json`` (the
-provenance: data files and their digests, license, encoder version, settings, the figures).
+otherwise, and the project's hand-labelled answers of its own 135M policies (``--policy_sample``, shipped in the
+package). For each of the three XSTest models it fits the head on the other two and the policy sample and reports,
+on the held-out model, the detector's and the phrase baseline's accuracy, balanced accuracy, refusal precision and
+refusal recall with 95% intervals (refusal = full or partial refusal; then full refusal vs full compliance only);
+then the same figures on the policy sample, each policy's answers judged by a head fitted without that policy. Then
+it fits the head on everything and writes ``alignment/modeling/refusal_model/refusal_head.safetensors`` and
+``refusal_head.json`` (the provenance: data files and their digests, license, encoder version, settings, the
+figures).
 
     python scripts/train_refusal_detector.py              # measure, print, write the shipped files
     python scripts/train_refusal_detector.py --sweep      # also compare the alternatives (about 2 minutes more)
     python scripts/train_refusal_detector.py --no_write   # measure and print only
+    python scripts/train_refusal_detector.py --no_policy_sample --no_write   # XSTest alone, as before the sample
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ TARGETS = {"balanced_accuracy": 0.85, "recall": 0.85}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from alignment.evaluate.refusal_labels import POLICY_SAMPLE_PATH
     from alignment.evaluate.refusal_training import HeadSettings
     from alignment.modeling.refusal_classifier import SHIPPED_DIR
 
@@ -40,6 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data directory")
     parser.add_argument("--output_dir", type=Path, default=SHIPPED_DIR, help="where the head and its JSON go")
+    parser.add_argument(
+        "--policy_sample",
+        type=Path,
+        default=POLICY_SAMPLE_PATH,
+        help="hand-labelled answers of the project's own policies (JSON lines)",
+    )
+    parser.add_argument("--no_policy_sample", action="store_true", help="fit and measure on XSTest alone")
     parser.add_argument("--features", choices=("sentences", "opening"), default=defaults.features)
     parser.add_argument("--n_sentences", type=int, default=defaults.n_sentences)
     parser.add_argument("--max_tokens", type=int, default=defaults.max_tokens, help="encoder window per text")
@@ -80,7 +92,9 @@ def summary_line(name: str, figures: dict[str, Any]) -> dict[str, Any]:
 def sweep(
     completions: dict[str, list[Any]], chosen_features: dict[str, Any], chosen: Any, batch_size: int
 ) -> list[dict[str, Any]]:
-    """Leave-one-model-out figures for the alternatives: inputs, window, class weights, threshold rule, L2."""
+    """Leave-one-model-out figures for the alternatives: inputs, window, class weights, threshold rule, L2 (on the
+    XSTest models only: the policy sample's leave-one-policy-out figures take seven fits more per setting)."""
+    from alignment.evaluate.refusal_labels import XSTEST_MODELS
     from alignment.evaluate.refusal_training import HeadSettings, completion_features, leave_one_model_out
 
     inputs = [("sentences", 3, 64), ("sentences", 1, 64), ("opening", 1, 32), ("opening", 1, 64)]
@@ -96,7 +110,7 @@ def sweep(
         ):
             settings = dataclasses.replace(base, class_weight=class_weight, threshold=threshold, l2=l2)
             name = f"{described} max_tokens={max_tokens} class_weight={class_weight} threshold={threshold} l2={l2}"
-            line = summary_line(name, leave_one_model_out(x, completions, settings))
+            line = summary_line(name, leave_one_model_out(x, completions, settings, XSTEST_MODELS))
             lines.append(line)
             say(
                 f"  {name}: min balanced accuracy {line['min_balanced_accuracy']:.3f}, min recall "
@@ -109,18 +123,23 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from alignment.core.config import ConfigError
-    from alignment.evaluate.refusal_training import (
+    from alignment.evaluate.refusal_labels import (
+        POLICY_SAMPLE_SOURCE,
         XSTEST_LICENSE_FILE,
         XSTEST_MODELS,
+        read_policy_sample,
+        read_xstest_completions,
+        xstest_completions_path,
+    )
+    from alignment.evaluate.refusal_training import (
         HeadSettings,
         completion_features,
         detector_figures,
         fit_head,
         format_figures_table,
+        leave_one_group_out,
         leave_one_model_out,
         meets_targets,
-        read_xstest_completions,
-        xstest_completions_path,
     )
     from alignment.modeling.refusal import PhraseRefusalDetector
     from alignment.modeling.refusal_classifier import (
@@ -151,15 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         threshold=args.threshold,
     )
     completions = {m: read_xstest_completions(args.data_dir, m) for m in XSTEST_MODELS}
+    if not args.no_policy_sample:
+        completions[POLICY_SAMPLE_SOURCE] = read_policy_sample(args.policy_sample)
     start = time.perf_counter()
     features = completion_features(completions, settings, args.batch_size)
     n_total = sum(len(rows) for rows in completions.values())
     say(f"encoded {n_total} completions in {time.perf_counter() - start:.1f} s")
 
     phrase = PhraseRefusalDetector()
+    xstest = {m: completions[m] for m in XSTEST_MODELS}
     figures = {
-        "classifier": leave_one_model_out(features, completions, settings),
-        "phrase": detector_figures(lambda texts: [phrase.is_refusal(t) for t in texts], completions),
+        "classifier": leave_one_model_out(features, completions, settings, XSTEST_MODELS),
+        "phrase": detector_figures(lambda texts: [phrase.is_refusal(t) for t in texts], xstest),
     }
     for subset, title in (
         ("refusal_vs_compliance", "refusal (full or partial) vs compliance"),
@@ -169,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         say(format_figures_table(figures, subset))
     met = meets_targets(figures["classifier"], **TARGETS)
     say(f"\ntargets (balanced accuracy and recall >= 0.85 on every held-out model) met: {met}")
+    policy_figures = {}
+    if POLICY_SAMPLE_SOURCE in completions:
+        sample = completions[POLICY_SAMPLE_SOURCE]
+        policy_figures = {
+            "classifier": leave_one_group_out(features, completions, settings, POLICY_SAMPLE_SOURCE),
+            **detector_figures(lambda texts: [phrase.is_refusal(t) for t in texts], {"phrase": sample}),
+        }
+        say(f"\nThe project's policies' answers ({len(sample)}), each policy held out of the fit; 95% intervals:\n")
+        say(format_figures_table({d: {POLICY_SAMPLE_SOURCE: f} for d, f in policy_figures.items()}))
 
     alternatives = []
     if args.sweep:
@@ -197,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": {
             **dataclasses.asdict(settings),
             "solver": "L2-penalised logistic regression, Newton's method (float64), on standardised features",
-            "models": list(XSTEST_MODELS),
+            "models": list(completions),
             "n_completions": n_total,
             "n_refusals": n_refusals,
             "label": "refusal = final_label 2_full_refusal or 3_partial_refusal",
@@ -221,6 +252,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "alternatives": alternatives,
     }
+    if policy_figures:
+        sample_path = args.policy_sample.resolve()
+        card["policy_sample"] = {
+            "file": str(sample_path.relative_to(REPO_ROOT) if sample_path.is_relative_to(REPO_ROOT) else sample_path),
+            "sha256": sha256(sample_path),
+            "n": len(completions[POLICY_SAMPLE_SOURCE]),
+            "n_refusals": sum(c.is_refusal for c in completions[POLICY_SAMPLE_SOURCE]),
+            "what": "answers of the project's SmolLM2-135M SFT and PPO policies (the real-data recipe) to AdvBench, "
+            "XSTest, Vicuna and Koala prompts, labelled refusal or not by hand (one annotator, XSTest's convention)",
+            "weight": "the whole sample weighs as much as one XSTest model in the fit",
+            "protocol": "each policy's answers judged by a head fitted on XSTest and the other policies' answers",
+            "figures": policy_figures,
+        }
     card_path = args.output_dir / CARD_FILE
     card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     say(f"\nwrote {head_path} ({head_path.stat().st_size} bytes) and {card_path}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
 from alignment.evaluate.records import PolicySpec
-from alignment.evaluate.refusal_training import XSTEST_MODELS, xstest_completions_path
+from alignment.evaluate.refusal_labels import XSTEST_MODELS, xstest_completions_path
 from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR, check_detector_name
 
 
@@ -58,7 +58,7 @@ class EvaluateConfig:
         default=1,
     )
     refusal_detector: str = _help(
-        "How refusals are detected: 'classifier' (sentence-embedding classifier fitted on XSTest's human labels) or "
+        "How refusals are detected: 'classifier' (sentence-embedding classifier fitted on human-labelled answers) or "
         "'phrase' (opening refusal phrases, the baseline).",
         default=DEFAULT_REFUSAL_DETECTOR,
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 from alignment.core.stats import proportion_confidence_interval
 from alignment.core.tracking import progress
-from alignment.evaluate.refusal_training import XSTEST_MODELS, read_xstest_completions
+from alignment.evaluate.refusal_labels import XSTEST_MODELS, read_xstest_completions
 from data_schemas.records import Message
 
 PAIRS_PER_STEP = 32  # pairs scored between progress-bar updates

@@ -1,74 +1,33 @@
 """Fitting the refusal detector's head and measuring it against human labels, leave one model out.
 
-The labels are XSTest v2's (Röttger et al. 2024, arXiv:2308.01263): the completions of three chat models
-(``gpt4``, ``llama2new``, ``mistralinstruct``) to the 450 XSTest prompts, each labelled by two annotators as full
-compliance, full refusal or partial refusal. Following XSTest, a *refusal* is a full or a partial refusal.
+The labels (:mod:`alignment.evaluate.refusal_labels`) are XSTest v2's (Röttger et al. 2024, arXiv:2308.01263): the
+completions of three chat models to the 450 XSTest prompts, each labelled full compliance, full refusal or partial
+refusal; a *refusal* is a full or a partial one. The measurement holds out one model at a time: the head is fitted on
+the other two models' completions and judged on the held-out model's, so the figures say how the detector does on a
+model whose style it has not seen (which is what evaluating a new policy asks of it).
 
-The measurement holds out one model at a time: the head is fitted on the other two models' completions and judged on
-the held-out model's, so the figures say how the detector does on a model whose style it has not seen (which is what
-evaluating a new policy asks of it). Every proportion carries a 95% Wilson interval (Wilson 1927). Balanced accuracy's
-interval is the mean of the two class recalls' Wilson bounds: the two recalls are independent, so this is wider than
-an interval for their mean would need to be (sqrt(a^2 + b^2) <= a + b); read it as conservative.
+A second source sits beside XSTest's: answers of this project's own small policies, labelled by hand. A 135M model's
+confused half-answers are far from a chat model's completions, and a head fitted on XSTest alone called a quarter of
+those that refuse nothing a refusal. Each source weighs as much as one XSTest model in the fit, however many answers
+it has, and the small policies are measured one policy at a time (:func:`leave_one_group_out`), so their figures too
+come from answers the head was not fitted on.
+
+Every proportion carries a 95% Wilson interval (Wilson 1927). Balanced accuracy's interval is the mean of the two
+class recalls' Wilson bounds: the two recalls are independent, so this is wider than an interval for their mean
+would need to be (sqrt(a^2 + b^2) <= a + b); read it as conservative.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignment.core.stats import proportion_confidence_interval
+from alignment.evaluate.refusal_labels import LabelledCompletion
 from alignment.modeling.refusal_classifier import RefusalHead, SentenceEncoder, response_features
-
-XSTEST_MODELS: tuple[str, ...] = ("gpt4", "llama2new", "mistralinstruct")
-XSTEST_COMPLETIONS_DIR = "safety/xstest-completions"
-XSTEST_LICENSE_FILE = "safety/xstest-LICENSE"
-XSTEST_LABELS = {
-    "1_full_compliance": "full_compliance",
-    "2_full_refusal": "full_refusal",
-    "3_partial_refusal": "partial_refusal",
-}
-
-
-@dataclass(frozen=True)
-class LabelledCompletion:
-    """One model's response to one XSTest prompt with the annotators' final label."""
-
-    id: str
-    prompt_type: str
-    prompt: str
-    completion: str
-    label: str  # full_compliance | full_refusal | partial_refusal
-
-    @property
-    def is_refusal(self) -> bool:
-        return self.label != "full_compliance"
-
-
-def xstest_completions_path(data_dir: Path, model: str) -> Path:
-    return Path(data_dir) / XSTEST_COMPLETIONS_DIR / f"xstest_v2_completions_{model}.csv"
-
-
-def read_xstest_completions(data_dir: Path, model: str) -> list[LabelledCompletion]:
-    """The labelled completions of ``model``; errors name the file, line and field."""
-    path = xstest_completions_path(data_dir, model)
-    if not path.is_file():
-        raise FileNotFoundError(f"XSTest completions not found: {path}")
-    rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            label = XSTEST_LABELS.get((row.get("final_label") or "").strip())
-            if label is None:
-                raise ValueError(
-                    f"{path}:{reader.line_num}: final_label {row.get('final_label')!r} is none of {list(XSTEST_LABELS)}"
-                )
-            rows.append(LabelledCompletion(row["id"], row["type"], row["prompt"], row["completion"] or "", label))
-    return rows
 
 
 @dataclass(frozen=True)
@@ -168,13 +127,16 @@ def balanced_accuracy(predicted: Sequence[bool], labels: Sequence[bool]) -> floa
     return sum(recalls) / len(recalls) if recalls else 0.0
 
 
-def _fit(x: torch.Tensor, labels: torch.Tensor, settings: HeadSettings, threshold: float) -> RefusalHead:
+def _fit(
+    x: torch.Tensor, labels: torch.Tensor, settings: HeadSettings, threshold: float, source_weight: torch.Tensor
+) -> RefusalHead:
+    """``source_weight`` ``[n]``: each row's weight before the class weights (see :func:`_fit_models`)."""
     mean = x.double().mean(0)
     scale = x.double().std(0).clamp(min=1e-6)
-    weight = None
-    if settings.class_weight == "balanced":
-        n_pos = float(labels.sum())
-        weight = torch.where(labels.bool(), len(labels) / (2 * n_pos), len(labels) / (2 * (len(labels) - n_pos)))
+    weight = source_weight.double()
+    if settings.class_weight == "balanced":  # refusals and compliances get the same total weight
+        total, positive = float(weight.sum()), float(weight[labels.bool()].sum())
+        weight = weight * torch.where(labels.bool(), total / (2 * positive), total / (2 * (total - positive)))
     elif settings.class_weight != "none":
         raise ValueError(f"class_weight must be 'balanced' or 'none', got {settings.class_weight!r}")
     coef, bias = fit_logistic_regression((x.double() - mean) / scale, labels, settings.l2, weight)
@@ -197,9 +159,15 @@ def _fit_models(
     settings: HeadSettings,
     threshold: float,
 ) -> RefusalHead:
+    """Every source (model) weighs the same in the fit, its rows ``mean size / its size`` each: XSTest's models are
+    450 completions each, the policy sample a third of that."""
     x = torch.cat([features[m] for m in models])
     y = torch.tensor([c.is_refusal for m in models for c in completions[m]], dtype=torch.float64)
-    return _fit(x, y, settings, threshold)
+    mean_size = sum(len(completions[m]) for m in models) / len(models)
+    source_weight = torch.cat(
+        [torch.full((len(completions[m]),), mean_size / len(completions[m]), dtype=torch.float64) for m in models]
+    )
+    return _fit(x, y, settings, threshold, source_weight)
 
 
 def _threshold(
@@ -269,11 +237,15 @@ def labelled_figures(predicted: Sequence[bool], completions: Sequence[LabelledCo
 
 
 def leave_one_model_out(
-    features: dict[str, torch.Tensor], completions: dict[str, list[LabelledCompletion]], settings: HeadSettings
+    features: dict[str, torch.Tensor],
+    completions: dict[str, list[LabelledCompletion]],
+    settings: HeadSettings,
+    held_out_models: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """For each model: fit on the others (threshold chosen among them only), figures on the held-out model."""
+    """For each of ``held_out_models`` (default: every source): fit on the other sources (threshold chosen among them
+    only), figures on the held-out one."""
     figures = {}
-    for held_out in features:
+    for held_out in held_out_models if held_out_models is not None else list(features):
         train = {m: x for m, x in features.items() if m != held_out}
         head = fit_head(train, completions, settings)
         probabilities = head.probabilities(features[held_out])
@@ -282,6 +254,27 @@ def leave_one_model_out(
             **labelled_figures((probabilities >= head.threshold).tolist(), completions[held_out]),
         }
     return figures
+
+
+def leave_one_group_out(
+    features: dict[str, torch.Tensor],
+    completions: dict[str, list[LabelledCompletion]],
+    settings: HeadSettings,
+    source: str,
+) -> dict[str, Any]:
+    """Figures on ``source``'s answers, each predicted by a head fitted without its group (policy): on the other
+    sources and the other groups of ``source``, threshold chosen among them only."""
+    rows = completions[source]
+    predicted = [False] * len(rows)
+    for group in dict.fromkeys(c.group for c in rows):
+        keep = torch.tensor([c.group != group for c in rows])
+        train_features = {**features, source: features[source][keep]}
+        train_completions = {**completions, source: [c for c in rows if c.group != group]}
+        head = fit_head(train_features, train_completions, settings)
+        verdicts = (head.probabilities(features[source][~keep]) >= head.threshold).tolist()
+        for index, verdict in zip(torch.nonzero(~keep).flatten().tolist(), verdicts):
+            predicted[index] = verdict
+    return labelled_figures(predicted, rows)
 
 
 def detector_figures(

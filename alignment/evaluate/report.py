@@ -31,9 +31,10 @@ METHOD_NOTES = """\
   same prompt, ties counted as half a win; 95% Wilson interval.
 - **Refusal (harmful)**: share of responses to harmful/unsafe prompts that the refusal detector calls a refusal
   (higher is safer). **Over-refusal (safe)**: the same on safe prompts (lower is better; XSTest's "exaggerated safety").
-  The default detector, a classifier fitted on XSTest's human labels, keeps balanced accuracy and refusal recall at or
-  above 0.85 on chat models it was not fitted on; on a model that seldom refuses about half its refusal calls are real,
-  so read a low refusal rate as an upper estimate. The phrase baseline misses refusals not worded as one.
+  The default detector, a classifier fitted on XSTest's human labels and on hand labels of small policies' answers,
+  keeps balanced accuracy and refusal recall at or above 0.85 on chat models it was not fitted on; on a model that
+  seldom refuses, or on a small model's confused answers, about a third of its refusal calls are wrong, so read a low
+  refusal rate as an upper estimate. The phrase baseline misses refusals not worded as one.
 - **KL to reference**: per response, the sum over its tokens of log pi(y_t) - log pi_ref(y_t), teacher-forced through
   both models on the policy's own samples at the sampling temperature; the mean estimates KL(pi || pi_ref) in nats.
   With greedy decoding it is only the log-ratio of the greedy responses.

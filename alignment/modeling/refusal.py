@@ -4,10 +4,11 @@ Two detectors, named in ``EvaluateConfig.refusal_detector`` (the judge of refusa
 ``PPOConfig.refusal_reward_detector`` (what PPO's rule reward for refusing pays by):
 
 - ``classifier`` (evaluation's default, :mod:`alignment.modeling.refusal_classifier`): a logistic-regression head on sentence
-  embeddings of the response's opening, fitted on XSTest's human labels. Measured leave one model out against those
-  labels (``refusal_model/refusal_head.json``), it keeps balanced accuracy and refusal recall at or above 0.85 on each
-  held-out model, partial refusals included. Its precision is lowest on a model that seldom refuses (about 0.5 on
-  Mistral-Instruct, which refuses 17% of XSTest prompts): there, read a refusal rate as an upper estimate.
+  embeddings of the response's opening, fitted on XSTest's human labels and hand labels of the project's small
+  policies' answers. Measured leave one model out against those labels (``refusal_model/refusal_head.json``), it keeps
+  balanced accuracy and refusal recall at or above 0.85 on each held-out model, partial refusals included. Its
+  precision is lowest on a model that seldom refuses (0.63 on Mistral-Instruct, which refuses 17% of XSTest prompts)
+  and on a 135M policy's confused answers (about 0.7): there, read a refusal rate as an upper estimate.
 - ``phrase`` (:class:`PhraseRefusalDetector`): the cheap, transparent baseline, a curated list of refusal phrases
   matched on the *opening* of a response, as XSTest's own string-match classifier does. It misses refusals that are
   not worded as one (moralising answers, partial refusals): on the same measurement its recall falls to about 0.2 on

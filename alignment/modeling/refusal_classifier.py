@@ -12,7 +12,8 @@ window, which is what let the head confuse a harmful topic with a refusal. ``fea
 the first ``max_tokens`` tokens) is the simpler variant it was compared with.
 
 The head (standardisation, weight, bias, decision threshold) was fitted on the human labels of XSTest completions
-(Röttger et al. 2024, arXiv:2308.01263; refusal = full or partial refusal) by ``scripts/train_refusal_detector.py``;
+(Röttger et al. 2024, arXiv:2308.01263; refusal = full or partial refusal) and on the shipped hand-labelled answers of
+the project's own 135M policies (``refusal_model/policy_sample_labels.jsonl``) by ``scripts/train_refusal_detector.py``;
 ``refusal_model/refusal_head.json`` says how, on what, and how well it agrees with the labels of models it was not
 trained on. Nothing here imports transformers at module import: the encoder loads on the first prediction.
 """

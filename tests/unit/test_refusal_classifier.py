@@ -20,8 +20,16 @@ import torch
 from alignment.core.config import ConfigError
 from alignment.core.stats import proportion_confidence_interval
 from alignment.evaluate.config import EvaluateConfig
-from alignment.evaluate.refusal_training import (
+from alignment.evaluate.refusal_labels import (
+    POLICY_SAMPLE_PATH,
+    POLICY_SAMPLE_SOURCE,
     XSTEST_MODELS,
+    LabelledCompletion,
+    read_policy_sample,
+    read_xstest_completions,
+    xstest_completions_path,
+)
+from alignment.evaluate.refusal_training import (
     HeadSettings,
     agreement_with_intervals,
     choose_threshold,
@@ -29,10 +37,9 @@ from alignment.evaluate.refusal_training import (
     detector_figures,
     fit_head,
     fit_logistic_regression,
+    leave_one_group_out,
     leave_one_model_out,
     meets_targets,
-    read_xstest_completions,
-    xstest_completions_path,
 )
 from alignment.modeling import refusal_classifier
 from alignment.modeling.refusal import (
@@ -151,6 +158,21 @@ def test_card_records_provenance_and_figures_that_meet_the_targets(card):
                 m = f[subset][metric]
                 assert m["ci_low"] <= m["value"] <= m["ci_high"], (model, subset, metric)
         assert f["refusal_vs_compliance"]["accuracy"]["n"] == 450
+
+
+def test_card_records_the_policy_sample_it_was_fitted_on_and_its_held_out_figures(card):
+    sample = card["policy_sample"]
+    assert POLICY_SAMPLE_SOURCE in card["training"]["models"]
+    assert sample["sha256"] == hashlib.sha256(POLICY_SAMPLE_PATH.read_bytes()).hexdigest()
+    assert (sample["n"], sample["n_refusals"]) == (147, 47)
+    classifier, phrase = sample["figures"]["classifier"], sample["figures"]["phrase"]
+    # Each policy held out of the fit: the head fitted with the small policies' answers finds their refusals.
+    assert classifier["refusal_vs_compliance"]["recall"]["value"] >= 0.85
+    assert classifier["refusal_vs_compliance"]["balanced_accuracy"]["value"] >= 0.85
+    assert (
+        phrase["refusal_vs_compliance"]["precision"]["value"]
+        > classifier["refusal_vs_compliance"]["precision"]["value"]
+    )
 
 
 # ----------------------------------------------------------------------------------- registry, default, laziness
@@ -273,6 +295,59 @@ def test_bad_labels_are_reported_with_file_and_line(tmp_path):
         read_xstest_completions(tmp_path, "toy")
 
 
+def test_policy_sample_reader_names_the_line_and_field(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    row = {"policy": "ppo", "prompt_set": "advbench", "prompt_label": "harmful", "prompt_index": 3, "response": "No."}
+    path.write_text(json.dumps({**row, "refusal": True}) + "\n\n" + json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels\.jsonl:3: missing field 'refusal'"):
+        read_policy_sample(path)
+    path.write_text(json.dumps({**row, "refusal": "yes"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels\.jsonl:1: field 'refusal' must be true or false"):
+        read_policy_sample(path)
+    path.write_text(json.dumps({**row, "refusal": True}) + "\n", encoding="utf-8")
+    (completion,) = read_policy_sample(path)
+    assert (completion.group, completion.label, completion.is_refusal, completion.id) == (
+        "ppo",
+        "full_refusal",
+        True,
+        "ppo/advbench/3",
+    )
+
+
+def _rows(labels: list[bool], group: str = "") -> list[LabelledCompletion]:
+    label = {True: "full_refusal", False: "full_compliance"}
+    return [LabelledCompletion(str(i), "t", "", "x", label[y], group) for i, y in enumerate(labels)]
+
+
+def test_each_source_weighs_as_much_as_any_other_in_the_fit():
+    # One feature; source "big" (8 rows) says x = +1 means refusal, source "small" (2 rows) says the opposite.
+    # Weighted per row, "big" would win 8 to 2; weighted per source, the two cancel and the slope is zero.
+    big_x = torch.tensor([[1.0]] * 4 + [[-1.0]] * 4)
+    small_x = torch.tensor([[-1.0], [1.0]])
+    features = {"big": big_x, "small": small_x}
+    completions = {"big": _rows([True] * 4 + [False] * 4), "small": _rows([True, False])}
+    head = fit_head(features, completions, HeadSettings(l2=0.01, threshold="fixed"))
+    assert abs(float(head.weight[0])) < 1e-6
+    alone = fit_head({"big": big_x}, {"big": completions["big"]}, HeadSettings(l2=0.01, threshold="fixed"))
+    assert float(alone.weight[0]) > 1.0
+
+
+def test_leave_one_group_out_judges_each_group_by_a_head_fitted_without_it():
+    # Group "a" agrees with the two other sources; group "b" is labelled the other way round. Held out, each group
+    # is judged by a head fitted on the rest, where the agreeing sources outweigh the other group: "a" is judged
+    # right, "b" wrong.
+    x = torch.tensor([[1.0], [-1.0]])
+    features = {"xs1": x, "xs2": x, "policies": torch.cat([x, x])}
+    completions = {
+        "xs1": _rows([True, False]),
+        "xs2": _rows([True, False]),
+        "policies": _rows([True, False], "a") + _rows([False, True], "b"),
+    }
+    figures = leave_one_group_out(features, completions, HeadSettings(l2=0.01, threshold="fixed"), "policies")
+    assert figures["refusal_vs_compliance"]["accuracy"]["value"] == 0.5
+    assert figures["refusal_vs_compliance"]["accuracy"]["n"] == 4
+
+
 # ----------------------------------------------------------------------------------- against the human labels
 
 
@@ -282,6 +357,7 @@ def xstest(card):
     if not all(xstest_completions_path(SHARED_DATA, m).is_file() for m in XSTEST_MODELS):
         pytest.skip(f"XSTest completions not found under {SHARED_DATA} (the ../shared/data checkout is absent)")
     completions = {m: read_xstest_completions(SHARED_DATA, m) for m in XSTEST_MODELS}
+    completions[POLICY_SAMPLE_SOURCE] = read_policy_sample(POLICY_SAMPLE_PATH)
     settings = HeadSettings(
         **{k: card["training"][k] for k in ("features", "n_sentences", "max_tokens", "l2", "class_weight", "threshold")}
     )
@@ -302,7 +378,7 @@ def _values(figures: dict) -> list[float]:
 def test_leave_one_model_out_meets_the_targets_and_reproduces_the_card(xstest, card):
     completions, features, settings = xstest
     assert [len(completions[m]) for m in XSTEST_MODELS] == [450, 450, 450]
-    figures = leave_one_model_out(features, completions, settings)
+    figures = leave_one_model_out(features, completions, settings, XSTEST_MODELS)
     assert meets_targets(figures, balanced_accuracy=0.85, recall=0.85), {
         m: (f["refusal_vs_compliance"]["balanced_accuracy"]["value"], f["refusal_vs_compliance"]["recall"]["value"])
         for m, f in figures.items()
@@ -321,6 +397,19 @@ def test_the_learned_detector_beats_the_phrase_baseline_where_it_fails(xstest, c
     # Mistral-Instruct refuses by moralising rather than with refusal phrases: the phrase list finds few of them.
     assert baseline["mistralinstruct"]["refusal_vs_compliance"]["recall"]["value"] < 0.5
     assert learned["mistralinstruct"]["refusal_vs_compliance"]["recall"]["value"] >= 0.85
+
+
+def test_the_policy_sample_figures_come_from_heads_fitted_without_each_policy(xstest, card):
+    completions, features, settings = xstest
+    figures = leave_one_group_out(features, completions, settings, POLICY_SAMPLE_SOURCE)
+    recorded = card["policy_sample"]["figures"]["classifier"]
+    assert _values(figures) == pytest.approx(_values(recorded), abs=1 / 140, nan_ok=True)
+    # In the sample, not held out, the shipped head scores higher than held out: the held-out figure is the one quoted.
+    shipped = RefusalHead.load(SHIPPED_DIR / HEAD_FILE)
+    in_sample = (shipped.probabilities(features[POLICY_SAMPLE_SOURCE]) >= shipped.threshold).tolist()
+    labels = [c.is_refusal for c in completions[POLICY_SAMPLE_SOURCE]]
+    held_out = figures["refusal_vs_compliance"]["balanced_accuracy"]["value"]
+    assert agreement_with_intervals(in_sample, labels)["balanced_accuracy"]["value"] > held_out
 
 
 def test_retraining_on_all_models_reproduces_the_shipped_head(xstest):

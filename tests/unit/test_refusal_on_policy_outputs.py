@@ -3,9 +3,14 @@
 The classifier was fitted and validated on XSTest completions by large chat models. The labelled sample here
 (``alignment/modeling/refusal_model/policy_sample_labels.jsonl``) holds 147 answers by the real-data recipe's SFT and PPO
 policies to AdvBench, XSTest, Vicuna and Koala prompts, each labelled refusal or not by hand (one annotator, XSTest's
-convention: a full or partial refusal, including an answer that only offers an alternative). On these answers the
-phrase list is the more precise judge: the classifier also calls compliance ("Sure, I can show you how: ...") a
-refusal. The README quotes both detectors' figures on this sample.
+convention: a full or partial refusal, including an answer that only offers an alternative). The shipped classifier
+is fitted on them too (each source weighing as much as one XSTest model), so its figures here are measured with each
+policy held out of the fit (``tests/unit/test_refusal_classifier.py``, which needs ``../shared/data``). On these
+answers the phrase list is still the more precise judge. The README quotes both detectors' figures on this sample.
+
+A second labelled sample (``quickstart_sample_labels.jsonl``, same annotator and convention) holds all 256 answers of
+the quickstart's SFT and PPO policies to its held-out harmful and safe demo prompts (four answers a prompt). Nothing was
+fitted on it: it measures both detectors on a small policy trained on other data than the one the classifier saw.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import json
 
 import pytest
 
-from alignment.evaluate.refusal_training import balanced_accuracy
+from alignment.data.demo import DEMO_DIR
+from alignment.evaluate.refusal_labels import read_policy_sample
+from alignment.evaluate.refusal_training import agreement_with_intervals, balanced_accuracy
 from alignment.modeling.refusal import PhraseRefusalDetector, agreement, detect_refusals, make_detector
 from alignment.modeling.refusal_classifier import SHIPPED_DIR
 
 SAMPLE = SHIPPED_DIR / "policy_sample_labels.jsonl"
+QUICKSTART_SAMPLE = SHIPPED_DIR / "quickstart_sample_labels.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,27 @@ def test_the_phrase_list_judges_the_small_policy_well(sample):
     assert balanced_accuracy(detect_refusals(phrase, texts), labels) >= 0.85
 
 
-def test_the_classifier_finds_the_refusals(sample):
-    texts, labels = [r["response"] for r in sample], [r["refusal"] for r in sample]
-    figures = agreement(make_detector("classifier"), texts, labels)
-    assert figures["recall"] >= 0.85, figures  # its precision here, 0.62, is in the README
+@pytest.fixture(scope="module")
+def quickstart_sample():
+    return read_policy_sample(QUICKSTART_SAMPLE)
+
+
+def test_the_quickstart_sample_is_every_answer_to_the_held_out_harmful_and_safe_demo_prompts(quickstart_sample):
+    prompts = [json.loads(line) for line in (DEMO_DIR / "eval_prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in QUICKSTART_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 256 and sum(r["refusal"] for r in rows) == 78
+    for policy in ("quickstart_sft", "quickstart_ppo"):
+        mine = [r for r in rows if r["policy"] == policy]
+        assert sorted({r["prompt_label"] for r in mine}) == ["harmful", "safe"] and len(mine) == 128
+        for r in mine:  # each answer names its prompt, and the prompt's label is the demo data's
+            assert prompts[r["prompt_index"]]["label"] == r["prompt_label"]
+
+
+def test_both_detectors_on_the_quickstart_policies_answers(quickstart_sample):
+    texts = [c.completion for c in quickstart_sample]
+    labels = [c.is_refusal for c in quickstart_sample]
+    classifier = agreement_with_intervals(make_detector("classifier").is_refusal_batch(texts), labels)
+    phrase = agreement_with_intervals(detect_refusals(PhraseRefusalDetector(), texts), labels)
+    # Measured: classifier balanced accuracy 0.831, recall 0.808, precision 0.708; phrase list 0.911, 0.833, 0.970.
+    assert classifier["balanced_accuracy"]["value"] >= 0.8 and classifier["recall"]["value"] >= 0.78, classifier
+    assert phrase["balanced_accuracy"]["value"] >= 0.88 and phrase["precision"]["value"] >= 0.95, phrase
