@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.core.config import ConfigError, DataConfig, LoraConfig, ModelConfig, QuantConfig, TrainConfig
+from alignment.evaluate.prompts import GENERATIONS_DIR
 from alignment.evaluate.records import PolicySpec
 from alignment.evaluate.refusal_labels import XSTEST_MODELS, xstest_completions_path
 from alignment.modeling.refusal import DEFAULT_REFUSAL_DETECTOR, check_detector_name
@@ -64,12 +65,18 @@ class EvaluateConfig:
     )
     second_refusal_detector: str = _help(
         "A second refusal detector, whose refusal and over-refusal rates the report shows beside the judge's and "
-        "flags where the two disagree (none: no second reading). The classifier was fitted on large chat models' "
-        "answers; on a small model's answers the phrase list can be the better judge, so where they disagree, read "
-        "the answers.",
+        "flags where the two disagree (none: no second reading). The classifier was fitted mostly on large chat "
+        "models' answers; on a small model's answers the phrase list can be the more precise judge, so where they "
+        "disagree, read the answers.",
         default="phrase",
     )
     reuse_generations: bool = _help("Reuse saved generations whose policy, prompts and settings match.", default=True)
+    generations_from: list[str] = _help(
+        "Earlier evaluation directories whose saved answers (and KL) are copied in and reused where policy weights, "
+        "prompts and sampling settings match: judge old answers again (another refusal detector, more reward "
+        "models) without sampling them again.",
+        default_factory=list,
+    )
     samples_per_label: int = _help("Prompts per label shown side by side in report.md.", default=2)
     checkpoint_dirs: list[str] = _help(
         "Policy snapshots ordered by training step (loadable stage dirs) for the over-optimisation curve.",
@@ -172,6 +179,9 @@ def check_settings(ev: EvaluateConfig) -> None:
     if ev.answers_per_prompt > 1 and ev.temperature == 0:
         raise ConfigError("answers_per_prompt > 1 needs sampling (temperature > 0): greedy answers are all the same")
     check_detector_name(ev.second_refusal_detector, "second_refusal_detector", allow_none=True)
+    for source in ev.generations_from:
+        if not (Path(source) / GENERATIONS_DIR).is_dir():
+            raise ConfigError(f"generations_from: {source} holds no saved generations (no {GENERATIONS_DIR}/ in it)")
     if ev.refusal_pairs_data_dir is not None:
         missing = [
             str(path)

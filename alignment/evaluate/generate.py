@@ -29,6 +29,7 @@ from alignment.evaluate.prompts import (
     _hash,
     _save_kl,
     generation_key,
+    import_saved_generations,
     load_generations,
     sampling_settings,
     save_generations,
@@ -298,6 +299,7 @@ def collect_outputs(
     """Run every policy (the reference first, kept loaded until the end) on the same prompts."""
     reference = _Reference(cfg, specs[reference_index], device)
     gen_dir = Path(output_dir) / GENERATIONS_DIR
+    import_saved_generations(gen_dir, cfg.evaluate.generations_from)
     order = [reference_index] + [i for i in range(len(specs)) if i != reference_index]
     outputs: dict[int, PolicyOutputs] = {}
     try:

@@ -156,6 +156,31 @@ def load_generations(out_dir: Path, name: str, key: str, expected: int) -> list[
     return None
 
 
+def import_saved_generations(gen_dir: Path, sources: Sequence[str | Path]) -> int:
+    """Copy the saved answers and KL files of earlier evaluations (their ``generations/`` folders) into ``gen_dir``;
+    a file already there is kept, so the first source to hold a name wins. Returns how many files were copied.
+
+    Reuse still goes by key: a copied answer set is read only where its policy's weights, the prompts and the sampling
+    settings match this evaluation's, so judging old answers again (another refusal detector, more reward models)
+    costs no sampling, while changed weights are sampled again. The copies keep this evaluation self-contained.
+    """
+    import shutil
+
+    copied = 0
+    for source in sources:
+        source_dir = Path(source) / GENERATIONS_DIR
+        if not source_dir.is_dir():
+            raise FileNotFoundError(f"generations_from: {source} holds no saved generations ({source_dir} is missing)")
+        gen_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source_dir.iterdir()):
+            if path.suffix in (".jsonl", ".json") and path.is_file() and not (gen_dir / path.name).exists():
+                shutil.copy2(path, gen_dir / path.name)
+                copied += 1
+    if copied:
+        logger.info("copied %d saved generation files from %s into %s", copied, ", ".join(map(str, sources)), gen_dir)
+    return copied
+
+
 def _cached_kl(gen_dir: Path, name: str, key: str) -> tuple[bool, list[float] | None]:
     """(found, per-sample KL) from ``<name>.kl.json``; a found None means "not computable" (other tokenizer)."""
     path = gen_dir / f"{_safe_filename(name)}.kl.json"

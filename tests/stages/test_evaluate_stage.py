@@ -130,6 +130,33 @@ def test_stage_writes_results_report_and_plots_then_reuses_generations(
     )
 
 
+def test_an_earlier_evaluations_answers_are_judged_again_elsewhere_without_sampling(
+    eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALIGNMENT_NO_PROGRESS", "1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    generated = _count_calls(monkeypatch, "generate_responses")
+    results = _run(_argv(eval_inputs, first), first)
+    assert len(generated) == 2
+    loaded = _count_calls(monkeypatch, "load_policy")
+    again = _run(_argv(eval_inputs, second, "--generations_from", str(first), "--refusal_detector", "phrase"), second)
+    assert len(generated) == 2 and loaded == []  # neither sampled nor even loaded: the answers and KL are reused
+    for name in ("a.jsonl", "b.jsonl", "b.kl.json"):  # copied in: the new evaluation holds its own answers
+        assert (second / "generations" / name).read_bytes() == (first / "generations" / name).read_bytes()
+    b, b_again = results["metrics"]["b"], again["metrics"]["b"]
+    assert b_again["reward"] == b["reward"] and b_again["kl"] == b["kl"]
+    assert again["refusal_detector"] == "phrase" != results["refusal_detector"]
+
+    # Other weights under the same name are sampled again, not read from the copies.
+    shutil.copytree(eval_inputs["policy_a"], tmp_path / "policy_c")
+    argv = _argv(eval_inputs, tmp_path / "third", "--generations_from", str(first))
+    argv[argv.index("--policies") + 1] = f"{eval_inputs['policy_a']},{tmp_path / 'policy_c'}"
+    _run(argv, tmp_path / "third")
+    assert len(generated) == 3  # b's copied answers belong to other weights; a's are reused
+    with pytest.raises(ConfigError, match="generations_from: .* holds no saved generations"):
+        _run(_argv(eval_inputs, tmp_path / "fourth", "--generations_from", str(tmp_path / "nowhere")), tmp_path / "x")
+
+
 def test_several_answers_per_prompt_are_sampled_and_counted_once_per_prompt(
     eval_inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
