@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,6 @@ def import_saved_generations(gen_dir: Path, sources: Sequence[str | Path]) -> in
     settings match this evaluation's, so judging old answers again (another refusal detector, more reward models)
     costs no sampling, while changed weights are sampled again. The copies keep this evaluation self-contained.
     """
-    import shutil
-
     copied = 0
     for source in sources:
         source_dir = Path(source) / GENERATIONS_DIR
