@@ -76,11 +76,15 @@ def test_the_quickstart_sample_is_every_answer_to_the_held_out_harmful_and_safe_
             assert prompts[r["prompt_index"]]["label"] == r["prompt_label"]
 
 
-def test_both_detectors_on_the_quickstart_policies_answers(quickstart_sample):
-    texts = [c.completion for c in quickstart_sample]
-    labels = [c.is_refusal for c in quickstart_sample]
+def _both_detectors(sample) -> tuple[dict, dict]:
+    """The classifier's and the phrase list's agreement with the hand labels of ``sample``."""
+    texts, labels = [c.completion for c in sample], [c.is_refusal for c in sample]
     classifier = agreement_with_intervals(make_detector("classifier").is_refusal_batch(texts), labels)
-    phrase = agreement_with_intervals(detect_refusals(PhraseRefusalDetector(), texts), labels)
+    return classifier, agreement_with_intervals(detect_refusals(PhraseRefusalDetector(), texts), labels)
+
+
+def test_both_detectors_on_the_quickstart_policies_answers(quickstart_sample):
+    classifier, phrase = _both_detectors(quickstart_sample)
     # Measured: classifier balanced accuracy 0.831, recall 0.808, precision 0.708; phrase list 0.911, 0.833, 0.970.
     assert classifier["balanced_accuracy"]["value"] >= 0.8 and classifier["recall"]["value"] >= 0.78, classifier
     assert phrase["balanced_accuracy"]["value"] >= 0.88 and phrase["precision"]["value"] >= 0.95, phrase
@@ -130,10 +134,7 @@ def test_the_recipe_sample_names_prompts_of_the_right_kind():
 
 
 def test_both_detectors_on_the_recipe_policies_answers(recipe_sample):
-    texts = [c.completion for c in recipe_sample]
-    labels = [c.is_refusal for c in recipe_sample]
-    classifier = agreement_with_intervals(make_detector("classifier").is_refusal_batch(texts), labels)
-    phrase = agreement_with_intervals(detect_refusals(PhraseRefusalDetector(), texts), labels)
+    classifier, phrase = _both_detectors(recipe_sample)
     # Measured: classifier balanced accuracy 0.832, recall 0.807, precision 0.716; phrase list 0.777, 0.555, 1.000.
     # The phrase list misses the deflections (safety advice in place of an answer) that the PPO mix learned.
     assert classifier["balanced_accuracy"]["value"] >= 0.82 and classifier["recall"]["value"] >= 0.79, classifier
