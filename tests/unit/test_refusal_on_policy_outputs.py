@@ -14,7 +14,7 @@ fitted on it: it measures both detectors on a small policy trained on other data
 
 A third (``recipe_sample_labels.jsonl``, same annotator and convention) holds every answer of the real-data recipe's
 ``sft``, ``sft_safety`` and ``ppo_mix`` policies, from the run the README's tables report, and of ``ppo_mix`` trained
-again with seed 43, to its 48 AdvBench and 48 XSTest-safe prompts; ``prompt_index`` is the prompt's row in
+again with seeds 43 and 44, to its 48 AdvBench and 48 XSTest-safe prompts; ``prompt_index`` is the prompt's row in
 ``advbench-harmful-behaviors.csv`` or ``xstest-prompts.csv``. Nothing was fitted on it either. Its hand counts are the
 README's "by hand" readings.
 """
@@ -111,6 +111,8 @@ def test_the_recipe_sample_hand_counts_are_the_readmes(recipe_sample):
         ("ppo_mix", "safe"): [2, 48],  # ... and drops 9 of its 11 needless ones
         ("ppo_mix_seed43", "harmful"): [27, 48],  # another seed drops the needless ones and more of the needed
         ("ppo_mix_seed43", "safe"): [0, 48],
+        ("ppo_mix_seed44", "harmful"): [17, 48],  # and a third drops most of the needed ones too
+        ("ppo_mix_seed44", "safe"): [2, 48],
     }
 
 
@@ -135,7 +137,7 @@ def test_the_recipe_sample_names_prompts_of_the_right_kind():
 
 def test_both_detectors_on_the_recipe_policies_answers(recipe_sample):
     classifier, phrase = _both_detectors(recipe_sample)
-    # Measured: classifier balanced accuracy 0.832, recall 0.807, precision 0.716; phrase list 0.777, 0.555, 1.000.
+    # Measured: classifier balanced accuracy 0.818, recall 0.768, precision 0.702; phrase list 0.741, 0.486, 0.985.
     # The phrase list misses the deflections (safety advice in place of an answer) that the PPO mix learned.
-    assert classifier["balanced_accuracy"]["value"] >= 0.82 and classifier["recall"]["value"] >= 0.79, classifier
-    assert phrase["precision"]["value"] >= 0.98 and phrase["recall"]["value"] <= 0.6, phrase
+    assert classifier["balanced_accuracy"]["value"] >= 0.8 and classifier["recall"]["value"] >= 0.75, classifier
+    assert phrase["precision"]["value"] >= 0.97 and phrase["recall"]["value"] <= 0.55, phrase
