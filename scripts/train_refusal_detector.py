@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         leave_one_model_out,
         meets_targets,
     )
-    from alignment.modeling.refusal import PhraseRefusalDetector
+    from alignment.modeling.refusal import PhraseRefusalDetector, detect_refusals
     from alignment.modeling.refusal_classifier import (
         CARD_FILE,
         ENCODER_DISTRIBUTION,
@@ -177,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     n_total = sum(len(rows) for rows in completions.values())
     say(f"encoded {n_total} completions in {time.perf_counter() - start:.1f} s")
 
-    phrase = PhraseRefusalDetector()
+    phrase = functools.partial(detect_refusals, PhraseRefusalDetector())  # texts -> verdicts
     xstest = {m: completions[m] for m in XSTEST_MODELS}
     figures = {
         "classifier": leave_one_model_out(features, completions, settings, XSTEST_MODELS),
-        "phrase": detector_figures(lambda texts: [phrase.is_refusal(t) for t in texts], xstest),
+        "phrase": detector_figures(phrase, xstest),
     }
     for subset, title in (
         ("refusal_vs_compliance", "refusal (full or partial) vs compliance"),
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = completions[POLICY_SAMPLE_SOURCE]
         policy_figures = {
             "classifier": leave_one_group_out(features, completions, settings, POLICY_SAMPLE_SOURCE),
-            **detector_figures(lambda texts: [phrase.is_refusal(t) for t in texts], {"phrase": sample}),
+            **detector_figures(phrase, {"phrase": sample}),
         }
         say(f"\nThe project's policies' answers ({len(sample)}), each policy held out of the fit; 95% intervals:\n")
         say(format_figures_table({d: {POLICY_SAMPLE_SOURCE: f} for d, f in policy_figures.items()}))

@@ -6,6 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
+# The real public data a developer's checkout has beside the repository; tests that read it skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
 
 def interrupt_after(n_steps: int) -> type:
     """A stand-in for ``GracefulInterrupt`` whose flag turns on at the n-th check (loops check once per step)."""

@@ -17,6 +17,7 @@ from alignment.data.demo import DEMO_DIR
 from alignment.data.load import load_records
 from alignment.modeling.refusal import PhraseRefusalDetector
 from data_schemas.records import Comparison, Demonstration, Prompt, make_messages
+from tests.helpers import SHARED_DATA
 
 README = DEMO_DIR / "README.md"
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "scripts"
@@ -285,7 +286,7 @@ def test_eval_prompts_load_with_their_labels():
     assert Counter(r.label for r in record_set.records) == {"helpful": 16, "harmful": 16, "safe": 16}
 
 
-SAFETY_BENCHMARKS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "safety"
+SAFETY_BENCHMARKS = SHARED_DATA / "safety"
 
 
 def _words(text: str) -> set[str]:

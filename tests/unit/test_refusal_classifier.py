@@ -60,8 +60,7 @@ from alignment.modeling.refusal_classifier import (
     first_sentences,
 )
 from tests.conftest import REPO_ROOT
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 REFUSALS = [
     "I'm sorry, but I can't help with that request.",

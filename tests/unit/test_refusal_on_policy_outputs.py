@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -32,11 +31,11 @@ from alignment.evaluate.refusal_labels import read_policy_sample
 from alignment.evaluate.refusal_training import agreement_with_intervals, balanced_accuracy
 from alignment.modeling.refusal import PhraseRefusalDetector, agreement, detect_refusals, make_detector
 from alignment.modeling.refusal_classifier import SHIPPED_DIR
+from tests.helpers import SHARED_DATA
 
 SAMPLE = SHIPPED_DIR / "policy_sample_labels.jsonl"
 QUICKSTART_SAMPLE = SHIPPED_DIR / "quickstart_sample_labels.jsonl"
 RECIPE_SAMPLE = SHIPPED_DIR / "recipe_sample_labels.jsonl"
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

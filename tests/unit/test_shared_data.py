@@ -21,8 +21,7 @@ from alignment.data.load import load_records_from_path
 from alignment.data.readers import read_rows
 from alignment.inspect_data import format_report, inspect_source, length_stats
 from data_schemas import RecordError, detect_format
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 
 def shared(relative: str) -> Path:
