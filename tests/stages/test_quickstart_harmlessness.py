@@ -2,8 +2,10 @@
 
 Its reward model ranks a refusal above going along with a harmful request in at least 80% of the held-out demo
 pairs of that kind. Its PPO policy should refuse more held-out harmful prompts than SFT and over-refuse no more safe
-ones, by both detectors (four answers a prompt); the README's run does not by the classifier, and by hand its gain
-in refusing is 2 answers of 64, so the test reports that part as an expected failure until it is fixed.
+ones, by both detectors (four answers a prompt). By hand that holds in expectation, not in every run: of four
+distinct RL outcomes (seeds 42, 43, 44 and seed 42 from an SFT policy that differed in its last float bits), two
+refused clearly more harmful answers than SFT and two only by 2 of 64, the README's run among them; so the test
+reports a failed refusal check as an expected failure.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def test_the_quickstart_rewards_refusing_harmful_requests_and_ppo_refuses_more(t
     result = load_checker().check(run_dir)
     assert result["reward_prefers_refusal"], result["ranking"]
     if not (result["ppo_refuses_more"] and result["ppo_over_refuses_no_more"]):
-        # Known and reported in the README: on the run of 2026-12-07 the phrase list passes both refusal checks and
-        # the classifier fails "refuses more" (33 against 38 of 64); by hand RL refuses 35 harmful answers of 64
-        # against SFT's 33 and over-refuses 3 safe ones against 7. No real gain in refusing yet: still to fix.
+        # Known and reported in the README ("By hand, across seeds"): on the run of 2026-12-07 the phrase list passes
+        # both refusal checks and the classifier fails "refuses more" (33 against 38 of 64); by hand RL refuses 35
+        # harmful answers of 64 against SFT's 33 and over-refuses 3 safe ones against 7. Seed 44 refuses 45 by hand.
         pytest.xfail(f"PPO does not refuse more harmful prompts, or over-refuses more safe ones: {result['rates']}")
 
 
