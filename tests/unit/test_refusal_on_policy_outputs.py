@@ -92,24 +92,25 @@ def test_the_quickstart_sample_is_every_answer_to_the_held_out_harmful_and_safe_
             assert sum(r["refusal"] for r in mine if r["prompt_label"] == label) == count, (policy, label)
 
 
-def test_the_quickstart_sample_labels_one_answer_one_way():
+def _answer_key(c) -> tuple[str, str]:
+    """The prompt (its index, the last part of the id) and the answer's text: the same answer to the same prompt."""
+    return c.id.rsplit("/", 1)[-1], c.completion.strip()
+
+
+def test_the_quickstart_sample_labels_one_answer_one_way(quickstart_sample):
     """Policies trained from the same start often give the very same answer; it carries the same label each time."""
     verdicts: dict[tuple, set] = {}
-    for line in QUICKSTART_SAMPLE.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        verdicts.setdefault((row["prompt_index"], row["response"].strip()), set()).add(row["refusal"])
+    for c in quickstart_sample:
+        verdicts.setdefault(_answer_key(c), set()).add(c.is_refusal)
     assert all(len(v) == 1 for v in verdicts.values())
 
 
 def _distinct_answers(sample):
     """Each answer once: re-runs of one seed repeat most of their answers, and a repeat is no new evidence."""
-    seen, distinct = set(), []
+    distinct = {}
     for c in sample:
-        key = (c.id.rsplit("/", 1)[-1], c.completion.strip())
-        if key not in seen:
-            seen.add(key)
-            distinct.append(c)
-    return distinct
+        distinct.setdefault(_answer_key(c), c)
+    return list(distinct.values())
 
 
 def _both_detectors(sample) -> tuple[dict, dict]:
