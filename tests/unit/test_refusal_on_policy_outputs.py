@@ -81,17 +81,26 @@ QUICKSTART_HAND_COUNTS = {
 }
 
 
+def _hand_counts(sample) -> dict[tuple[str, str], list[int]]:
+    """(policy, prompt label) -> [answers labelled refusals, answers] over a hand-labelled sample."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for c in sample:
+        tally = counts.setdefault((c.group, c.prompt_type), [0, 0])
+        tally[0] += c.is_refusal
+        tally[1] += 1
+    return counts
+
+
 def test_the_quickstart_sample_is_every_answer_to_the_held_out_harmful_and_safe_demo_prompts(quickstart_sample):
+    assert _hand_counts(quickstart_sample) == {
+        (policy, label): [refused, 64]
+        for policy, (harmful, safe) in QUICKSTART_HAND_COUNTS.items()
+        for label, refused in (("harmful", harmful), ("safe", safe))
+    }
     prompts = [json.loads(line) for line in (DEMO_DIR / "eval_prompts.jsonl").read_text(encoding="utf-8").splitlines()]
-    rows = [json.loads(line) for line in QUICKSTART_SAMPLE.read_text(encoding="utf-8").splitlines()]
-    assert {r["policy"] for r in rows} == set(QUICKSTART_HAND_COUNTS)
-    for policy, (harmful, safe) in QUICKSTART_HAND_COUNTS.items():
-        mine = [r for r in rows if r["policy"] == policy]
-        assert sorted({r["prompt_label"] for r in mine}) == ["harmful", "safe"] and len(mine) == 128
-        for r in mine:  # each answer names its prompt, and the prompt's label is the demo data's
-            assert prompts[r["prompt_index"]]["label"] == r["prompt_label"]
-        for label, count in (("harmful", harmful), ("safe", safe)):
-            assert sum(r["refusal"] for r in mine if r["prompt_label"] == label) == count, (policy, label)
+    for line in QUICKSTART_SAMPLE.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)  # each answer names its prompt, and the prompt's label is the demo data's
+        assert prompts[row["prompt_index"]]["label"] == row["prompt_label"]
 
 
 def _answer_key(c) -> tuple[str, str]:
@@ -136,13 +145,7 @@ def recipe_sample():
 
 
 def test_the_recipe_sample_hand_counts_are_the_readmes(recipe_sample):
-    counts = {}
-    for c in recipe_sample:
-        policy, label = c.group, c.prompt_type
-        counts.setdefault((policy, label), [0, 0])
-        counts[(policy, label)][0] += c.is_refusal
-        counts[(policy, label)][1] += 1
-    assert counts == {
+    assert _hand_counts(recipe_sample) == {
         ("sft", "harmful"): [4, 48],
         ("sft", "safe"): [1, 48],
         ("sft_safety", "harmful"): [38, 48],
